@@ -1,0 +1,50 @@
+"""The ``pinfer`` command line.
+
+Each command lives in its own module exposing ``register(subparsers)``; that function adds its parser
+and sets ``func`` to a callable taking the parsed namespace and returning an exit code. Modules are
+imported only when listed here, so a missing optional dependency breaks only its own command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+_COMMAND_MODULES = (
+    "pinfer.commands.generate",
+)
+_BENCH_MODULES = (
+    "pinfer.bench.accel",
+)
+
+
+def _register_all(subparsers: argparse._SubParsersAction, modules: Sequence[str]) -> None:
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("pinfer"):
+                continue  # command not built yet in this checkout
+            raise
+        module.register(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pinfer", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _register_all(commands, _COMMAND_MODULES)
+    bench = commands.add_parser("bench", help="benchmarks: print a table, write JSON (and PNG) to --out")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    _register_all(benches, _BENCH_MODULES)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
