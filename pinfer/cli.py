@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 _COMMAND_MODULES = (
     "pinfer.commands.generate",
+    "pinfer.commands.keys",
 )
 _BENCH_MODULES = (
     "pinfer.bench.accel",
