@@ -1,0 +1,261 @@
+"""Correlated randomness from a dealer (CrypTen's TTP role), with masks reusable for fixed operands.
+
+The dealer shares one AES-CTR seed with each party. Every party expands its own shares of every tuple
+from its stream; the dealer expands all parties' streams in the same order, computes the correlated
+value and sends party 0 only the correction that makes the shares add up. Parties other than 0 never
+talk to the dealer after set-up, and the dealer never sees an opened value, so it learns nothing but
+its own randomness.
+
+Beyond CrypTen's tuples the dealer keeps masks for *fixed operands* (weights, cached keys and values):
+a mask ``B`` is drawn once when the operand is registered (or extended by new cache rows), the parties
+open ``W - B`` once, and each later product ``X @ W`` needs only a fresh ``A`` and the correction for
+``A @ B``. See :mod:`pinfer.protocols.fixed_operand`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import crypten_compat  # noqa: F401
+import crypten.communicator as comm
+from crypten.common.util import count_wraps
+from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
+from crypten.mpc.provider.provider import TupleProvider
+
+from .channel import Channel, Message
+from .csprng import AesCtrStream, fresh_seed
+
+_SUPPORTED_OPS = ("mul", "matmul")
+
+
+class DealerProtocolError(RuntimeError):
+    """A request the dealer cannot serve (unknown kind, operand or shape)."""
+
+
+def output_shape(op: str, size0: tuple[int, ...], size1: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of ``op(a, b)`` without computing it."""
+    if op not in _SUPPORTED_OPS:
+        raise DealerProtocolError(f"unsupported tuple operation {op!r}")
+    a = torch.empty(size0, device="meta")
+    b = torch.empty(size1, device="meta")
+    return tuple(getattr(torch, op)(a, b).shape)
+
+
+def _shape(value: object) -> tuple[int, ...]:
+    return tuple(int(v) for v in value)  # type: ignore[union-attr]
+
+
+class DealerServer:
+    """The dealer's side: mirrors every party's stream and answers party 0's requests."""
+
+    def __init__(self, channels: list[Channel]) -> None:
+        self._channels = channels
+        self._streams: list[AesCtrStream] = []
+        self._fixed_masks: dict[int, torch.Tensor] = {}
+
+    def distribute_seeds(self) -> None:
+        for channel in self._channels:
+            seed = fresh_seed()
+            self._streams.append(AesCtrStream(seed))
+            channel.send(Message("seed", tensors=[torch.frombuffer(bytearray(seed), dtype=torch.int64)]))
+
+    def serve(self) -> None:
+        """Answer requests from party 0 until it says goodbye."""
+        requests = self._channels[0]
+        while True:
+            message = requests.recv()
+            if message.kind == "close":
+                return
+            handler = getattr(self, f"_on_{message.kind}", None)
+            if handler is None:
+                raise DealerProtocolError(f"unknown request {message.kind!r}")
+            reply = handler(**message.params)
+            if reply is not None:
+                requests.send(Message(message.kind, tensors=[reply]))
+
+    def _sum_ring(self, shape: tuple[int, ...], skip_first: bool = False) -> torch.Tensor:
+        streams = self._streams[1:] if skip_first else self._streams
+        total = torch.zeros(shape, dtype=torch.int64)
+        for stream in streams:
+            total += stream.ring_elements(shape)
+        return total
+
+    def _draw_each(self, shape: tuple[int, ...]) -> list[torch.Tensor]:
+        return [stream.ring_elements(shape) for stream in self._streams]
+
+    def _correction(self, value: torch.Tensor) -> torch.Tensor:
+        """Party 0's share of ``value`` given the other parties' stream shares drawn now."""
+        return value - self._sum_ring(tuple(value.shape), skip_first=True)
+
+    def _on_triple(self, op: str, size0: list[int], size1: list[int]) -> torch.Tensor:
+        a_parts, b_parts = [], []
+        for stream in self._streams:
+            a_parts.append(stream.ring_elements(_shape(size0)))
+            b_parts.append(stream.ring_elements(_shape(size1)))
+        c = getattr(torch, op)(sum(a_parts), sum(b_parts))
+        return self._correction(c)
+
+    def _on_square(self, size: list[int]) -> torch.Tensor:
+        r = sum(self._draw_each(_shape(size)))
+        return self._correction(r * r)
+
+    def _on_binary(self, size0: list[int], size1: list[int]) -> torch.Tensor:
+        a = torch.zeros(_shape(size0), dtype=torch.int64)
+        b = torch.zeros(_shape(size1), dtype=torch.int64)
+        for stream in self._streams:
+            a ^= stream.bits(_shape(size0), 64)
+            b ^= stream.bits(_shape(size1), 64)
+        c = a & b
+        for stream in self._streams[1:]:
+            c ^= stream.bits(tuple(c.shape), 64)
+        return c
+
+    def _on_wraps(self, size: list[int]) -> torch.Tensor:
+        theta = count_wraps(self._draw_each(_shape(size)))
+        return self._correction(theta)
+
+    def _on_b2a(self, size: list[int]) -> torch.Tensor:
+        bit = torch.zeros(_shape(size), dtype=torch.int64)
+        for stream in self._streams:
+            bit ^= stream.bits(_shape(size), 1)
+        return self._correction(bit)
+
+    def _on_fixed_new(self, handle: int, shape: list[int]) -> None:
+        if handle in self._fixed_masks:
+            raise DealerProtocolError(f"fixed operand {handle} already exists")
+        self._fixed_masks[handle] = sum(self._draw_each(_shape(shape)))
+
+    def _on_fixed_extend(self, handle: int, shape: list[int], dim: int) -> None:
+        mask = self._fixed_mask(handle)
+        self._fixed_masks[handle] = torch.cat([mask, sum(self._draw_each(_shape(shape)))], dim=dim)
+
+    def _on_fixed_matmul(self, handle: int, size: list[int]) -> torch.Tensor:
+        a = sum(self._draw_each(_shape(size)))
+        return self._correction(torch.matmul(a, self._fixed_mask(handle)))
+
+    def _on_fixed_drop(self, handle: int) -> None:
+        self._fixed_mask(handle)
+        del self._fixed_masks[handle]
+
+    def _fixed_mask(self, handle: int) -> torch.Tensor:
+        try:
+            return self._fixed_masks[handle]
+        except KeyError:
+            raise DealerProtocolError(f"unknown fixed operand {handle}") from None
+
+
+class DealerProvider(TupleProvider):
+    """CrypTen's tuple-provider interface backed by a :class:`DealerServer`."""
+
+    NAME = "DEALER"
+
+    def __init__(self, channel: Channel, seed: bytes) -> None:
+        super().__init__()
+        self.channel = channel
+        self.stream = AesCtrStream(seed)
+        self._next_handle = 0
+
+    @property
+    def is_requester(self) -> bool:
+        return comm.get().get_rank() == 0
+
+    def request(self, kind: str, **params: object) -> torch.Tensor | None:
+        """Party 0 asks the dealer; returns the correction share, if the request has one."""
+        self.channel.send(Message(kind, params=params))
+        if kind in ("fixed_new", "fixed_extend", "fixed_drop"):
+            return None
+        return self.channel.recv().tensors[0]
+
+    def _ring(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return self.stream.ring_elements(shape)
+
+    def _correlated(self, kind: str, shape: tuple[int, ...], **params: object) -> torch.Tensor:
+        if self.is_requester:
+            return self.request(kind, **params)  # type: ignore[return-value]
+        return self._ring(shape)
+
+    def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
+        if args or kwargs:
+            raise DealerProtocolError("tuple options (convolution arguments) are not supported")
+        size0, size1 = _shape(size0), _shape(size1)
+        a = self._ring(size0)
+        b = self._ring(size1)
+        c = self._correlated("triple", output_shape(op, size0, size1), op=op, size0=size0, size1=size1)
+        return (
+            ArithmeticSharedTensor.from_shares(a, precision=0),
+            ArithmeticSharedTensor.from_shares(b, precision=0),
+            ArithmeticSharedTensor.from_shares(c, precision=0),
+        )
+
+    def square(self, size, device=None):
+        size = _shape(size)
+        r = self._ring(size)
+        r2 = self._correlated("square", size, size=size)
+        return (
+            ArithmeticSharedTensor.from_shares(r, precision=0),
+            ArithmeticSharedTensor.from_shares(r2, precision=0),
+        )
+
+    def generate_binary_triple(self, size0, size1, device=None):
+        size0, size1 = _shape(size0), _shape(size1)
+        a = self.stream.bits(size0, 64)
+        b = self.stream.bits(size1, 64)
+        c_shape = tuple(torch.broadcast_shapes(size0, size1))
+        if self.is_requester:
+            c = self.request("binary", size0=size0, size1=size1)
+        else:
+            c = self.stream.bits(c_shape, 64)
+        return (
+            BinarySharedTensor.from_shares(a),
+            BinarySharedTensor.from_shares(b),
+            BinarySharedTensor.from_shares(c),
+        )
+
+    def wrap_rng(self, size, device=None):
+        size = _shape(size)
+        r = self._ring(size)
+        theta = self._correlated("wraps", size, size=size)
+        return (
+            ArithmeticSharedTensor.from_shares(r, precision=0),
+            ArithmeticSharedTensor.from_shares(theta, precision=0),
+        )
+
+    def B2A_rng(self, size, device=None):
+        size = _shape(size)
+        bit = self.stream.bits(size, 1)
+        arithmetic = self._correlated("b2a", size, size=size)
+        return (
+            ArithmeticSharedTensor.from_shares(arithmetic, precision=0),
+            BinarySharedTensor.from_shares(bit),
+        )
+
+    # Fixed operands: see pinfer.protocols.fixed_operand.
+    def new_fixed_mask(self, shape: tuple[int, ...]) -> tuple[int, torch.Tensor]:
+        handle = self._next_handle
+        self._next_handle += 1
+        mask = self._ring(shape)
+        if self.is_requester:
+            self.request("fixed_new", handle=handle, shape=list(shape))
+        return handle, mask
+
+    def extend_fixed_mask(self, handle: int, shape: tuple[int, ...], dim: int) -> torch.Tensor:
+        mask = self._ring(shape)
+        if self.is_requester:
+            self.request("fixed_extend", handle=handle, shape=list(shape), dim=dim)
+        return mask
+
+    def fixed_product_tuple(
+        self, handle: int, size: tuple[int, ...], out_shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh ``a`` share and the share of ``a @ B`` for the fixed operand's mask ``B``."""
+        a = self._ring(size)
+        c = self._correlated("fixed_matmul", out_shape, handle=handle, size=list(size))
+        return a, c
+
+    def drop_fixed_mask(self, handle: int) -> None:
+        if self.is_requester:
+            self.request("fixed_drop", handle=handle)
+
+    def close(self) -> None:
+        if self.is_requester:
+            self.channel.send(Message("close"))

@@ -1,0 +1,73 @@
+"""Products with a fixed secret right operand whose Beaver mask is opened once.
+
+A weight matrix (or a cached key/value block) ``W`` is multiplied by a fresh secret ``X`` at every
+step. Plain Beaver multiplication would reopen ``W - B`` every time, so each token would cost as many
+bytes as the model has weights. Here the parties open ``F = W - B`` once when the operand is
+registered (or when rows are appended), keep their shares ``b_i`` of ``B``, and for each product open
+only ``E = X - A`` for a fresh dealer mask ``A``:
+
+    X @ W = E @ F + E @ B + A @ F + A @ B
+
+``E @ F`` is public (party 0 adds it), ``E @ b_i`` and ``a_i @ F`` are local, and ``A @ B`` comes from
+the dealer as a correlated share. Online traffic per product is the size of ``X``; the opened ``F`` is
+uniformly random to anyone who does not know ``B`` (the dealer, who knows ``B``, never sees ``F``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import crypten_compat  # noqa: F401
+import crypten.communicator as comm
+from crypten.mpc import MPCTensor
+
+from .dealer import DealerProvider
+
+FRACTIONAL_BITS = 16
+SCALE = 1 << FRACTIONAL_BITS
+
+
+def _open(share: torch.Tensor) -> torch.Tensor:
+    return comm.get().all_reduce(share.clone())
+
+
+class FixedOperand:
+    """A secret right operand of matrix products, shared with a once-opened mask."""
+
+    def __init__(self, provider: DealerProvider, value: MPCTensor, scale: int = SCALE) -> None:
+        """Register ``value`` (this party's shares) with the dealer and open its masked form."""
+        self._provider = provider
+        self.scale = scale
+        self.handle, mask = provider.new_fixed_mask(tuple(value.share.shape))
+        self._opened = _open(value.share - mask)
+        # E @ F + E @ b_0 = E @ (F + b_0): party 0 keeps the sum so each product is two matmuls.
+        self._own = mask + self._opened if comm.get().get_rank() == 0 else mask
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._opened.shape)
+
+    def extend(self, value: MPCTensor, dim: int) -> None:
+        """Append ``value`` along ``dim`` (new cache rows), opening only the new part's mask."""
+        mask = self._provider.extend_fixed_mask(self.handle, tuple(value.share.shape), dim)
+        opened = _open(value.share - mask)
+        own = mask + opened if comm.get().get_rank() == 0 else mask
+        self._opened = torch.cat([self._opened, opened], dim=dim)
+        self._own = torch.cat([self._own, own], dim=dim)
+
+    def rmatmul(self, x: MPCTensor, x_scale: int = SCALE) -> MPCTensor:
+        """``x @ W`` as a fixed-point value at scale :data:`SCALE`."""
+        out_shape = tuple(torch.matmul(torch.empty(x.share.shape, device="meta"),
+                                       torch.empty(self.shape, device="meta")).shape)
+        a, c = self._provider.fixed_product_tuple(self.handle, tuple(x.share.shape), out_shape)
+        e = _open(x.share - a)
+        z = torch.matmul(e, self._own) + torch.matmul(a, self._opened) + c
+        result = MPCTensor.from_shares(z, precision=FRACTIONAL_BITS)
+        excess = x_scale * self.scale // SCALE
+        if excess > 1:
+            result = result.div(excess)
+        return result
+
+    def release(self) -> None:
+        """Tell the dealer it may forget this operand's mask."""
+        self._provider.drop_fixed_mask(self.handle)
