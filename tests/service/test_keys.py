@@ -1,0 +1,126 @@
+"""Key directory layout, permissions, role certificates and the peer-role check."""
+
+from __future__ import annotations
+
+import datetime as dt
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from pinfer import cli, envelope, keys
+
+
+def _cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_layout_and_permissions(key_dir: Path) -> None:
+    layout = keys.KeyDir(key_dir)
+    manifest = keys.load_manifest(key_dir)
+    assert manifest.roles == ("orchestrator", "party0", "party1", "party2", "dealer", "client")
+    assert _mode(layout.ca_key) == 0o600
+    for role in manifest.roles:
+        assert _mode(layout.node_key(role)) == 0o600
+        assert _mode(layout.node_dir(role)) == 0o700
+        assert keys.certificate_role(_cert(layout.node_cert(role))) == role
+    for i in range(3):
+        role = keys.party_role(i)
+        assert _mode(layout.envelope_private(role)) == 0o600
+        assert layout.envelope_public(role).read_bytes() == manifest.envelope_public_keys[role]
+    assert set(manifest.envelope_public_keys) == {"party0", "party1", "party2"}
+    text = layout.manifest.read_text()
+    for i in range(3):  # the manifest is public: no private key may appear in it
+        assert layout.envelope_private(keys.party_role(i)).read_bytes().hex() not in text
+
+
+def test_envelope_keys_pair_up(key_dir: Path) -> None:
+    ctx = envelope.EnvelopeContext("s", 0, "input-share")
+    sealed = envelope.seal(b"share", keys.load_envelope_public_key(key_dir, "party0"), ctx)
+    assert envelope.open_envelope(sealed, keys.load_envelope_private_key(key_dir, "party0"), ctx) == b"share"
+    with pytest.raises(envelope.EnvelopeAuthError):
+        envelope.open_envelope(sealed, keys.load_envelope_private_key(key_dir / "party1", "party1"), ctx)
+
+
+def test_sans_cover_loopback_role_and_extra_hosts(key_dir: Path) -> None:
+    cert = _cert(keys.KeyDir(key_dir).node_cert("party0"))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"party0", "localhost", "party0.internal"} <= set(san.get_values_for_type(x509.DNSName))
+    assert "127.0.0.1" in {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+
+
+def test_check_peer_role_accepts_right_role(key_dir: Path) -> None:
+    layout = keys.KeyDir(key_dir)
+    ca = _cert(layout.ca_cert)
+    cert = _cert(layout.node_cert("party1"))
+    assert keys.check_peer_role(cert, "party1", ca) == "party1"
+    der = cert.public_bytes(serialization.Encoding.DER)
+    assert keys.check_peer_role(der, {"party0", "party1"}, ca) == "party1"
+    assert keys.check_peer_role(cert.public_bytes(serialization.Encoding.PEM), "party1", ca) == "party1"
+
+
+def test_check_peer_role_refuses_wrong_role(key_dir: Path) -> None:
+    layout = keys.KeyDir(key_dir)
+    ca = _cert(layout.ca_cert)
+    with pytest.raises(keys.PeerRoleError):
+        keys.check_peer_role(_cert(layout.node_cert("client")), "party0", ca)
+    with pytest.raises(keys.PeerRoleError):
+        keys.check_peer_role(_cert(layout.node_cert("party1")), ["party0", "dealer"], ca)
+
+
+def test_check_peer_role_refuses_foreign_ca_ca_cert_expired_and_garbage(key_dir: Path, foreign_key_dir: Path) -> None:
+    ca = _cert(keys.KeyDir(key_dir).ca_cert)
+    foreign = _cert(keys.KeyDir(foreign_key_dir).node_cert("party0"))
+    with pytest.raises(keys.PeerCertificateError) as info:
+        keys.check_peer_role(foreign, "party0", ca)
+    assert not isinstance(info.value, keys.PeerRoleError)
+    with pytest.raises(keys.PeerCertificateError):
+        keys.check_peer_role(ca, "party0", ca)  # self-signed CA presented as a node
+    own = _cert(keys.KeyDir(key_dir).node_cert("party0"))
+    with pytest.raises(keys.PeerCertificateError):
+        keys.check_peer_role(own, "party0", ca, now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=5000))
+    with pytest.raises(keys.PeerCertificateError):
+        keys.check_peer_role(b"not a certificate", "party0", ca)
+
+
+def test_node_credentials_from_whole_dir_or_node_folder(key_dir: Path) -> None:
+    whole = keys.load_node_credentials(key_dir, "dealer")
+    own = keys.load_node_credentials(key_dir / "dealer", "dealer")
+    assert whole.certificate_pem() == own.certificate_pem()
+    assert whole.ca_certificate() == _cert(keys.KeyDir(key_dir).ca_cert)
+    with pytest.raises(keys.KeyDirError):
+        keys.load_node_credentials(key_dir / "dealer", "party0")
+
+
+def test_refuses_to_overwrite_and_validates_input(tmp_path: Path) -> None:
+    keys.init_keys(tmp_path / "k", parties=2)
+    with pytest.raises(keys.KeyDirError):
+        keys.init_keys(tmp_path / "k", parties=2)
+    first = keys.load_manifest(tmp_path / "k").ca_fingerprint
+    assert keys.init_keys(tmp_path / "k", parties=2, overwrite=True).ca_fingerprint != first
+    with pytest.raises(ValueError):
+        keys.init_keys(tmp_path / "k4", parties=4)
+    with pytest.raises(ValueError):
+        keys.init_keys(tmp_path / "kx", parties=2, hostnames={"party2": ["x"]})
+    with pytest.raises(ValueError):
+        keys.init_keys(tmp_path / "ky", parties=2, hostnames={"party0": ["bad host!"]})
+
+
+def test_cli_keys_init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "deploy-keys"
+    assert cli.main(["keys", "init", "--out", str(out), "--parties", "3", "--nodes", "party1=p1.svc,10.1.2.3",
+                     "--hostname", "pinfer.local"]) == 0
+    manifest = keys.load_manifest(out)
+    assert manifest.parties == 3 and manifest.hostnames["party1"] == ("p1.svc", "10.1.2.3", "pinfer.local")
+    printed = capsys.readouterr().out
+    for role in manifest.roles:
+        private = keys.KeyDir(out).node_key(role).read_text()
+        assert private.splitlines()[1] not in printed
+    assert cli.main(["keys", "init", "--out", str(out)]) == 2  # refuses to overwrite
+    assert cli.main(["keys", "init", "--out", str(tmp_path / "bad"), "--nodes", "party0"]) == 2
