@@ -1,0 +1,63 @@
+"""The small interface the decoder and the KV policies are written against.
+
+Values are torch tensors in the plaintext backend and CrypTen ``MPCTensor`` shares in the MPC backend;
+both already share torch's reshaping, slicing, arithmetic and public-constant methods, so the forward
+uses those directly. Everything that differs between plaintext and shares — products with secret
+weights, non-linearities, the KV cache, cost accounting — goes through a :class:`TensorOps`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import torch
+
+Value = Any  # torch.Tensor (plaintext) or crypten MPCTensor (shares)
+
+
+class KVLayer(Protocol):
+    """One layer's key/value cache, laid out per key/value head."""
+
+    @property
+    def length(self) -> int: ...
+
+    def append(self, keys: Value, values: Value) -> None:
+        """Add rows; ``keys`` and ``values`` are ``(n_kv_heads, new_tokens, head_dim)``."""
+
+    def scores(self, queries: Value) -> Value:
+        """``queries @ keys^T``: ``(n_kv, rows, head_dim)`` -> ``(n_kv, rows, length)``."""
+
+    def mix(self, weights: Value) -> Value:
+        """``weights @ values``: ``(n_kv, rows, length)`` -> ``(n_kv, rows, head_dim)``."""
+
+
+class TensorOps(Protocol):
+    def linear(self, x: Value, weight: str, bias: str | None = None) -> Value:
+        """``x @ W[weight] (+ b[bias])`` with the model's secret weights."""
+
+    def embed(self, tokens: Value) -> Value:
+        """Embedding rows for one-hot token rows ``(T, vocab)``."""
+
+    def weight_rows(self, name: str, index: torch.Tensor) -> Value:
+        """Rows of a secret weight at public indices (learned positions)."""
+
+    def cat(self, values: Sequence[Value], dim: int) -> Value: ...
+
+    def rsqrt(self, x: Value) -> Value: ...
+
+    def softmax(self, x: Value, dim: int, mask: torch.Tensor | None = None) -> Value:
+        """Softmax where ``mask`` (public 0/1, broadcastable) removes entries entirely."""
+
+    def silu(self, x: Value) -> Value: ...
+
+    def gelu(self, x: Value) -> Value: ...
+
+    def argmax_onehot(self, x: Value) -> Value:
+        """One-hot of the last dimension's maximum (exactly one 1 per row)."""
+
+    def new_kv_layer(self) -> KVLayer: ...
+
+    def section(self, operator: str) -> AbstractContextManager[None]:
+        """Charge the enclosed work to an operator class (see ``pinfer.protocols.costs``)."""
