@@ -1,0 +1,95 @@
+"""Suite-wide test set-up: offline Hugging Face libraries and tiny model checkpoint directories.
+
+The offline variables are set here, at conftest import, because huggingface_hub reads them once when
+it is first imported; with them set, any attempt to reach a hub fails instead of downloading.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import socket  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+TinyCheckpoint = Callable[..., Path]
+
+
+def _write_tiny_checkpoint(out: Path, family: str, seed: int = 0, **overrides: Any) -> Path:
+    """Save a tiny HF model with transformers' own ``save_pretrained`` (not pinfer's writer).
+
+    Why: the loader must read what Hugging Face writes, so these checkpoints come from HF modules,
+    with 1-D parameters (norm gains, biases) perturbed so that none is a trivial 1 or 0.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from pinfer.models.registry import tiny_gpt2_hf_config, tiny_llama_hf_config
+    from pinfer.models.tokenizer import byte_level_tokenizer
+
+    hf_config = tiny_llama_hf_config() if family == "llama" else tiny_gpt2_hf_config()
+    for key, value in overrides.items():
+        setattr(hf_config, key, value)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(str(out))
+    byte_level_tokenizer().save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
+    """Factory: ``tiny_checkpoint("llama" | "gpt2", seed=0, **hf_config_overrides) -> directory``.
+
+    Directories are cached per argument set for the session; treat them as read-only.
+    """
+    made: dict[tuple[Any, ...], Path] = {}
+
+    def make(family: str, seed: int = 0, **overrides: Any) -> Path:
+        key = (family, seed, tuple(sorted(overrides.items())))
+        if key not in made:
+            made[key] = _write_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{family}"), family, seed, **overrides)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_checkpoint: TinyCheckpoint) -> Path:
+    """A tiny LLaMA (GQA 4/2 heads, d=64, 2 layers, vocab 512, tied) saved by transformers."""
+    return tiny_checkpoint("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tiny_checkpoint: TinyCheckpoint) -> Path:
+    """A tiny GPT-2 (4 heads, d=64, 2 layers, vocab 512, 256 positions) saved by transformers."""
+    return tiny_checkpoint("gpt2")
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail any outgoing IP connection for the duration of a test (``nothing downloads``).
+
+    Unix-domain sockets stay allowed (local IPC is not a download).
+    """
+    real_connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise OSError(f"network access attempted during a no_network test: {address!r}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    yield
