@@ -22,7 +22,8 @@ _LOW31 = (1 << 31) - 1
 class Barrett:
     """Constants for reducing ``z`` in ``[0, 2^(31 + k))`` modulo ``q`` with ``k = bitlen(q)``.
 
-    ``m = floor(2^(31 + k) / q)`` is below 2^32 because ``q > 2^(k - 1)``; the quotient estimate
+    ``m = floor(2^(31 + k) / q)`` is at most 2^32 because ``q >= 2^(k - 1)``, so ``zh * m`` and
+    ``zl * m`` (halves of z split at bit 31) stay below 2^63.  The quotient estimate
     ``t = floor(z * m / 2^(31 + k))`` then lies in ``{floor(z/q) - 1, floor(z/q)}`` (the error term
     ``z / 2^(31+k)`` is below one), so a single conditional subtraction finishes the reduction.
     """
@@ -33,9 +34,9 @@ class Barrett:
 
     @classmethod
     def for_modulus(cls, q: int) -> "Barrett":
-        """Precompute constants; ``q`` must be odd, above 2 and below 2^31 (signed-int64 headroom)."""
-        if not (2 < q < (1 << MAX_MODULUS_BITS)) or q % 2 == 0:
-            raise ValueError(f"modulus must be odd and in (2, 2^31), got {q}")
+        """Precompute constants; ``2 <= q < 2^31`` (signed-int64 headroom for the split product)."""
+        if not (2 <= q < (1 << MAX_MODULUS_BITS)):
+            raise ValueError(f"modulus must be in [2, 2^31), got {q}")
         k = q.bit_length()
         return cls(q=q, k=k, m=(1 << (31 + k)) // q)
 
