@@ -28,7 +28,8 @@ SCALE = 1 << FRACTIONAL_BITS
 
 
 def _open(share: torch.Tensor) -> torch.Tensor:
-    return comm.get().all_reduce(share.clone())
+    # contiguous: the all-reduce sums storage in memory order, which must agree across parties.
+    return comm.get().all_reduce(share.contiguous().clone())
 
 
 class FixedOperand:
@@ -55,15 +56,19 @@ class FixedOperand:
         self._opened = torch.cat([self._opened, opened], dim=dim)
         self._own = torch.cat([self._own, own], dim=dim)
 
-    def rmatmul(self, x: MPCTensor, x_scale: int = SCALE) -> MPCTensor:
-        """``x @ W`` as a fixed-point value at scale :data:`SCALE`."""
+    def rmatmul(self, x: MPCTensor) -> MPCTensor:
+        """``x @ W`` as a fixed-point value at scale :data:`SCALE`.
+
+        ``x`` may carry any encoding scale (comparison results and one-hot rows carry scale 1, in which
+        case no truncation is needed).
+        """
         out_shape = tuple(torch.matmul(torch.empty(x.share.shape, device="meta"),
                                        torch.empty(self.shape, device="meta")).shape)
         a, c = self._provider.fixed_product_tuple(self.handle, tuple(x.share.shape), out_shape)
         e = _open(x.share - a)
         z = torch.matmul(e, self._own) + torch.matmul(a, self._opened) + c
         result = MPCTensor.from_shares(z, precision=FRACTIONAL_BITS)
-        excess = x_scale * self.scale // SCALE
+        excess = x.encoder.scale * self.scale // SCALE
         if excess > 1:
             result = result.div(excess)
         return result

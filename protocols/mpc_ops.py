@@ -1,0 +1,113 @@
+"""The MPC backend: the decoder's operations on CrypTen shares.
+
+Weight matrices and the KV cache are :class:`FixedOperand` objects, so a token's online traffic is
+independent of the model's size; biases and learned position tables are plain shares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+
+import torch
+
+from . import crypten_compat  # noqa: F401
+import crypten
+from crypten.mpc import MPCTensor
+
+from . import nonlinear
+from .costs import CostMeter
+from .dealer import DealerProvider
+from .fixed_operand import FRACTIONAL_BITS, FixedOperand
+from .sharing import ShareBundle
+
+# Shared tensors used as right operands of products; every other weight is added or indexed.
+_MATRIX_SUFFIXES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "w_fc", "w_proj")
+
+
+def _is_matrix(name: str) -> bool:
+    return name in ("embed", "lm_head") or name.rsplit(".", 1)[-1] in _MATRIX_SUFFIXES
+
+
+class MpcKVLayer:
+    """Keys (stored transposed, ``(n_kv, head_dim, length)``) and values as fixed operands."""
+
+    def __init__(self, provider: DealerProvider) -> None:
+        self._provider = provider
+        self._keys: FixedOperand | None = None
+        self._values: FixedOperand | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self._keys is None else self._keys.shape[2]
+
+    def append(self, keys: MPCTensor, values: MPCTensor) -> None:
+        keys_t = keys.transpose(1, 2)
+        if self._keys is None:
+            self._keys = FixedOperand(self._provider, keys_t)
+            self._values = FixedOperand(self._provider, values)
+        else:
+            self._keys.extend(keys_t, dim=2)
+            self._values.extend(values, dim=1)
+
+    def scores(self, queries: MPCTensor) -> MPCTensor:
+        return self._keys.rmatmul(queries)
+
+    def mix(self, weights: MPCTensor) -> MPCTensor:
+        return self._values.rmatmul(weights)
+
+    def release(self) -> None:
+        for operand in (self._keys, self._values):
+            if operand is not None:
+                operand.release()
+
+
+class MpcOps:
+    """Operations on shares; ``weights`` are this party's shares of the folded model weights."""
+
+    def __init__(self, provider: DealerProvider, costs: CostMeter, weights: ShareBundle) -> None:
+        self._provider = provider
+        self._costs = costs
+        self.matrices: dict[str, FixedOperand] = {}
+        self.vectors: dict[str, MPCTensor] = {}
+        with costs.in_phase("setup"):
+            for name, value in sorted(weights.expand().items()):
+                shared = MPCTensor.from_shares(value, precision=FRACTIONAL_BITS)
+                if _is_matrix(name):
+                    self.matrices[name] = FixedOperand(provider, shared)
+                else:
+                    self.vectors[name] = shared
+
+    def linear(self, x: MPCTensor, weight: str, bias: str | None = None) -> MPCTensor:
+        y = self.matrices[weight].rmatmul(x)
+        return y if bias is None else y + self.vectors[bias]
+
+    def embed(self, tokens: MPCTensor) -> MPCTensor:
+        return self.matrices["embed"].rmatmul(tokens)
+
+    def weight_rows(self, name: str, index: torch.Tensor) -> MPCTensor:
+        return self.vectors[name][index]
+
+    def cat(self, values: Sequence[MPCTensor], dim: int) -> MPCTensor:
+        return crypten.cat(list(values), dim=dim)
+
+    def rsqrt(self, x: MPCTensor) -> MPCTensor:
+        return nonlinear.rsqrt(x)
+
+    def softmax(self, x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTensor:
+        return nonlinear.softmax(x, dim, mask=mask)
+
+    def silu(self, x: MPCTensor) -> MPCTensor:
+        return nonlinear.silu(x)
+
+    def gelu(self, x: MPCTensor) -> MPCTensor:
+        return nonlinear.gelu(x)
+
+    def argmax_onehot(self, x: MPCTensor) -> MPCTensor:
+        return nonlinear.argmax_onehot(x, dim=-1)
+
+    def new_kv_layer(self) -> MpcKVLayer:
+        return MpcKVLayer(self._provider)
+
+    def section(self, operator: str) -> AbstractContextManager[None]:
+        return self._costs.section(operator)

@@ -1,0 +1,1405 @@
+"""A CrypTen communicator over a full mesh of mutual-TLS sockets (replaces torch.distributed/gloo).
+
+Why: CrypTen's ``DistributedCommunicator`` sends shares, PRG seeds and dealer material over gloo in the
+clear, and unpickles objects from peers. The threat model puts the network outside the trust boundary,
+so every party-to-party and party-to-dealer byte travels here over TLS 1.3 with client certificates from
+the deployment CA (:mod:`pinfer.keys`), and each side checks that the peer's certificate carries the role
+of the rank it claims. Objects cross a link only through a small typed codec (tensors, numbers, strings,
+bytes and containers of them); nothing is pickled.
+
+Layout. Ranks ``0..world_size-1`` are the parties (role ``party<i>``). With ``with_dealer`` an extra rank
+``world_size`` is the dealer (role ``dealer``), as CrypTen's TTP layout has it: ``get_world_size()`` still
+reports the parties only, ``ttp_group`` spans parties and dealer, ``ttp_comm_group`` is ``(0, dealer)``
+and ``main_group`` the parties. Every pair of ranks shares one persistent TLS connection: the higher rank
+dials the lower one, so a rank listens only if a higher rank exists.
+
+Each link has one I/O thread that owns its socket (OpenSSL objects must not be used from two threads at
+once). It writes queued frames and always reads whatever arrives into per-message buffers, so two ranks
+that send to each other at the same time never deadlock, and the caller's receive only waits on an
+in-memory queue with a deadline (:class:`CommTimeoutError`, never a hang). Tensors go on the wire as a
+small header (kind, dtype, shape, length) followed by their raw little-endian bytes, written from and read
+into the tensor's own memory.
+
+Accounting. Besides CrypTen's own ``comm_rounds``/``comm_bytes``/``comm_time`` (kept by CrypTen's
+``_logging`` decorator exactly as in ``DistributedCommunicator`` when ``cfg.communicator.verbose``), the
+communicator always counts framed application bytes and messages per link, and rounds: one round per
+communicator call that touched the network, and per link the number of such calls that used that link.
+:meth:`TlsCommunicator.stats` snapshots them; snapshots subtract to give the cost of a phase.
+
+Link emulation (benchmarks): with a :class:`LinkEmulation`, a sender holds each message until an emulated
+link of the given bandwidth would have finished serializing it, and the receiver delivers it no earlier
+than ``one_way_delay_s`` after it arrived. Configure every rank with the same emulation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import selectors
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.distributed import ReduceOp
+
+from . import crypten_compat  # noqa: F401  (before any crypten import)
+import crypten.communicator as crypten_comm
+from crypten.communicator.communicator import Communicator, _logging
+
+from pinfer import keys
+
+log = logging.getLogger(__name__)
+
+WIRE_VERSION = 1
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+DEFAULT_RECV_TIMEOUT_S = 120.0
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 32
+MAX_DIMS = 8
+MAX_OBJECT_DEPTH = 32
+_HANDSHAKE_TIMEOUT_S = 10.0
+_CHUNK = 1 << 20  # bytes per TLS write / read call: big enough to amortize, small enough to interleave
+_SMALL_PAYLOAD = 1 << 16  # payloads up to this size are written together with their header
+
+# Frame: kind, dtype code, ndim, reserved, payload length; then ndim x u64 dims (tensor frames only).
+_FRAME = struct.Struct(">BBBBQ")
+_DIM = struct.Struct(">Q")
+_KIND_TENSOR, _KIND_OBJECT, _KIND_BARRIER, _KIND_BYTES = 1, 2, 3, 4
+_KIND_NAMES = {_KIND_TENSOR: "tensor", _KIND_OBJECT: "object", _KIND_BARRIER: "barrier", _KIND_BYTES: "bytes"}
+# Hello exchanged right after the TLS handshake: magic, wire version, claimed rank, session id.
+_HELLO = struct.Struct(">4sBIH")
+_HELLO_MAGIC = b"PMSH"
+
+_DTYPES: dict[int, tuple[torch.dtype, np.dtype]] = {
+    1: (torch.int64, np.dtype("<i8")),
+    2: (torch.int32, np.dtype("<i4")),
+    3: (torch.int16, np.dtype("<i2")),
+    4: (torch.int8, np.dtype("i1")),
+    5: (torch.uint8, np.dtype("u1")),
+    6: (torch.bool, np.dtype("?")),
+    7: (torch.float64, np.dtype("<f8")),
+    8: (torch.float32, np.dtype("<f4")),
+    9: (torch.float16, np.dtype("<f2")),
+}
+_DTYPE_CODES = {torch_dtype: code for code, (torch_dtype, _) in _DTYPES.items()}
+if np.dtype("<i8") != np.dtype("=i8"):  # raw buffers are sent as they lie in memory
+    raise ImportError("the TLS communicator supports little-endian hosts only")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Errors
+
+
+class CommError(RuntimeError):
+    """Base class of data-plane failures. Messages name ranks and sizes, never payload bytes."""
+
+
+class CommTimeoutError(CommError):
+    """A connection or a message did not arrive within its deadline."""
+
+
+class PeerAuthError(CommError):
+    """A peer failed TLS verification, presented the wrong role, or claimed a rank or session it is not."""
+
+
+class PeerDisconnectedError(CommError):
+    """The link to a peer broke or was closed while messages were still expected."""
+
+
+class CommProtocolError(CommError):
+    """A peer sent a frame that does not fit what the local program expects (kind, dtype, size)."""
+
+
+class UnsupportedObjectError(TypeError):
+    """An object handed to send_obj/broadcast_obj contains a type the typed codec does not carry."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configuration and statistics
+
+
+@dataclass(frozen=True)
+class LinkEmulation:
+    """An emulated link: sender-side bandwidth (bits/s, None = unlimited) and receiver-side one-way delay."""
+
+    bandwidth_bps: float | None = None
+    one_way_delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.bandwidth_bps is not None and self.bandwidth_bps <= 0:
+            raise ValueError("bandwidth_bps must be positive")
+        if self.one_way_delay_s < 0:
+            raise ValueError("one_way_delay_s must be non-negative")
+
+
+LAN = LinkEmulation(bandwidth_bps=3e9, one_way_delay_s=0.0001)
+WAN = LinkEmulation(bandwidth_bps=100e6, one_way_delay_s=0.040)
+
+
+@dataclass(frozen=True)
+class TlsCommConfig:
+    """Where every rank listens, who this process is, and the data plane's limits.
+
+    ``endpoints`` maps every rank of the mesh (parties, plus the dealer when ``with_dealer``) to the
+    ``(host, port)`` it listens on. ``listen`` overrides the local bind address (``("0.0.0.0", port)``
+    in a container). ``session_id`` must be the same on every rank: a worker of another session that
+    dials the same port is refused. Host names in certificates are checked only with
+    ``verify_hostname``; the peer's identity is its certificate role either way.
+    """
+
+    rank: int
+    world_size: int
+    endpoints: Mapping[int, tuple[str, int]]
+    credentials: keys.NodeCredentials
+    session_id: str
+    with_dealer: bool = False
+    listen: tuple[str, int] | None = None
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    recv_timeout_s: float = DEFAULT_RECV_TIMEOUT_S
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    emulation: LinkEmulation | None = None
+    verify_hostname: bool = False
+
+    @property
+    def mesh_size(self) -> int:
+        return self.world_size + (1 if self.with_dealer else 0)
+
+    def role_of(self, rank: int) -> str:
+        """The certificate role that rank ``rank`` must present."""
+        if 0 <= rank < self.world_size:
+            return keys.party_role(rank)
+        if self.with_dealer and rank == self.world_size:
+            return keys.DEALER
+        raise ValueError(f"rank {rank} is not in this mesh")
+
+    def validate(self) -> None:
+        if not keys.MIN_PARTIES <= self.world_size <= keys.MAX_PARTIES:
+            raise ValueError(f"world_size must be in [{keys.MIN_PARTIES}, {keys.MAX_PARTIES}]")
+        if not 0 <= self.rank < self.mesh_size:
+            raise ValueError(f"rank {self.rank} outside a mesh of {self.mesh_size}")
+        missing = set(range(self.mesh_size)) - set(self.endpoints)
+        if missing:
+            raise ValueError(f"no endpoint for ranks {sorted(missing)}")
+        if self.credentials.role != self.role_of(self.rank):
+            raise ValueError(f"rank {self.rank} needs {self.role_of(self.rank)} credentials, got {self.credentials.role}")
+        if len(self.session_id.encode()) > 0xFFFF:
+            raise ValueError("session id too long")
+        if self.connect_timeout_s <= 0 or self.recv_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    """Traffic on one link as seen by this rank: framed bytes, messages, and calls that used the link."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    rounds: int = 0
+
+    def __sub__(self, other: LinkStats) -> LinkStats:
+        return LinkStats(
+            self.bytes_sent - other.bytes_sent,
+            self.bytes_received - other.bytes_received,
+            self.messages_sent - other.messages_sent,
+            self.messages_received - other.messages_received,
+            self.rounds - other.rounds,
+        )
+
+
+@dataclass(frozen=True)
+class CommStats:
+    """A snapshot of this rank's traffic: per peer rank, plus rounds (communicating calls) in total."""
+
+    links: Mapping[int, LinkStats] = field(default_factory=dict)
+    rounds: int = 0
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(s.bytes_sent for s in self.links.values())
+
+    @property
+    def bytes_received(self) -> int:
+        return sum(s.bytes_received for s in self.links.values())
+
+    @property
+    def messages_sent(self) -> int:
+        return sum(s.messages_sent for s in self.links.values())
+
+    def __sub__(self, other: CommStats) -> CommStats:
+        return CommStats(
+            {peer: s - other.links.get(peer, LinkStats()) for peer, s in self.links.items()},
+            self.rounds - other.rounds,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form for benchmark reports."""
+        return {
+            "rounds": self.rounds,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "links": {str(peer): dataclasses.asdict(s) for peer, s in sorted(self.links.items())},
+        }
+
+
+class _Counters:
+    """Mutable per-link counters, touched only by the caller's thread."""
+
+    __slots__ = ("bytes_sent", "bytes_received", "messages_sent", "messages_received", "rounds", "last_op")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.bytes_sent = self.bytes_received = self.messages_sent = self.messages_received = self.rounds = 0
+        self.last_op = -1
+
+    def snapshot(self) -> LinkStats:
+        return LinkStats(self.bytes_sent, self.bytes_received, self.messages_sent, self.messages_received, self.rounds)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of mesh ranks taking part in a collective (CrypTen's process-group argument)."""
+
+    ranks: tuple[int, ...]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Typed object codec (what send_obj / recv_obj / broadcast_obj carry instead of pickle)
+
+_T_NONE, _T_FALSE, _T_TRUE, _T_INT, _T_FLOAT, _T_STR, _T_BYTES = b"N", b"F", b"T", b"I", b"D", b"S", b"B"
+_T_LIST, _T_TUPLE, _T_DICT, _T_SIZE, _T_TENSOR = b"L", b"U", b"M", b"Z", b"X"
+_U32 = struct.Struct(">I")
+_F64 = struct.Struct(">d")
+
+
+def encode_object(obj: object) -> bytes:
+    """Encode ``obj`` with the typed codec: None, bool, int, float, str, bytes, torch tensors and
+    ``torch.Size``, and lists/tuples/dicts of these. Anything else raises :class:`UnsupportedObjectError`."""
+    out: list[bytes] = []
+    _encode_into(obj, out, 0)
+    return b"".join(out)
+
+
+def _encode_into(obj: object, out: list[bytes], depth: int) -> None:
+    if depth > MAX_OBJECT_DEPTH:
+        raise UnsupportedObjectError("object nesting is too deep")
+    if obj is None:
+        out.append(_T_NONE)
+    elif obj is True or obj is False:
+        out.append(_T_TRUE if obj else _T_FALSE)
+    elif isinstance(obj, int):
+        raw = int(obj).to_bytes((int(obj).bit_length() + 8) // 8, "big", signed=True)
+        out += [_T_INT, _U32.pack(len(raw)), raw]
+    elif isinstance(obj, float):
+        out += [_T_FLOAT, _F64.pack(obj)]
+    elif isinstance(obj, str):
+        raw = obj.encode()
+        out += [_T_STR, _U32.pack(len(raw)), raw]
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        raw = bytes(obj)
+        out += [_T_BYTES, _U32.pack(len(raw)), raw]
+    elif isinstance(obj, torch.Size):
+        out += [_T_SIZE, _U32.pack(len(obj)), *(_DIM.pack(d) for d in obj)]
+    elif isinstance(obj, torch.Tensor):
+        header, data, _ = _tensor_wire(obj)
+        out += [_T_TENSOR, header, bytes(data)]
+    elif isinstance(obj, (list, tuple)):
+        out += [_T_LIST if isinstance(obj, list) else _T_TUPLE, _U32.pack(len(obj))]
+        for item in obj:
+            _encode_into(item, out, depth + 1)
+    elif isinstance(obj, dict):
+        out += [_T_DICT, _U32.pack(len(obj))]
+        for key, value in obj.items():
+            _encode_into(key, out, depth + 1)
+            _encode_into(value, out, depth + 1)
+    else:
+        raise UnsupportedObjectError(f"cannot send an object of type {type(obj).__name__} across a link")
+
+
+def decode_object(data: bytes | bytearray | memoryview) -> object:
+    """Inverse of :func:`encode_object`; raises :class:`CommProtocolError` on any malformed input."""
+    view = memoryview(data)
+    try:
+        obj, end = _decode_at(view, 0, 0)
+    except (struct.error, ValueError, TypeError, IndexError) as exc:
+        raise CommProtocolError(f"malformed object encoding ({type(exc).__name__})") from None
+    if end != len(view):
+        raise CommProtocolError("trailing bytes after object")
+    return obj
+
+
+def _take(view: memoryview, pos: int, count: int) -> tuple[memoryview, int]:
+    end = pos + count
+    if count < 0 or end > len(view):
+        raise ValueError("truncated")
+    return view[pos:end], end
+
+
+def _decode_at(view: memoryview, pos: int, depth: int) -> tuple[object, int]:
+    if depth > MAX_OBJECT_DEPTH:
+        raise ValueError("too deep")
+    tag, pos = _take(view, pos, 1)
+    tag = bytes(tag)
+    if tag == _T_NONE:
+        return None, pos
+    if tag in (_T_TRUE, _T_FALSE):
+        return tag == _T_TRUE, pos
+    if tag in (_T_INT, _T_STR, _T_BYTES):
+        length_raw, pos = _take(view, pos, 4)
+        raw, pos = _take(view, pos, _U32.unpack(length_raw)[0])
+        if tag == _T_INT:
+            return int.from_bytes(raw, "big", signed=True), pos
+        return (str(raw, "utf-8") if tag == _T_STR else bytes(raw)), pos
+    if tag == _T_FLOAT:
+        raw, pos = _take(view, pos, 8)
+        return _F64.unpack(raw)[0], pos
+    if tag == _T_SIZE:
+        length_raw, pos = _take(view, pos, 4)
+        count = _U32.unpack(length_raw)[0]
+        if count > MAX_DIMS:
+            raise ValueError("too many dims")
+        raw, pos = _take(view, pos, 8 * count)
+        return torch.Size(struct.unpack(f">{count}Q", raw)), pos
+    if tag == _T_TENSOR:
+        head, pos = _take(view, pos, _FRAME.size)
+        kind, code, ndim, _, nbytes = _FRAME.unpack(head)
+        if kind != _KIND_TENSOR or ndim > MAX_DIMS:
+            raise ValueError("bad tensor header")
+        raw_dims, pos = _take(view, pos, 8 * ndim)
+        shape = struct.unpack(f">{ndim}Q", raw_dims)
+        dtype, np_dtype = _tensor_type(code, shape, nbytes)
+        raw, pos = _take(view, pos, nbytes)
+        return torch.from_numpy(np.frombuffer(raw, dtype=np_dtype).copy()).reshape(shape), pos
+    if tag in (_T_LIST, _T_TUPLE, _T_DICT):
+        length_raw, pos = _take(view, pos, 4)
+        count = _U32.unpack(length_raw)[0]
+        if count > len(view) - pos:  # every element takes at least one byte
+            raise ValueError("container larger than its encoding")
+        if tag == _T_DICT:
+            result: dict[object, object] = {}
+            for _ in range(count):
+                key, pos = _decode_at(view, pos, depth + 1)
+                value, pos = _decode_at(view, pos, depth + 1)
+                result[key] = value  # an unhashable key raises TypeError -> malformed
+            return result, pos
+        items = []
+        for _ in range(count):
+            item, pos = _decode_at(view, pos, depth + 1)
+            items.append(item)
+        return (items if tag == _T_LIST else tuple(items)), pos
+    raise ValueError("unknown tag")
+
+
+def _tensor_type(code: int, shape: Sequence[int], nbytes: int) -> tuple[torch.dtype, np.dtype]:
+    if code not in _DTYPES:
+        raise ValueError(f"unknown dtype code {code}")
+    dtype, np_dtype = _DTYPES[code]
+    if math.prod(shape) * np_dtype.itemsize != nbytes:
+        raise ValueError("tensor length does not match its shape")
+    return dtype, np_dtype
+
+
+def _tensor_wire(tensor: torch.Tensor) -> tuple[bytes, memoryview, torch.Tensor]:
+    """Frame header and a zero-copy byte view of ``tensor`` (plus the CPU tensor that owns the bytes)."""
+    if tensor.dtype not in _DTYPE_CODES:
+        raise UnsupportedObjectError(f"tensors of dtype {tensor.dtype} are not carried")
+    if tensor.dim() > MAX_DIMS:
+        raise UnsupportedObjectError(f"tensors of more than {MAX_DIMS} dims are not carried")
+    owner = tensor.detach()
+    if owner.device.type != "cpu":
+        owner = owner.cpu()
+    owner = owner.contiguous()
+    data = memoryview(owner.reshape(-1).numpy()).cast("B")
+    header = _FRAME.pack(_KIND_TENSOR, _DTYPE_CODES[owner.dtype], owner.dim(), 0, data.nbytes)
+    header += b"".join(_DIM.pack(d) for d in owner.shape)
+    return header, data, owner
+
+
+# ----------------------------------------------------------------------------------------------------
+# One link: a TLS socket owned by an I/O thread
+
+
+@dataclass
+class _Incoming:
+    kind: int
+    value: Any  # torch.Tensor for tensors, bytearray otherwise
+    nbytes: int  # framed size on the wire
+    deliver_at: float
+
+
+class _SendRequest:
+    """Completion handle of a queued frame (what ``isend`` returns)."""
+
+    def __init__(self, link: _Link, parts: tuple[memoryview, ...], owner: object) -> None:
+        self._link = link
+        self.parts = parts
+        self.owner = owner  # keeps the tensor whose memory ``parts`` view alive until written
+        self.nbytes = sum(p.nbytes for p in parts)
+        self.not_before = 0.0
+        self._done = threading.Event()
+        self._error: CommError | None = None
+
+    def _finish(self, error: CommError | None = None) -> None:
+        self._error = error
+        self.parts = ()
+        self.owner = None
+        self._done.set()
+
+    def is_completed(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        limit = self._link.recv_timeout_s if timeout is None else timeout
+        if not self._done.wait(limit):
+            raise CommTimeoutError(f"send to rank {self._link.peer} not completed within {limit:.1f}s")
+        if self._error is not None:
+            raise self._error
+
+
+class _RecvRequest:
+    """A posted receive (what ``irecv`` returns); messages fill posted receives in posting order."""
+
+    def __init__(self, link: _Link, kind: int, on_message: Callable[[_Incoming], Any]) -> None:
+        self._link = link
+        self.kind = kind
+        self._on_message = on_message
+        self._done = False
+        self.result: Any = None
+
+    def _fulfil(self, item: _Incoming) -> None:
+        if item.kind != self.kind:
+            raise CommProtocolError(
+                f"expected a {_KIND_NAMES[self.kind]} from rank {self._link.peer}, got a {_KIND_NAMES.get(item.kind, '?')}"
+            )
+        self.result = self._on_message(item)
+        self._done = True
+
+    def is_completed(self) -> bool:
+        return self._done
+
+    def wait(self, timeout: float | None = None) -> Any:
+        self._link.complete(self, timeout)
+        return self.result
+
+
+class _Link:
+    """One persistent TLS connection to a peer rank, served by its own I/O thread."""
+
+    def __init__(self, peer: int, sock: ssl.SSLSocket, config: TlsCommConfig) -> None:
+        self.peer = peer
+        self.recv_timeout_s = config.recv_timeout_s
+        self.counters = _Counters()
+        self._sock = sock
+        self._max_message = config.max_message_bytes
+        self._emulation = config.emulation
+        self._emulated_free_at = 0.0
+        self._outgoing: deque[_SendRequest] = deque()
+        self._out_lock = threading.Lock()
+        self._inbox: deque[_Incoming] = deque()
+        self._inbox_cond = threading.Condition()
+        self._posted: deque[_RecvRequest] = deque()
+        self._recv_lock = threading.RLock()
+        self._error: CommError | None = None
+        self._closing = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        # read state machine
+        self._head = bytearray(_FRAME.size)
+        self._dims = bytearray()
+        self._stage = "head"
+        self._target: memoryview = memoryview(self._head)
+        self._filled = 0
+        self._frame: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self._value: Any = None
+        # write state
+        self._current: _SendRequest | None = None
+        self._part = 0
+        self._offset = 0
+        self._pending_chunk: memoryview | None = None
+        self._thread = threading.Thread(target=self._run, name=f"tls-link-{peer}", daemon=True)
+        self._thread.start()
+
+    # -- caller side --------------------------------------------------------------------------------
+
+    def send(self, parts: tuple[memoryview, ...], owner: object) -> _SendRequest:
+        request = _SendRequest(self, parts, owner)
+        if self._emulation is not None and self._emulation.bandwidth_bps is not None:
+            now = time.monotonic()
+            self._emulated_free_at = max(now, self._emulated_free_at) + request.nbytes * 8 / self._emulation.bandwidth_bps
+            request.not_before = self._emulated_free_at
+        with self._out_lock:
+            if self._error is not None:
+                raise self._error
+            if self._closing:
+                raise PeerDisconnectedError(f"link to rank {self.peer} is closed")
+            self._outgoing.append(request)
+        self._wake()
+        self.counters.bytes_sent += request.nbytes
+        self.counters.messages_sent += 1
+        return request
+
+    def post(self, kind: int, on_message: Callable[[_Incoming], Any]) -> _RecvRequest:
+        request = _RecvRequest(self, kind, on_message)
+        with self._recv_lock:
+            self._posted.append(request)
+        return request
+
+    def complete(self, request: _RecvRequest, timeout: float | None) -> None:
+        """Drain messages into posted receives, in order, until ``request`` is filled."""
+        limit = self.recv_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        with self._recv_lock:
+            while not request.is_completed():
+                item = self._next_message(deadline, limit)
+                head = self._posted.popleft()
+                self.counters.bytes_received += item.nbytes
+                self.counters.messages_received += 1
+                head._fulfil(item)
+
+    def _next_message(self, deadline: float, limit: float) -> _Incoming:
+        with self._inbox_cond:
+            while not self._inbox:
+                if self._error is not None:
+                    raise self._error
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommTimeoutError(f"no message from rank {self.peer} within {limit:.1f}s")
+                self._inbox_cond.wait(remaining)
+            item = self._inbox.popleft()
+        delay = item.deliver_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        return item
+
+    def close(self, timeout: float) -> None:
+        """Flush queued frames (up to ``timeout``), then close the socket."""
+        with self._out_lock:
+            self._closing = True
+        self._wake()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._fail(PeerDisconnectedError(f"link to rank {self.peer} closed with frames unsent"))
+            self._wake()
+            self._thread.join(1.0)
+        self._wake_w.close()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending, or the link is gone
+
+    # -- I/O thread ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        try:
+            self._sock.setblocking(False)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            selector.register(self._sock, selectors.EVENT_READ)
+            want_write = False
+            while self._error is None:
+                read_progress = self._read_some()
+                write_blocked, wait_until = self._write_some()
+                with self._out_lock:
+                    if self._closing and self._current is None and not self._outgoing:
+                        break
+                if read_progress:
+                    continue
+                if write_blocked != want_write:
+                    events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write_blocked else 0)
+                    selector.modify(self._sock, events)
+                    want_write = write_blocked
+                timeout = None if wait_until is None else max(0.0, wait_until - time.monotonic())
+                for key, _ in selector.select(timeout):
+                    if key.fileobj is self._wake_r:
+                        try:
+                            while self._wake_r.recv(4096):
+                                pass
+                        except BlockingIOError:
+                            pass
+        except CommError as exc:
+            self._fail(exc)
+        except (OSError, ValueError) as exc:
+            self._fail(PeerDisconnectedError(f"link to rank {self.peer} failed: {type(exc).__name__}"))
+        finally:
+            selector.close()
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            self._wake_r.close()
+            if self._error is None:
+                self._fail(PeerDisconnectedError(f"link to rank {self.peer} is closed"))
+
+    def _fail(self, error: CommError) -> None:
+        with self._out_lock:
+            if self._error is None:
+                self._error = error
+            pending = list(self._outgoing)
+            self._outgoing.clear()
+            current, self._current = self._current, None
+        for request in ([current] if current else []) + pending:
+            request._finish(self._error)
+        with self._inbox_cond:
+            self._inbox_cond.notify_all()
+
+    def _read_some(self) -> bool:
+        """Read what the socket has (up to a few chunks); return whether any byte arrived."""
+        progressed = False
+        for _ in range(8):
+            want = self._target.nbytes - self._filled
+            if want == 0:
+                self._advance()
+                progressed = True
+                continue
+            try:
+                count = self._sock.recv_into(self._target[self._filled :], min(want, _CHUNK))
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return progressed
+            if count == 0:
+                if self._stage == "head" and self._filled == 0:
+                    raise PeerDisconnectedError(f"rank {self.peer} closed the connection")
+                raise PeerDisconnectedError(f"rank {self.peer} closed the connection mid-message")
+            self._filled += count
+            progressed = True
+            if self._filled == self._target.nbytes:
+                self._advance()
+        return progressed
+
+    def _advance(self) -> None:
+        """A section (header, dims, payload) is complete: parse it and set up the next one."""
+        if self._stage == "head":
+            kind, code, ndim, reserved, nbytes = _FRAME.unpack(self._head)
+            if kind not in _KIND_NAMES or reserved != 0 or ndim > MAX_DIMS:
+                raise CommProtocolError(f"malformed frame header from rank {self.peer}")
+            if nbytes > self._max_message:
+                raise CommProtocolError(f"rank {self.peer} announced a {nbytes}-byte message (limit {self._max_message})")
+            if kind != _KIND_TENSOR and (ndim or code):
+                raise CommProtocolError(f"malformed frame header from rank {self.peer}")
+            self._frame = (kind, code, ndim, nbytes)
+            if ndim:
+                self._dims = bytearray(8 * ndim)
+                self._stage, self._target, self._filled = "dims", memoryview(self._dims), 0
+                return
+            self._start_payload(())
+        elif self._stage == "dims":
+            self._start_payload(struct.unpack(f">{self._frame[2]}Q", self._dims))
+        else:
+            self._deliver()
+
+    def _start_payload(self, shape: tuple[int, ...]) -> None:
+        kind, code, ndim, nbytes = self._frame
+        if kind == _KIND_TENSOR:
+            try:
+                dtype, _ = _tensor_type(code, shape, nbytes)
+            except ValueError:
+                raise CommProtocolError(f"malformed tensor frame from rank {self.peer}") from None
+            self._value = torch.empty(shape, dtype=dtype)
+            target = memoryview(self._value.reshape(-1).numpy()).cast("B") if nbytes else memoryview(b"")
+        else:
+            self._value = bytearray(nbytes)
+            target = memoryview(self._value)
+        self._stage, self._target, self._filled = "payload", target, 0
+        if nbytes == 0:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        kind, _, ndim, nbytes = self._frame
+        delay = self._emulation.one_way_delay_s if self._emulation else 0.0
+        item = _Incoming(kind, self._value, _FRAME.size + 8 * ndim + nbytes, time.monotonic() + delay)
+        with self._inbox_cond:
+            self._inbox.append(item)
+            self._inbox_cond.notify_all()
+        self._value = None
+        self._stage, self._target, self._filled = "head", memoryview(self._head), 0
+
+    def _write_some(self) -> tuple[bool, float | None]:
+        """Write queued frames until done or the socket is full.
+
+        Returns (blocked on a full socket, time the next paced frame becomes due or None).
+        """
+        while True:
+            if self._current is None:
+                with self._out_lock:
+                    if not self._outgoing:
+                        return False, None
+                    head = self._outgoing[0]
+                    if head.not_before > time.monotonic():
+                        return False, head.not_before
+                    self._current = self._outgoing.popleft()
+                self._part, self._offset, self._pending_chunk = 0, 0, None
+            request = self._current
+            while self._part < len(request.parts):
+                part = request.parts[self._part]
+                if self._offset >= part.nbytes:
+                    self._part, self._offset = self._part + 1, 0
+                    continue
+                if self._pending_chunk is None:
+                    self._pending_chunk = part[self._offset : self._offset + _CHUNK]
+                try:
+                    written = self._sock.send(self._pending_chunk)
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    return True, None  # retry the same chunk when writable (OpenSSL requires it)
+                self._offset += written
+                self._pending_chunk = None if written >= self._pending_chunk.nbytes else self._pending_chunk[written:]
+            with self._out_lock:
+                self._current = None
+            request._finish()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Mesh formation
+
+
+def _server_context(credentials: keys.NodeCredentials) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(credentials.cert_path, credentials.key_path)
+    context.load_verify_locations(cafile=str(credentials.ca_path))
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _client_context(credentials: keys.NodeCredentials, verify_hostname: bool) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(credentials.cert_path, credentials.key_path)
+    context.load_verify_locations(cafile=str(credentials.ca_path))
+    context.check_hostname = verify_hostname
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+def _send_hello(sock: ssl.SSLSocket, rank: int, session: bytes) -> None:
+    sock.sendall(_HELLO.pack(_HELLO_MAGIC, WIRE_VERSION, rank, len(session)) + session)
+
+
+def _recv_exact(sock: ssl.SSLSocket, count: int) -> bytes:
+    buffer = bytearray(count)
+    view, filled = memoryview(buffer), 0
+    while filled < count:
+        got = sock.recv_into(view[filled:])
+        if got == 0:
+            raise PeerDisconnectedError("peer closed the connection during the hello")
+        filled += got
+    return bytes(buffer)
+
+
+def _recv_hello(sock: ssl.SSLSocket, session: bytes) -> int:
+    magic, version, rank, length = _HELLO.unpack(_recv_exact(sock, _HELLO.size))
+    if magic != _HELLO_MAGIC or version != WIRE_VERSION:
+        raise PeerAuthError("peer does not speak this data-plane version")
+    if length != len(session) or _recv_exact(sock, length) != session:
+        raise PeerAuthError("peer belongs to another session")
+    return rank
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket for this rank (port 0 picks a free one: read it with ``getsockname``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(16)
+    return sock
+
+
+class _MeshBuilder:
+    """Dials lower ranks and accepts higher ranks until every link is authenticated or time runs out."""
+
+    def __init__(self, config: TlsCommConfig, listener: socket.socket | None) -> None:
+        self.config = config
+        self.session = config.session_id.encode()
+        self.ca = config.credentials.ca_certificate()
+        self.links: dict[int, ssl.SSLSocket] = {}
+        self.errors: list[str] = []
+        self.fatal: CommError | None = None
+        self.deadline = time.monotonic() + config.connect_timeout_s
+        self.listener = listener
+        self.lock = threading.Lock()
+
+    def build(self) -> dict[int, ssl.SSLSocket]:
+        config = self.config
+        higher = [r for r in range(config.rank + 1, config.mesh_size)]
+        if higher and self.listener is None:
+            self.listener = bind_listener(*(config.listen or config.endpoints[config.rank]))
+        acceptor = None
+        if higher:
+            acceptor = threading.Thread(target=self._accept_all, args=(set(higher),), daemon=True)
+            acceptor.start()
+        try:
+            for peer in range(config.rank):
+                self._dial(peer)
+            if acceptor is not None:
+                acceptor.join(max(0.0, self.deadline - time.monotonic()) + 1.0)
+        except BaseException:
+            self._close_all()
+            raise
+        finally:
+            if self.listener is not None:
+                self.listener.close()
+        if self.fatal is not None or len(self.links) != config.mesh_size - 1:
+            self._close_all()
+            if self.fatal is not None:
+                raise self.fatal
+            missing = sorted(set(range(config.mesh_size)) - set(self.links) - {config.rank})
+            detail = f" (refused: {'; '.join(self.errors[-3:])})" if self.errors else ""
+            raise CommTimeoutError(
+                f"rank {config.rank}: no authenticated link to ranks {missing} within {config.connect_timeout_s:.1f}s{detail}"
+            )
+        return self.links
+
+    def _close_all(self) -> None:
+        with self.lock:
+            for sock in self.links.values():
+                sock.close()
+            self.links.clear()
+
+    def _dial(self, peer: int) -> None:
+        config = self.config
+        host, port = config.endpoints[peer]
+        context = _client_context(config.credentials, config.verify_hostname)
+        pause = 0.02
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                return  # reported as missing by build()
+            try:
+                raw = socket.create_connection((host, port), timeout=min(remaining, _HANDSHAKE_TIMEOUT_S))
+            except OSError:
+                time.sleep(min(pause, max(0.0, self.deadline - time.monotonic())))
+                pause = min(pause * 2, 0.5)
+                continue
+            _tune(raw)
+            try:
+                sock = context.wrap_socket(raw, server_hostname=host)
+                keys.check_peer_role(sock.getpeercert(binary_form=True) or b"", config.role_of(peer), self.ca)
+                _send_hello(sock, config.rank, self.session)
+                if _recv_hello(sock, self.session) != peer:
+                    raise PeerAuthError(f"the node at rank {peer}'s address answered as another rank")
+            except keys.PeerCertificateError as exc:
+                raw.close()
+                raise PeerAuthError(f"rank {peer} at {host}:{port} refused: {exc}") from None
+            except ssl.SSLCertVerificationError as exc:
+                raw.close()
+                raise PeerAuthError(f"rank {peer} at {host}:{port} failed certificate verification: {exc.verify_message}") from None
+            except ssl.SSLError as exc:
+                raw.close()
+                if "ALERT" in str(exc.reason or ""):  # the listener rejected this node's certificate
+                    raise PeerAuthError(f"rank {peer} at {host}:{port} rejected this node's certificate ({exc.reason})") from None
+                self.errors.append(f"rank {peer}: {type(exc).__name__}")
+                time.sleep(min(pause, max(0.0, self.deadline - time.monotonic())))
+                pause = min(pause * 2, 0.5)
+                continue
+            except (ConnectionError, socket.timeout, PeerDisconnectedError) as exc:
+                # The listener closed on us (it refused our role, or raced a restart); keep trying until
+                # the deadline, remembering why.
+                raw.close()
+                self.errors.append(f"rank {peer}: {type(exc).__name__}")
+                time.sleep(min(pause, max(0.0, self.deadline - time.monotonic())))
+                pause = min(pause * 2, 0.5)
+                continue
+            except PeerAuthError:
+                raw.close()
+                raise
+            sock.settimeout(None)
+            with self.lock:
+                self.links[peer] = sock
+            return
+
+    def _accept_all(self, expected: set[int]) -> None:
+        config = self.config
+        context = _server_context(config.credentials)
+        roles = {config.role_of(r): r for r in expected}
+        assert self.listener is not None
+        while expected:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.listener.settimeout(remaining)
+            try:
+                raw, address = self.listener.accept()
+            except (socket.timeout, OSError):
+                return
+            _tune(raw)
+            raw.settimeout(min(_HANDSHAKE_TIMEOUT_S, max(0.1, remaining)))
+            try:
+                sock = context.wrap_socket(raw, server_side=True)
+                role = keys.check_peer_role(sock.getpeercert(binary_form=True) or b"", set(roles), self.ca)
+                _send_hello(sock, config.rank, self.session)
+                claimed = _recv_hello(sock, self.session)
+                if claimed != roles[role]:
+                    raise PeerAuthError(f"a {role} certificate claimed rank {claimed}")
+            except (keys.PeerCertificateError, PeerAuthError, PeerDisconnectedError, ssl.SSLError, OSError) as exc:
+                # A stranger (foreign CA, wrong role, other session) is refused; the mesh keeps waiting
+                # for the real peer. Only the reason's type is logged, never certificate contents.
+                raw.close()
+                reason = f"{address[0]}: {type(exc).__name__}"
+                self.errors.append(reason)
+                log.warning("rank %d refused a data-plane connection from %s", config.rank, reason)
+                continue
+            sock.settimeout(None)
+            with self.lock:
+                self.links[roles[role]] = sock
+            expected.discard(roles[role])
+            del roles[role]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The communicator
+
+
+_SUM_OPS: dict[Any, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    ReduceOp.SUM: torch.add,
+    ReduceOp.PRODUCT: torch.mul,
+    ReduceOp.MIN: torch.minimum,
+    ReduceOp.MAX: torch.maximum,
+    ReduceOp.BAND: torch.bitwise_and,
+    ReduceOp.BOR: torch.bitwise_or,
+    ReduceOp.BXOR: torch.bitwise_xor,
+}
+
+
+def _reducer(op: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    for key, function in _SUM_OPS.items():
+        if op == key:
+            return function
+    raise ValueError(f"unsupported reduce op {op}")
+
+
+class TlsCommunicator(Communicator):
+    """CrypTen's communicator interface over the mutual-TLS mesh (see the module docstring).
+
+    Create one with :meth:`connect`, hand it to :func:`install`, and CrypTen's ``comm.get()`` returns it.
+    Methods keep ``DistributedCommunicator``'s signatures and return conventions; ``src``/``dst`` are
+    mesh ranks (the dealer is ``get_ttp_rank()``). Use it from one thread, like CrypTen does.
+    """
+
+    BYTES_PER_ELEMENT = 8
+
+    def __init__(self, config: TlsCommConfig, links: Mapping[int, ssl.SSLSocket]) -> None:
+        self.config = config
+        self.rank = config.rank
+        self.world_size = config.world_size
+        self._name = f"rank{config.rank}"
+        self._links = {peer: _Link(peer, sock, config) for peer, sock in links.items()}
+        self._rounds = 0
+        self._op = 0
+        self._closed = False
+        self.main_group = Group(tuple(range(config.world_size)))
+        self.ttp_group = Group(tuple(range(config.mesh_size)))
+        self.ttp_comm_group = Group((0, config.mesh_size - 1))
+        self.ttp_initialized = config.with_dealer
+        self.reset_communication_stats()
+
+    @classmethod
+    def connect(cls, config: TlsCommConfig, listener: socket.socket | None = None) -> TlsCommunicator:
+        """Form the authenticated mesh for ``config`` (all ranks call this concurrently).
+
+        ``listener`` is an already bound socket for this rank (see :func:`bind_listener`); without one the
+        rank binds ``config.listen`` or its own endpoint. Raises :class:`CommTimeoutError` when some rank
+        is not linked within ``connect_timeout_s`` and :class:`PeerAuthError` when a dialled peer is not
+        who its rank requires.
+        """
+        config.validate()
+        links = _MeshBuilder(config, listener).build()
+        return cls(config, links)
+
+    # -- CrypTen's classmethod protocol (the instance is managed by install/uninstall) ---------------
+
+    @classmethod
+    def is_initialized(cls) -> bool:
+        return _installed is not None
+
+    @classmethod
+    def get(cls) -> TlsCommunicator:
+        if _installed is None:
+            raise RuntimeError("no TLS communicator installed; call pinfer.protocols.tls_communicator.install()")
+        return _installed
+
+    @classmethod
+    def initialize(cls, rank: int, world_size: int, init_ttp: bool = False) -> None:
+        """Called by CrypTen's ``comm._init``: the mesh already exists, so only check it is the same world."""
+        current = cls.get()
+        if init_ttp:
+            raise CommError(
+                "CrypTen's TTP provider talks to torch.distributed directly and cannot run over the TLS mesh; "
+                "use pinfer's dealer provider"
+            )
+        if world_size not in (1, current.world_size) or rank not in (0, current.rank):
+            raise CommError("crypten was initialized for a different world than the installed communicator")
+
+    @classmethod
+    def shutdown(cls) -> None:
+        uninstall()
+
+    # -- bookkeeping ------------------------------------------------------------------------------------
+
+    def _link(self, peer: int) -> _Link:
+        link = self._links.get(peer)
+        if link is None:
+            if self._closed:
+                raise PeerDisconnectedError("the communicator is closed")
+            raise ValueError(f"rank {self.rank} has no link to rank {peer}")
+        if link.counters.last_op != self._op:
+            link.counters.last_op = self._op
+            link.counters.rounds += 1
+        return link
+
+    def _begin(self) -> None:
+        self._op += 1
+        self._rounds += 1
+
+    def _members(self, group: Group | None) -> tuple[int, ...]:
+        ranks = (group or self.main_group).ranks
+        if self.rank not in ranks:
+            raise ValueError(f"rank {self.rank} is not in group {ranks}")
+        return ranks
+
+    def _send_tensor(self, tensor: torch.Tensor, dst: int) -> _SendRequest:
+        header, data, owner = _tensor_wire(tensor)
+        parts = (memoryview(header + data.tobytes()),) if data.nbytes <= _SMALL_PAYLOAD else (memoryview(header), data)
+        return self._link(dst).send(parts, owner)
+
+    def _send_payload(self, kind: int, payload: bytes, dst: int) -> _SendRequest:
+        frame = _FRAME.pack(kind, 0, 0, 0, len(payload)) + payload
+        return self._link(dst).send((memoryview(frame),), None)
+
+    def _post_tensor(self, src: int) -> _RecvRequest:
+        return self._link(src).post(_KIND_TENSOR, lambda item: item.value)
+
+    def _post_payload(self, kind: int, src: int) -> _RecvRequest:
+        return self._link(src).post(kind, lambda item: item.value)
+
+    @staticmethod
+    def _like(received: torch.Tensor, template: torch.Tensor | None, src: int) -> torch.Tensor:
+        """Check ``received`` against what the caller expects and put it on the template's device/shape."""
+        if template is None:
+            return received
+        if received.dtype != template.dtype or received.numel() != template.numel():
+            raise CommProtocolError(
+                f"rank {src} sent {received.dtype}[{received.numel()}], expected {template.dtype}[{template.numel()}]"
+            )
+        received = received.reshape(template.shape)
+        return received if template.device.type == "cpu" else received.to(template.device)
+
+    def _wait_all(self, requests: Sequence[_SendRequest]) -> None:
+        for request in requests:
+            request.wait()
+
+    # -- point to point -------------------------------------------------------------------------------
+
+    @_logging
+    def send(self, tensor: torch.Tensor, dst: int) -> None:
+        """Send ``tensor`` to ``dst`` and return once it is handed to the kernel."""
+        self._begin()
+        self._send_tensor(tensor, dst).wait()
+
+    @_logging
+    def recv(self, tensor: torch.Tensor, src: int | None = None) -> torch.Tensor:
+        """Receive a tensor shaped like ``tensor`` from ``src`` (a new tensor, as CrypTen expects)."""
+        if src is None:
+            raise ValueError("the TLS communicator needs an explicit source rank (MPC links are fixed)")
+        self._begin()
+        return self._like(self._post_tensor(src).wait(), tensor, src)
+
+    @_logging
+    def isend(self, tensor: torch.Tensor, dst: int) -> _SendRequest:
+        """Queue ``tensor`` for ``dst``; ``wait()`` on the result before modifying the tensor."""
+        self._begin()
+        return self._send_tensor(tensor, dst)
+
+    @_logging
+    def irecv(self, tensor: torch.Tensor, src: int | None = None) -> _RecvRequest:
+        """Post a receive that fills ``tensor`` in place when ``wait()`` is called."""
+        if src is None:
+            raise ValueError("the TLS communicator needs an explicit source rank (MPC links are fixed)")
+        self._begin()
+
+        def fill(item: _Incoming) -> torch.Tensor:
+            tensor.copy_(self._like(item.value, tensor, src))
+            return tensor
+
+        return self._link(src).post(_KIND_TENSOR, fill)
+
+    # -- collectives over a group (default: the parties) --------------------------------------------
+
+    @_logging
+    def broadcast(self, input: Any, src: int, group: Group | None = None, batched: bool = False) -> Any:
+        """Everyone ends with ``src``'s tensor(s), written in place into ``input``."""
+        members = self._members(group)
+        self._begin()
+        tensors = list(input) if batched else [input]
+        if self.rank == src:
+            self._wait_all([self._send_tensor(t, peer) for peer in members if peer != src for t in tensors])
+        else:
+            posted = [self._post_tensor(src) for _ in tensors]
+            for tensor, request in zip(tensors, posted):
+                tensor.data.copy_(self._like(request.wait(), tensor, src))
+        return input
+
+    def _exchange(self, tensors: list[torch.Tensor], members: Sequence[int]) -> dict[int, list[torch.Tensor]]:
+        """Send ``tensors`` to every other member and collect theirs (one round)."""
+        sends = [self._send_tensor(t, peer) for peer in members if peer != self.rank for t in tensors]
+        received = {peer: [self._post_tensor(peer) for _ in tensors] for peer in members if peer != self.rank}
+        result = {
+            peer: [self._like(r.wait(), t, peer) for r, t in zip(requests, tensors)]
+            for peer, requests in received.items()
+        }
+        self._wait_all(sends)
+        result[self.rank] = [t.clone() for t in tensors]
+        return result
+
+    @staticmethod
+    def _combine(values: dict[int, list[torch.Tensor]], members: Sequence[int], op: Any) -> list[torch.Tensor]:
+        reduce = _reducer(op)
+        combined = [t.clone() for t in values[members[0]]]
+        for peer in members[1:]:
+            combined = [reduce(acc, t) for acc, t in zip(combined, values[peer])]
+        return combined
+
+    @_logging
+    def all_reduce(self, input: Any, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
+        """Every party gets the reduction of all parties' tensors (reduced in rank order)."""
+        members = self._members(None)
+        self._begin()
+        tensors = list(input) if batched else [input]
+        result = self._combine(self._exchange(tensors, members), members, op)
+        return result if batched else result[0]
+
+    @_logging
+    def reduce(self, input: Any, dst: int, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
+        """``dst`` gets the reduction of all parties' tensors; the others get None."""
+        members = self._members(None)
+        self._begin()
+        tensors = list(input) if batched else [input]
+        if self.rank != dst:
+            self._wait_all([self._send_tensor(t, dst) for t in tensors])
+            return None
+        posted = {peer: [self._post_tensor(peer) for _ in tensors] for peer in members if peer != dst}
+        values = {peer: [self._like(r.wait(), t, peer) for r, t in zip(reqs, tensors)] for peer, reqs in posted.items()}
+        values[dst] = tensors
+        result = self._combine(values, members, op)
+        return result if batched else result[0]
+
+    @_logging
+    def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor | None]:
+        """``dst`` gets every party's tensor in rank order; the others get ``[None]``."""
+        members = self._members(None)
+        self._begin()
+        if self.rank != dst:
+            self._send_tensor(tensor, dst).wait()
+            return [None]
+        posted = {peer: self._post_tensor(peer) for peer in members if peer != dst}
+        return [tensor.clone() if peer == dst else self._like(posted[peer].wait(), tensor, peer) for peer in members]
+
+    @_logging
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every party gets every party's tensor, in rank order."""
+        members = self._members(None)
+        self._begin()
+        values = self._exchange([tensor], members)
+        return [values[peer][0] for peer in members]
+
+    @_logging
+    def scatter(self, scatter_list: Sequence[torch.Tensor], src: int, size: Any = None, device: Any = None) -> torch.Tensor:
+        """Party ``r`` gets ``scatter_list[r]`` from ``src``."""
+        members = self._members(None)
+        self._begin()
+        if self.rank == src:
+            self._wait_all([self._send_tensor(scatter_list[peer], peer) for peer in members if peer != src])
+            return scatter_list[src]
+        received = self._post_tensor(src).wait()
+        if size is not None and tuple(received.shape) != tuple(size):
+            raise CommProtocolError(f"rank {src} scattered shape {tuple(received.shape)}, expected {tuple(size)}")
+        return received if device is None else received.to(device)
+
+    @_logging
+    def barrier(self, group: Group | None = None) -> None:
+        """Return once every member of ``group`` has entered the barrier."""
+        members = self._members(group)
+        self._begin()
+        sends = [self._send_payload(_KIND_BARRIER, b"", peer) for peer in members if peer != self.rank]
+        posted = [self._post_payload(_KIND_BARRIER, peer) for peer in members if peer != self.rank]
+        for request in posted:
+            request.wait()
+        self._wait_all(sends)
+
+    # -- typed objects --------------------------------------------------------------------------------
+
+    @_logging
+    def send_obj(self, obj: object, dst: int, group: Group | None = None) -> None:
+        """Send a typed object (see :func:`encode_object`) to ``dst``."""
+        payload = encode_object(obj)
+        self._begin()
+        self._send_payload(_KIND_OBJECT, payload, dst).wait()
+
+    @_logging
+    def recv_obj(self, src: int, group: Group | None = None) -> object:
+        """Receive a typed object from ``src``."""
+        self._begin()
+        return decode_object(self._post_payload(_KIND_OBJECT, src).wait())
+
+    @_logging
+    def broadcast_obj(self, obj: object, src: int, group: Group | None = None) -> object:
+        """Everyone in ``group`` gets ``src``'s object."""
+        members = self._members(group)
+        self._begin()
+        if self.rank == src:
+            if obj is None:
+                raise ValueError("the source of broadcast_obj must provide an object")
+            payload = encode_object(obj)
+            self._wait_all([self._send_payload(_KIND_OBJECT, payload, peer) for peer in members if peer != src])
+            return obj
+        return decode_object(self._post_payload(_KIND_OBJECT, src).wait())
+
+    # -- raw byte messages (for typed channels such as the dealer's) -----------------------------------
+
+    def send_bytes(self, data: bytes | bytearray | memoryview, dst: int) -> None:
+        """Send one opaque byte message to ``dst`` (counted in the link's stats, not in CrypTen's)."""
+        self._begin()
+        view = memoryview(data).cast("B")
+        frame = _FRAME.pack(_KIND_BYTES, 0, 0, 0, view.nbytes)
+        self._link(dst).send((memoryview(frame), view), data).wait()
+
+    def recv_bytes(self, src: int) -> bytes:
+        """Receive one opaque byte message from ``src``."""
+        self._begin()
+        return bytes(self._post_payload(_KIND_BYTES, src).wait())
+
+    def transport(self, peer: int) -> PeerTransport:
+        """A ``send_bytes``/``recv_bytes`` endpoint bound to ``peer`` (the byte transport of
+        :class:`pinfer.protocols.channel.Channel`), so a typed channel can run over this mesh."""
+        self._link(peer)
+        return PeerTransport(self, peer)
+
+    # -- identity -------------------------------------------------------------------------------------
+
+    def get_world_size(self) -> int:
+        return self.world_size
+
+    def get_rank(self) -> int:
+        return self.rank
+
+    def get_ttp_rank(self) -> int:
+        return self.world_size
+
+    def set_name(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError("party name must be a string")
+        self._name = name
+
+    def get_name(self) -> str:
+        return self._name
+
+    def get_distributed_backend(self) -> str:
+        return "tls"
+
+    # -- statistics -----------------------------------------------------------------------------------
+
+    def stats(self) -> CommStats:
+        """Snapshot of framed bytes, messages and rounds, per peer rank and in total."""
+        return CommStats({peer: link.counters.snapshot() for peer, link in self._links.items()}, self._rounds)
+
+    def reset_stats(self) -> None:
+        """Zero this communicator's own counters (CrypTen's are reset by ``reset_communication_stats``)."""
+        self._rounds = 0
+        for link in self._links.values():
+            link.counters.reset()
+
+    def reset_communication_stats(self) -> None:
+        """CrypTen's reset (``crypten.reset_communication_stats``): clears CrypTen's and our counters."""
+        super().reset_communication_stats()
+        self.reset_stats()
+
+    # -- lifetime -------------------------------------------------------------------------------------
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush and close every link; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for link in self._links.values():
+            link.close(timeout)
+
+    def __enter__(self) -> TlsCommunicator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PeerTransport:
+    """A byte-message endpoint to one peer over a :class:`TlsCommunicator`."""
+
+    def __init__(self, communicator: TlsCommunicator, peer: int) -> None:
+        self._communicator = communicator
+        self.peer = peer
+
+    def send_bytes(self, data: bytes | memoryview) -> None:
+        self._communicator.send_bytes(data, self.peer)
+
+    def recv_bytes(self) -> bytes:
+        return self._communicator.recv_bytes(self.peer)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Installing into CrypTen
+
+_installed: TlsCommunicator | None = None
+_originals: dict[str, Any] = {}
+
+
+def install(communicator: TlsCommunicator) -> None:
+    """Make ``crypten.communicator.get()`` return ``communicator`` in this process.
+
+    CrypTen's modules call ``comm.get()``, ``comm.is_initialized()``, ``comm._init()`` and
+    ``comm.uninit()`` through the ``crypten.communicator`` module, so replacing those four functions
+    routes all of CrypTen's communication through the TLS mesh. After this, ``crypten.is_initialized()``
+    is true; key CrypTen's generators with :mod:`pinfer.protocols.crypten_rng` (CSPRNG seeds exchanged
+    over this communicator) rather than ``crypten.init()``, whose ``_setup_prng`` draws seeds from
+    torch's Mersenne twister. ``crypten.uninit()`` closes the communicator and restores CrypTen.
+    """
+    global _installed
+    if _installed is not None and _installed is not communicator:
+        raise RuntimeError("another TLS communicator is installed; uninstall it first")
+    if not _originals:
+        for name in ("get", "is_initialized", "_init", "uninit"):
+            _originals[name] = getattr(crypten_comm, name)
+    _installed = communicator
+    crypten_comm.get = TlsCommunicator.get
+    crypten_comm.is_initialized = TlsCommunicator.is_initialized
+    crypten_comm._init = lambda use_threads=False, rank=0, world_size=1, init_ttp=False: TlsCommunicator.initialize(
+        rank, world_size, init_ttp
+    )
+    crypten_comm.uninit = uninstall
+
+
+def uninstall() -> None:
+    """Close the installed communicator and give CrypTen back its own functions; idempotent."""
+    global _installed
+    communicator, _installed = _installed, None
+    for name, function in _originals.items():
+        setattr(crypten_comm, name, function)
+    _originals.clear()
+    if communicator is not None:
+        communicator.close()
