@@ -1,10 +1,11 @@
-"""Launch n parties and a dealer as local OS processes and run one function on the parties.
+"""Launch n parties and a dealer as local OS processes and run jobs on the parties.
 
 Each party process joins the party-to-party communicator, receives its dealer seed, agrees on the
 pairwise seeds for pseudo-random zero sharings (all drawn with ``os.urandom``), installs the
-CSPRNG streams and the dealer provider into CrypTen, then calls the user function with a
-:class:`PartyContext`. Any process failing or timing out stops the whole run with
-:class:`WorldError`, so callers never hang on a dead peer.
+CSPRNG streams and the dealer provider into CrypTen, then runs jobs ``fn(context, ...)`` sent by the
+launcher until it is closed. A :class:`LocalWorld` stays up across jobs (tests send many small jobs
+to one world); :func:`run_parties` is the one-job form. Any process failing or timing out stops the
+whole world with :class:`WorldError`, so callers never hang on a dead peer.
 """
 
 from __future__ import annotations
@@ -86,11 +87,11 @@ def _agree_party_seeds(rank: int, world_size: int):
 
 def _report(conn: Connection, status: str, value: Any) -> None:
     # Plain pickle: torch's multiprocessing reducer would pass tensors as file descriptors that die
-    # with this process. This pipe only ever links a launcher to the processes it spawned.
+    # with this process. These pipes only ever link a launcher to the processes it spawned.
     conn.send_bytes(pickle.dumps((status, value)))
 
 
-def _party_main(rank, world_size, rendezvous, dealer_conn, result_conn, fn, args, kwargs) -> None:
+def _party_main(rank: int, world_size: int, rendezvous: str, dealer_conn: Connection, control: Connection) -> None:
     torch.set_num_threads(1)
     try:
         _join_communicator(rank, world_size, rendezvous)
@@ -116,15 +117,25 @@ def _party_main(rank, world_size, rendezvous, dealer_conn, result_conn, fn, args
             return Cost(time.perf_counter(), stats.comm_bytes, stats.comm_rounds,
                         dealer.stats.bytes_sent + dealer.stats.bytes_received)
 
-        context = PartyContext(rank, world_size, provider, CostMeter(reading))
-        result = fn(context, *args, **kwargs)
-        provider.close()
-        _report(result_conn, "ok", result)
-    except BaseException as exc:  # reported to the launcher, which stops the other processes
-        _report(result_conn, "error", f"party {rank}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        _report(control, "ready", None)
+    except BaseException as exc:
+        _report(control, "error", f"party {rank} start-up: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        return
+    while True:
+        job = pickle.loads(control.recv_bytes())
+        if job is None:
+            provider.close()
+            return
+        fn, args, kwargs = job
+        try:
+            context = PartyContext(rank, world_size, provider, CostMeter(reading))
+            _report(control, "ok", fn(context, *args, **kwargs))
+        except BaseException as exc:  # reported to the launcher, which stops the other processes
+            _report(control, "error", f"party {rank}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            return
 
 
-def _dealer_main(conns, result_conn) -> None:
+def _dealer_main(conns: list[Connection], control: Connection) -> None:
     torch.set_num_threads(1)
     try:
         from .channel import Channel
@@ -133,9 +144,109 @@ def _dealer_main(conns, result_conn) -> None:
         server = DealerServer([Channel(conn) for conn in conns])
         server.distribute_seeds()
         server.serve()
-        _report(result_conn, "ok", None)
+        _report(control, "ok", None)
     except BaseException as exc:
-        _report(result_conn, "error", f"dealer: {type(exc).__name__}: {exc}")
+        _report(control, "error", f"dealer: {type(exc).__name__}: {exc}")
+
+
+class LocalWorld:
+    """n party processes and a dealer process on this host, reused across jobs.
+
+    Jobs must be importable by name (processes are spawned, not forked, so torch's thread pools are
+    never copied mid-use). Use as a context manager; :meth:`close` always stops every process.
+    """
+
+    def __init__(self, n_parties: int = 2, timeout_s: float = PARTY_TIMEOUT_S) -> None:
+        if n_parties not in (2, 3):
+            raise ValueError("pinfer runs 2 or 3 parties")
+        self.n_parties = n_parties
+        self.timeout_s = timeout_s
+        ctx = mp.get_context("spawn")
+        rendezvous = f"tcp://127.0.0.1:{_free_port()}"
+        dealer_ends, party_ends = zip(*(ctx.Pipe() for _ in range(n_parties)))
+        self._controls: dict[str, Connection] = {}
+        self._processes = []
+        for rank in range(n_parties):
+            mine, theirs = ctx.Pipe()
+            self._controls[f"party{rank}"] = mine
+            self._processes.append(ctx.Process(
+                target=_party_main, name=f"pinfer-party{rank}", daemon=True,
+                args=(rank, n_parties, rendezvous, party_ends[rank], theirs),
+            ))
+        mine, theirs = ctx.Pipe()
+        self._dealer_control = mine
+        self._processes.append(ctx.Process(
+            target=_dealer_main, name="pinfer-dealer", daemon=True, args=(list(dealer_ends), theirs)
+        ))
+        for process in self._processes:
+            process.start()
+        try:
+            self._collect(self._controls)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> LocalWorld:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def run(self, fn: Callable[..., Any], *args: Any, party_kwargs: list[dict[str, Any]] | None = None) -> list[Any]:
+        """Run ``fn(context, *args, **party_kwargs[rank])`` on every party; return their results."""
+        party_kwargs = party_kwargs or [{} for _ in range(self.n_parties)]
+        if len(party_kwargs) != self.n_parties:
+            raise ValueError("party_kwargs needs one entry per party")
+        try:
+            for rank, kwargs in enumerate(party_kwargs):
+                self._controls[f"party{rank}"].send_bytes(pickle.dumps((fn, args, kwargs)))
+            outcomes = self._collect(self._controls)
+        except BaseException:
+            self.close()
+            raise
+        return [outcomes[f"party{rank}"] for rank in range(self.n_parties)]
+
+    def close(self) -> None:
+        for control in self._controls.values():
+            try:
+                control.send_bytes(pickle.dumps(None))
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        for process in self._processes:
+            process.join(timeout=max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+        self._controls = {}
+
+    def _collect(self, controls: dict[str, Connection]) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout_s
+        pending = dict(controls)
+        pending["dealer"] = self._dealer_control
+        outcomes: dict[str, Any] = {}
+        while len(pending) > 1:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WorldError(f"timed out after {self.timeout_s:.0f} s waiting for {sorted(pending)}")
+            ready = wait(list(pending.values()), timeout=min(remaining, 1.0))
+            for name, conn in list(pending.items()):
+                if conn not in ready:
+                    continue
+                try:
+                    status, value = pickle.loads(conn.recv_bytes())
+                except EOFError:
+                    raise WorldError(f"{name} exited unexpectedly") from None
+                if status == "error":
+                    raise WorldError(value)
+                if name == "dealer":
+                    raise WorldError("the dealer stopped before the parties")
+                outcomes[name] = value
+                del pending[name]
+            dead = [p.name for p in self._processes if p.exitcode is not None]
+            if dead and not ready:
+                raise WorldError(f"process exited: {', '.join(dead)}")
+        return outcomes
 
 
 def run_parties(
@@ -145,63 +256,6 @@ def run_parties(
     party_kwargs: list[dict[str, Any]] | None = None,
     timeout_s: float = PARTY_TIMEOUT_S,
 ) -> list[Any]:
-    """Run ``fn(context, *args, **party_kwargs[rank])`` on every party; return their results.
-
-    ``fn`` must be importable by name (processes are spawned, not forked, so torch's thread pools
-    are never copied mid-use).
-    """
-    if n_parties not in (2, 3):
-        raise ValueError("pinfer runs 2 or 3 parties")
-    party_kwargs = party_kwargs or [{} for _ in range(n_parties)]
-    if len(party_kwargs) != n_parties:
-        raise ValueError("party_kwargs needs one entry per party")
-    ctx = mp.get_context("spawn")
-    rendezvous = f"tcp://127.0.0.1:{_free_port()}"
-    dealer_ends, party_ends = zip(*(ctx.Pipe() for _ in range(n_parties)))
-    results: dict[str, Connection] = {}
-    processes = []
-    for rank in range(n_parties):
-        receiver, sender = ctx.Pipe(duplex=False)
-        results[f"party{rank}"] = receiver
-        processes.append(ctx.Process(
-            target=_party_main, name=f"pinfer-party{rank}",
-            args=(rank, n_parties, rendezvous, party_ends[rank], sender, fn, args, party_kwargs[rank]),
-        ))
-    receiver, sender = ctx.Pipe(duplex=False)
-    results["dealer"] = receiver
-    processes.append(ctx.Process(target=_dealer_main, name="pinfer-dealer", args=(list(dealer_ends), sender)))
-    for process in processes:
-        process.start()
-    try:
-        outcomes = _collect(results, processes, timeout_s)
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-            process.join(timeout=10)
-    return [outcomes[f"party{rank}"] for rank in range(n_parties)]
-
-
-def _collect(results: dict[str, Connection], processes: list, timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    pending = dict(results)
-    outcomes: dict[str, Any] = {}
-    while pending:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise WorldError(f"timed out after {timeout_s:.0f} s waiting for {sorted(pending)}")
-        ready = wait(list(pending.values()), timeout=min(remaining, 1.0))
-        for name, conn in list(pending.items()):
-            if conn in ready:
-                try:
-                    status, value = pickle.loads(conn.recv_bytes())
-                except EOFError:
-                    raise WorldError(f"{name} exited without a result") from None
-                if status == "error":
-                    raise WorldError(value)
-                outcomes[name] = value
-                del pending[name]
-        dead = [p.name for p in processes if p.exitcode not in (None, 0)]
-        if dead and not ready:
-            raise WorldError(f"process died: {', '.join(dead)}")
-    return outcomes
+    """Start a world, run one job ``fn(context, *args, **party_kwargs[rank])``, stop the world."""
+    with LocalWorld(n_parties, timeout_s) as world:
+        return world.run(fn, *args, party_kwargs=party_kwargs)

@@ -1,0 +1,100 @@
+"""``pinfer generate``: one private generation on local processes (two parties and a dealer)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pinfer.models.registry import load_model
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("generate", help="private greedy generation on secret shares")
+    parser.add_argument("--prompt", required=True, help="prompt text (tokenized locally by the client)")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--model", default="smollm2-135m", help="registry name or checkpoint directory")
+    parser.add_argument("--parties", type=int, choices=(2, 3), default=2)
+    parser.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
+    parser.add_argument("--check", action="store_true", help="also run the plaintext reference and compare")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.set_defaults(func=run)
+
+
+def prompt_ids(tokenizer: Any, prompt: str, raw: bool) -> list[int]:
+    if not raw and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = prompt
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def until_stop(tokens: list[int], stop_ids: tuple[int, ...]) -> list[int]:
+    """The client cuts the text at the first stop token; the parties always run the public count."""
+    for i, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[:i]
+    return tokens
+
+
+def run(args: argparse.Namespace) -> int:
+    from pinfer.generation import generate_plain
+    from pinfer.private import generate_private
+
+    config, weights, tokenizer = load_model(args.model)
+    ids = prompt_ids(tokenizer, args.prompt, args.raw)
+    try:
+        result = generate_private(config, weights, ids, args.max_new_tokens, n_parties=args.parties)
+    except ValueError as exc:
+        print(f"pinfer generate: {exc}", file=sys.stderr)
+        return 2
+    text = tokenizer.decode(until_stop(result.tokens, config.eos_token_ids))
+    prefill = result.phase_totals("prefill")
+    decode = result.phase_totals("decode")
+    setup = result.phase_totals("setup")
+    report: dict[str, Any] = {
+        "model": args.model,
+        "prompt_tokens": len(ids),
+        "text": text,
+        "tokens": result.tokens,
+        "latency_s": {
+            "total": round(result.wall_seconds, 3),
+            "prefill": round(result.prefill_seconds, 3),
+            "decode_per_token": None if result.decode_seconds_per_token is None
+            else round(result.decode_seconds_per_token, 3),
+        },
+        "bytes_per_party": [s["bytes"] + p["bytes"] + d["bytes"] for s, p, d in zip(setup, prefill, decode)],
+        "rounds": [s["rounds"] + p["rounds"] + d["rounds"] for s, p, d in zip(setup, prefill, decode)],
+        "by_phase": {"setup": setup, "prefill": prefill, "decode": decode},
+        "costs": result.party_costs[0],
+    }
+    if args.check:
+        plain = generate_plain(config, weights, ids, args.max_new_tokens)
+        report["plaintext_tokens"] = plain
+        report["plaintext_text"] = tokenizer.decode(until_stop(plain, config.eos_token_ids))
+        report["match"] = plain == result.tokens
+        report["matching_prefix"] = next(
+            (i for i, (a, b) in enumerate(zip(plain, result.tokens)) if a != b), len(plain)
+        )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_human(report)
+    return 0 if report.get("match", True) else 1
+
+
+def _print_human(report: dict[str, Any]) -> None:
+    print(f"private   : {report['text']!r}")
+    if "plaintext_text" in report:
+        verdict = "identical tokens" if report["match"] else f"first {report['matching_prefix']} tokens agree"
+        print(f"plaintext : {report['plaintext_text']!r}  ({verdict})")
+    latency = report["latency_s"]
+    print(f"latency   : prefill {latency['prefill']} s ({report['prompt_tokens']} tokens), "
+          f"decode {latency['decode_per_token']} s/token, total {latency['total']} s")
+    for phase, totals in report["by_phase"].items():
+        party0 = totals[0]
+        print(f"{phase:<10}: {party0['bytes'] / 1e6:.2f} MB sent by party 0, {party0['rounds']} rounds, "
+              f"{party0['dealer_bytes'] / 1e6:.2f} MB dealer traffic")

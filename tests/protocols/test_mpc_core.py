@@ -1,0 +1,199 @@
+"""Protocol correctness of the MPC core: CSPRNG, channel, sharing, dealer tuples, fixed operands.
+
+MPC cases run in one long-lived local world (two parties and a dealer as processes), so hypothesis
+can try many random shapes and values without paying process start-up for each.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pinfer.protocols.channel import Channel, ChannelError, Message, decode
+from pinfer.protocols.csprng import AesCtrStream, fresh_seed
+from pinfer.protocols.sharing import SCALE, encode, share
+from pinfer.protocols.world import LocalWorld, WorldError
+
+MPC = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+# ---- jobs run on the parties (module-level so spawned processes can import them) -------------
+
+def job_arithmetic(ctx, x, y, w):
+    import crypten
+
+    a = crypten.cryptensor(x, src=0)
+    b = crypten.cryptensor(y, src=1)
+    m = crypten.cryptensor(w, src=1)
+    return {
+        "reconstruct": a.get_plain_text(),
+        "add": (a + b).get_plain_text(),
+        "mul": (a * b).get_plain_text(),
+        "public_mul": (a * 0.37).get_plain_text(),
+        "matmul": (a @ m).get_plain_text(),
+        "square": a.square().get_plain_text(),
+        "lt": (a < b).get_plain_text(),
+        "argmax": a.argmax(dim=-1, one_hot=True).get_plain_text(),
+    }
+
+
+def job_fixed_operand(ctx, x, w, extra, onehot):
+    import crypten
+
+    from pinfer.protocols.fixed_operand import FixedOperand
+
+    operand = FixedOperand(ctx.provider, crypten.cryptensor(w, src=0))
+    first = operand.rmatmul(crypten.cryptensor(x, src=1)).get_plain_text()
+    second = operand.rmatmul(crypten.cryptensor(2 * x, src=1)).get_plain_text()
+    operand.extend(crypten.cryptensor(extra, src=0), dim=1)
+    extended = operand.rmatmul(crypten.cryptensor(x, src=1)).get_plain_text()
+    rows = crypten.cryptensor(onehot, src=1) < 0.5  # comparison output: scale 1, values 0/1
+    selected = operand.rmatmul(1 - rows).get_plain_text()
+    operand.release()
+    return {"first": first, "second": second, "extended": extended, "selected": selected}
+
+
+def job_fail(ctx):
+    raise RuntimeError("job failed on purpose")
+
+
+# ---- fixtures and strategies -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def world():
+    with LocalWorld(n_parties=2) as w:
+        yield w
+
+
+def matrices(rows: int, cols: int, bound: float = 8.0):
+    return st.lists(
+        st.floats(-bound, bound, allow_nan=False, width=32), min_size=rows * cols, max_size=rows * cols
+    ).map(lambda v: torch.tensor(v, dtype=torch.float32).reshape(rows, cols))
+
+
+dims = st.integers(1, 6)
+
+
+# ---- plaintext primitives ----------------------------------------------------------------------
+
+def test_stream_is_deterministic_per_seed_and_differs_across_seeds():
+    seed = fresh_seed()
+    assert torch.equal(AesCtrStream(seed).ring_elements((5, 7)), AesCtrStream(seed).ring_elements((5, 7)))
+    assert not torch.equal(AesCtrStream(seed).ring_elements((64,)), AesCtrStream(fresh_seed()).ring_elements((64,)))
+
+
+def test_stream_bits_are_in_range_and_balanced():
+    bits = AesCtrStream(fresh_seed()).bits((20000,), 1)
+    assert set(bits.unique().tolist()) == {0, 1}
+    assert 0.45 < bits.float().mean().item() < 0.55
+    wide = AesCtrStream(fresh_seed()).bits((1000,), 20)
+    assert wide.min() >= 0 and wide.max() < 2**20
+
+
+def test_stream_rejects_wrong_seed_length():
+    with pytest.raises(ValueError):
+        AesCtrStream(b"short")
+
+
+@given(st.data())
+@settings(max_examples=30, deadline=None)
+def test_channel_round_trip(data):
+    shapes = data.draw(st.lists(st.lists(st.integers(0, 4), max_size=3), max_size=3))
+    tensors = [torch.randint(-2**62, 2**62, tuple(s)) for s in shapes]
+
+    class Pipe:
+        def __init__(self):
+            self.items = []
+
+        def send_bytes(self, b):
+            self.items.append(bytes(b))
+
+        def recv_bytes(self):
+            return self.items.pop(0)
+
+    channel = Channel(Pipe())
+    channel.send(Message("triple", {"op": "matmul", "size0": [1, 2]}, tensors))
+    received = channel.recv()
+    assert received.kind == "triple" and received.params == {"op": "matmul", "size0": [1, 2]}
+    assert all(torch.equal(a, b) for a, b in zip(tensors, received.tensors))
+    assert channel.stats.bytes_sent == channel.stats.bytes_received > 0
+
+
+@pytest.mark.parametrize("payload", [
+    b"", b"\x01\x00", b"\xff\xff\xff\x7f{}", b"\x02\x00\x00\x00{}", b"\x0b\x00\x00\x00not json!!!",
+    b'\x2b\x00\x00\x00{"kind": "x", "params": {}, "shapes": [[4]]}' + b"\x00" * 8,
+    b'\x29\x00\x00\x00{"kind": "x", "params": {}, "shapes": []}' + b"\x00",
+    b'\x2c\x00\x00\x00{"kind": "x", "params": {}, "shapes": [[-1]]}',
+])
+def test_channel_rejects_malformed_messages(payload):
+    with pytest.raises(ChannelError):
+        decode(payload)
+
+
+@given(matrices(3, 4, bound=1000.0), st.integers(2, 3))
+@settings(max_examples=25, deadline=None)
+def test_shares_reconstruct_the_encoding(values, n_parties):
+    bundles = share({"w": values}, n_parties)
+    assert bundles[0].seed is None and all(b.seed is not None for b in bundles[1:])
+    total = sum(b.expand()["w"] for b in bundles)
+    assert torch.equal(total, encode(values))
+    assert (total.double() / SCALE - values.double()).abs().max() <= 0.5 / SCALE
+
+
+def test_encode_rejects_values_outside_the_ring():
+    with pytest.raises(ValueError):
+        encode(torch.tensor([1e15]))
+
+
+# ---- MPC protocols on two parties and a dealer -------------------------------------------------
+
+@pytest.mark.slow
+@given(st.data())
+@MPC
+def test_arithmetic_comparison_and_argmax_on_shares(world, data):
+    rows, cols, inner = data.draw(dims), data.draw(dims), data.draw(dims)
+    x = data.draw(matrices(rows, cols))
+    y = data.draw(matrices(rows, cols))
+    w = data.draw(matrices(cols, inner))
+    out = world.run(job_arithmetic, x, y, w)[0]
+    tol = 4e-4 * (1 + cols)
+    assert torch.allclose(out["reconstruct"], x, atol=2 / SCALE)
+    assert torch.allclose(out["add"], x + y, atol=4 / SCALE)
+    assert torch.allclose(out["mul"], x * y, atol=tol)
+    assert torch.allclose(out["public_mul"], x * 0.37, atol=1e-4)
+    assert torch.allclose(out["matmul"], x @ w, atol=tol * 8)
+    assert torch.allclose(out["square"], x * x, atol=tol)
+    far = (x - y).abs() > 1e-3
+    assert torch.equal(out["lt"][far], (x < y).float()[far])
+    assert torch.equal(out["argmax"].sum(dim=-1), torch.ones(rows))
+    top2 = x.topk(min(2, cols), dim=-1).values
+    clear = cols == 1 or bool(((top2[:, 0] - top2[:, -1]) > 1e-3).all())
+    if clear:
+        assert torch.equal(out["argmax"].argmax(dim=-1), x.argmax(dim=-1))
+
+
+@pytest.mark.slow
+@given(st.data())
+@MPC
+def test_fixed_operand_products_reuse_the_opened_mask(world, data):
+    rows, inner, cols, more = data.draw(dims), data.draw(dims), data.draw(dims), data.draw(dims)
+    x = data.draw(matrices(rows, inner))
+    w = data.draw(matrices(inner, cols))
+    extra = data.draw(matrices(inner, more))
+    onehot = torch.nn.functional.one_hot(torch.randint(0, inner, (rows,)), inner).float()
+    out = world.run(job_fixed_operand, x, w, extra, onehot)[0]
+    tol = 3e-4 * (1 + inner)
+    assert torch.allclose(out["first"], x @ w, atol=tol)
+    assert torch.allclose(out["second"], 2 * x @ w, atol=2 * tol)
+    assert torch.allclose(out["extended"], x @ torch.cat([w, extra], dim=1), atol=tol)
+    assert torch.allclose(out["selected"], onehot @ torch.cat([w, extra], dim=1), atol=2 / SCALE)
+
+
+def test_a_failing_job_stops_the_world_with_a_clear_error():
+    world = LocalWorld(n_parties=2)
+    with pytest.raises(WorldError, match="job failed on purpose"):
+        world.run(job_fail)
+    world.close()
+    assert all(not p.is_alive() for p in world._processes)
