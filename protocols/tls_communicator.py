@@ -813,6 +813,16 @@ def _recv_hello(sock: ssl.SSLSocket, session: bytes) -> int:
     return rank
 
 
+def _discard(raw: socket.socket, sock: ssl.SSLSocket | None) -> None:
+    """Close a refused connection (after a handshake the TLS socket owns the file descriptor)."""
+    for each in (sock, raw):
+        if each is not None:
+            try:
+                each.close()
+            except OSError:
+                pass
+
+
 def bind_listener(host: str, port: int) -> socket.socket:
     """A listening TCP socket for this rank (port 0 picks a free one: read it with ``getsockname``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -890,6 +900,7 @@ class _MeshBuilder:
                 pause = min(pause * 2, 0.5)
                 continue
             _tune(raw)
+            sock: ssl.SSLSocket | None = None
             try:
                 sock = context.wrap_socket(raw, server_hostname=host)
                 keys.check_peer_role(sock.getpeercert(binary_form=True) or b"", config.role_of(peer), self.ca)
@@ -897,13 +908,13 @@ class _MeshBuilder:
                 if _recv_hello(sock, self.session) != peer:
                     raise PeerAuthError(f"the node at rank {peer}'s address answered as another rank")
             except keys.PeerCertificateError as exc:
-                raw.close()
+                _discard(raw, sock)
                 raise PeerAuthError(f"rank {peer} at {host}:{port} refused: {exc}") from None
             except ssl.SSLCertVerificationError as exc:
-                raw.close()
+                _discard(raw, sock)
                 raise PeerAuthError(f"rank {peer} at {host}:{port} failed certificate verification: {exc.verify_message}") from None
             except ssl.SSLError as exc:
-                raw.close()
+                _discard(raw, sock)
                 if "ALERT" in str(exc.reason or ""):  # the listener rejected this node's certificate
                     raise PeerAuthError(f"rank {peer} at {host}:{port} rejected this node's certificate ({exc.reason})") from None
                 self.errors.append(f"rank {peer}: {type(exc).__name__}")
@@ -913,13 +924,13 @@ class _MeshBuilder:
             except (ConnectionError, socket.timeout, PeerDisconnectedError) as exc:
                 # The listener closed on us (it refused our role, or raced a restart); keep trying until
                 # the deadline, remembering why.
-                raw.close()
+                _discard(raw, sock)
                 self.errors.append(f"rank {peer}: {type(exc).__name__}")
                 time.sleep(min(pause, max(0.0, self.deadline - time.monotonic())))
                 pause = min(pause * 2, 0.5)
                 continue
             except PeerAuthError:
-                raw.close()
+                _discard(raw, sock)
                 raise
             sock.settimeout(None)
             with self.lock:
@@ -942,6 +953,7 @@ class _MeshBuilder:
                 return
             _tune(raw)
             raw.settimeout(min(_HANDSHAKE_TIMEOUT_S, max(0.1, remaining)))
+            sock = None
             try:
                 sock = context.wrap_socket(raw, server_side=True)
                 role = keys.check_peer_role(sock.getpeercert(binary_form=True) or b"", set(roles), self.ca)
@@ -952,7 +964,7 @@ class _MeshBuilder:
             except (keys.PeerCertificateError, PeerAuthError, PeerDisconnectedError, ssl.SSLError, OSError) as exc:
                 # A stranger (foreign CA, wrong role, other session) is refused; the mesh keeps waiting
                 # for the real peer. Only the reason's type is logged, never certificate contents.
-                raw.close()
+                _discard(raw, sock)
                 reason = f"{address[0]}: {type(exc).__name__}"
                 self.errors.append(reason)
                 log.warning("rank %d refused a data-plane connection from %s", config.rank, reason)

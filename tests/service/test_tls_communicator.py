@@ -1,0 +1,267 @@
+"""The TLS data plane with real processes on loopback: collectives, counters, CrypTen on top,
+authentication failures, timeouts, disconnects, link emulation, and the typed object codec."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mesh_workers as mw
+from pinfer import keys
+from pinfer.protocols import tls_communicator as tc
+
+MASK = (1 << 64) - 1
+
+
+def _ok(results: dict[int, tuple[str, object]]) -> dict[int, dict]:
+    for rank, (status, value) in results.items():
+        assert status == "ok", f"rank {rank}: {value}"
+    return {rank: value for rank, (_, value) in results.items()}  # type: ignore[misc]
+
+
+def _wrap(value: int) -> int:
+    value &= MASK
+    return value - (1 << 64) if value >> 63 else value
+
+
+@pytest.mark.parametrize(("world_size", "with_dealer"), [(2, False), (2, True), (3, True)])
+def test_collectives_and_counters(key_dir: Path, world_size: int, with_dealer: bool) -> None:
+    mesh = world_size + (1 if with_dealer else 0)
+    ports = mw.free_ports(mesh)
+    out = _ok(mw.launch(mw.collectives, list(range(mesh)), (key_dir, world_size, ports, with_dealer)))
+    values = [mw._values(r).tolist() for r in range(world_size)]
+    expected_sum = [_wrap(sum(col)) for col in zip(*values)]
+    expected_xor = [0] * len(values[0])
+    for row in values:
+        expected_xor = [a ^ b for a, b in zip(expected_xor, row)]
+    for rank in range(world_size):
+        got = out[rank]
+        assert got["all_reduce"] == expected_sum
+        assert got["all_reduce_xor"] == expected_xor
+        assert got["all_reduce_batched"][0] == expected_sum
+        assert got["all_reduce_batched"][1] == [_wrap(3 * sum(v[i] for v in values)) for i in range(2)]
+        assert got["broadcast"] == [101] and got["broadcast_in_place"] == [101]
+        assert got["reduce"] == (expected_sum if rank == 0 else None)
+        assert got["gather"] == (values if rank == world_size - 1 else [None])
+        assert got["all_gather"] == values
+        assert got["scatter"] == [[10 * rank] * 2] * 2
+        assert got["ring"] == [(rank - 1) % world_size] * 3
+        assert "torch.Size([2, 3])" in got["broadcast_obj"] and "-1180591620717411303424" in got["broadcast_obj"]
+        # one all_reduce of 1000 int64: one message of header (12) + 1 dim (8) + 8000 bytes to each peer
+        delta = got["delta"]
+        assert delta["rounds"] == 1
+        for peer in range(world_size):
+            if peer != rank:
+                link = delta["links"][str(peer)]
+                assert link == {"bytes_sent": 8020, "bytes_received": 8020, "messages_sent": 1,
+                                "messages_received": 1, "rounds": 1}
+        if with_dealer:
+            assert got["dealer_bytes"] == b"seed-for-party-%d" % rank
+            assert str(world_size) in got["stats"]["links"]  # dealer traffic is its own link
+        assert got["stats"]["rounds"] > 10 and got["crypten_rounds"] == 0  # CrypTen counts only when verbose
+    assert out[1]["recv"] == [[0, 1], [2, 3]]
+    if with_dealer:
+        assert out[0]["ttp"] == [0, 3, 6, 9, 12, 15]
+        assert out[world_size]["stats"]["links"].keys() == {str(r) for r in range(world_size)}
+    # what one side sent on a link, the other side received
+    for a in range(world_size):
+        for b in range(world_size):
+            if a != b:
+                assert out[a]["stats"]["links"][str(b)]["bytes_sent"] == out[b]["stats"]["links"][str(a)]["bytes_received"]
+
+
+def test_crypten_arithmetic_over_tls(key_dir: Path) -> None:
+    ports = mw.free_ports(2)
+    out = _ok(mw.launch(mw.crypten_arithmetic, [0, 1], (key_dir, ports)))
+    expected = [(1.5 + 0.25) * 2 - 1, (-2.0 + 4.0) * 2 - 1, (3.25 - 1.0) * 2 - 1]
+    for rank in (0, 1):
+        assert out[rank]["plain"] == pytest.approx(expected, abs=1e-4)
+        assert out[rank]["share_differs"] and out[rank]["restored"]
+        assert out[rank]["crypten_rounds"] > 0 and out[rank]["crypten_bytes"] > 0
+        assert out[rank]["rounds"] >= out[rank]["crypten_rounds"]
+    assert out[1]["private"] == pytest.approx([1.5, -2.0, 3.25], abs=1e-4) and out[0]["private"] is None
+
+
+def test_receive_timeout_raises(key_dir: Path) -> None:
+    out = _ok(mw.launch(mw.recv_with_timeout, [0, 1], (key_dir, mw.free_ports(2))))
+    assert out[0]["error"] == "CommTimeoutError" and 0.4 < out[0]["elapsed"] < 3.0
+    assert out[1]["got"] == "done"
+
+
+def test_dead_peer_fails_pending_receive_fast(key_dir: Path) -> None:
+    ports = mw.free_ports(2)
+    dying, _ = mw.start(mw.exit_abruptly, 1, (key_dir, ports))
+    out = _ok(mw.launch(mw.exit_abruptly, [0], (key_dir, ports), timeout=30))
+    dying.join(5)
+    assert out[0]["error"] == "PeerDisconnectedError" and out[0]["elapsed"] < 5.0
+
+
+def test_mesh_timeout_when_a_rank_never_comes(key_dir: Path) -> None:
+    out = _ok(mw.launch(mw.connect_only, [0], (key_dir, mw.free_ports(2), 2, {"connect_timeout_s": 1.0})))
+    assert out[0]["error"] == "CommTimeoutError" and "[1]" in out[0]["message"]
+
+
+def test_foreign_ca_peer_is_refused_both_ways(key_dir: Path, foreign_key_dir: Path) -> None:
+    ports = mw.free_ports(2)
+    honest = mw.start(mw.connect_only, 0, (key_dir, ports, 2, {"connect_timeout_s": 2.5}))
+    impostor = mw.launch(mw.connect_only, [1], (key_dir, ports, 2, {"credentials_dir": foreign_key_dir}))
+    status, value = impostor[1]
+    assert status == "ok" and value["error"] == "PeerAuthError", value
+    process, queue = honest
+    _, status, value = queue.get(timeout=30)
+    process.join(5)
+    assert status == "ok" and value["error"] == "CommTimeoutError", value
+
+
+def _impostor_hello(port: int, credentials: keys.NodeCredentials, claimed_rank: int) -> bytes:
+    """Dial rank 0 like a party would, with ``credentials``; return whatever rank 0 answers."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_cert_chain(credentials.cert_path, credentials.key_path)
+    context.load_verify_locations(cafile=str(credentials.ca_path))
+    context.check_hostname = False
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    with context.wrap_socket(raw) as sock:
+        session = b"test-session"
+        sock.sendall(tc._HELLO.pack(tc._HELLO_MAGIC, tc.WIRE_VERSION, claimed_rank, len(session)) + session)
+        received = b""
+        try:
+            while chunk := sock.recv(4096):
+                received += chunk
+        except (ssl.SSLError, OSError):
+            pass
+        return received
+
+
+def test_wrong_role_and_wrong_ca_dialers_are_refused_and_the_real_peer_still_joins(key_dir: Path, foreign_key_dir: Path) -> None:
+    ports = mw.free_ports(2)
+    process, queue = mw.start(mw.connect_only, 0, (key_dir, ports, 2, {"connect_timeout_s": 20.0}))
+    # a CA-signed certificate of the wrong role (the client) claiming to be party 1: no hello comes back
+    assert _impostor_hello(ports[0], keys.load_node_credentials(key_dir, "client"), 1) == b""
+    # a party certificate claiming another rank: refused as well
+    assert _impostor_hello(ports[0], keys.load_node_credentials(key_dir, "party2"), 1) == b""
+    # a foreign CA's party1: the TLS handshake itself fails
+    with pytest.raises(ssl.SSLError):
+        _impostor_hello(ports[0], keys.load_node_credentials(foreign_key_dir, "party1"), 1)
+    joined = mw.launch(mw.connect_only, [1], (key_dir, ports, 2, {}))
+    _, status, value = queue.get(timeout=30)
+    process.join(5)
+    assert status == "ok" and value == {"error": None, "sum": [3]}, value
+    assert joined[1] == ("ok", {"error": None, "sum": [3]})
+
+
+def _fake_server(credentials: keys.NodeCredentials, listener: socket.socket) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(credentials.cert_path, credentials.key_path)
+    listener.settimeout(10)
+    try:
+        raw, _ = listener.accept()
+        with context.wrap_socket(raw, server_side=True) as sock:
+            sock.recv(1)
+    except (OSError, ssl.SSLError):
+        pass
+
+
+@pytest.mark.parametrize("server", ["wrong-role", "foreign-ca"])
+def test_dialer_refuses_a_listener_with_the_wrong_identity(key_dir: Path, foreign_key_dir: Path, server: str) -> None:
+    credentials = (keys.load_node_credentials(key_dir, "dealer") if server == "wrong-role"
+                   else keys.load_node_credentials(foreign_key_dir, "party0"))
+    listener = tc.bind_listener("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    thread = threading.Thread(target=_fake_server, args=(credentials, listener), daemon=True)
+    thread.start()
+    config = mw.make_config(key_dir, 1, 2, [port, mw.free_ports(1)[0]], connect_timeout_s=5.0)
+    with pytest.raises(tc.PeerAuthError):
+        tc.TlsCommunicator.connect(config)
+    listener.close()
+    thread.join(5)
+
+
+def test_other_session_is_refused(key_dir: Path) -> None:
+    ports = mw.free_ports(2)
+    process, queue = mw.start(mw.connect_only, 0, (key_dir, ports, 2, {"connect_timeout_s": 2.0}))
+    other = mw.launch(mw.connect_only, [1], (key_dir, ports, 2, {"session_id": "another-session"}))
+    assert other[1][0] == "ok" and other[1][1]["error"] == "PeerAuthError", other
+    _, status, value = queue.get(timeout=30)
+    process.join(5)
+    assert value["error"] == "CommTimeoutError"
+
+
+def test_config_must_match_credentials(key_dir: Path) -> None:
+    with pytest.raises(ValueError):
+        tc.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, mw.free_ports(2), role="party0"))
+    with pytest.raises(ValueError):
+        tc.TlsCommunicator.connect(mw.make_config(key_dir, 2, 2, mw.free_ports(3), with_dealer=False, role="dealer"))
+
+
+def test_link_emulation_adds_delay_and_limits_bandwidth(key_dir: Path) -> None:
+    out = _ok(mw.launch(mw.emulated_link, [0, 1], (key_dir, mw.free_ports(2), 80e6, 0.02)))
+    # 3 ping-pongs = 6 one-way delays; 1 MB at 80 Mbit/s = 0.1 s plus the reply's delay
+    assert out[0]["ping"] >= 6 * 0.02 and out[0]["ping"] < 2.0
+    assert out[0]["bulk"] >= 0.1 + 2 * 0.02 - 0.005 and out[0]["bulk"] < 3.0
+
+
+# --- typed object codec (in process) ---------------------------------------------------------------
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**80), 2**80), st.floats(allow_nan=False),
+                     st.text(max_size=20), st.binary(max_size=20))
+_objects = st.recursive(
+    _scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.lists(children, max_size=4).map(tuple),
+        st.dictionaries(st.one_of(st.text(max_size=5), st.integers(-5, 5)), children, max_size=4),
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_objects)
+def test_codec_round_trip(obj: object) -> None:
+    decoded = tc.decode_object(tc.encode_object(obj))
+    assert decoded == obj and type(decoded) is type(obj)
+
+
+def test_codec_tensors_and_sizes() -> None:
+    obj = {"size": torch.Size([3, 4]), "t": torch.arange(6, dtype=torch.int64).reshape(2, 3).t(), "f": torch.ones(2)}
+    decoded = tc.decode_object(tc.encode_object(obj))
+    assert isinstance(decoded["size"], torch.Size) and decoded["size"] == torch.Size([3, 4])
+    assert torch.equal(decoded["t"], obj["t"]) and decoded["f"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("obj", [object(), {1, 2}, lambda: None, torch.zeros(2, dtype=torch.complex64), [[[[object()]]]]])
+def test_codec_refuses_arbitrary_objects(obj: object) -> None:
+    with pytest.raises(tc.UnsupportedObjectError):
+        tc.encode_object(obj)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_codec_rejects_garbage_with_a_typed_error(data: bytes) -> None:
+    try:
+        tc.decode_object(data)
+    except tc.CommProtocolError:
+        pass
+
+
+@pytest.mark.parametrize("data", [b"", b"I\x00\x00\x00\x05\x01", b"L\xff\xff\xff\xff", b"Zx", b"N\x00", b"Q",
+                                  b"M\x00\x00\x00\x01L\x00\x00\x00\x00N", b"L\x00\x00\x00\x01" * 40 + b"N"])
+def test_codec_malformed_examples(data: bytes) -> None:
+    with pytest.raises(tc.CommProtocolError):
+        tc.decode_object(data)
