@@ -1,0 +1,399 @@
+"""MPC non-linearities on CrypTen shares, built for the activation ranges measured on SmolLM2.
+
+Every function takes and returns :class:`crypten.mpc.MPCTensor` values in CrypTen's default encoding
+(Z_2^64, 16 fractional bits) and is deterministic: all approximation parameters are arguments or module
+constants, never ``crypten.cfg``, so another component changing CrypTen's global configuration cannot
+change these numerics. Domains come from ``pinfer.calibration`` (see ``docs/approximations.md`` for the
+measured ranges and the error table):
+
+========================  =====================================  ==========================================
+function                  documented domain                      method
+========================  =====================================  ==========================================
+``exp``                   x <= 0 (any magnitude)                 bit decomposition of -x: e^-f (poly) *
+                                                                 prod e^-2^i (bits), 0 below -16
+``softmax``               any; rows need one unmasked entry      tournament max, ``exp``, ``reciprocal``
+``reciprocal``            [lo, hi], default [2^-8, 2^16]         MSB range reduction + Newton
+``rsqrt``                 [lo, hi], default [2^-12, 2^24]        MSB range reduction (base 4) + Newton
+``silu``                  any (bound measured on [-64, 64])      relu(x) - |x| * sigmoid(-|x|)
+``gelu``                  any (bound measured on [-64, 64])      relu(x) - |x| * sigmoid(-2 z(|x|)), tanh form
+``argmax_onehot``         any                                    comparison tournament + routing back
+========================  =====================================  ==========================================
+
+Why bit decompositions instead of CrypTen's defaults: CrypTen's ``exp`` is ``(1 + x/2^n)^(2^n)``, which
+blows up below ``-2^(n+1)`` and, in 16-bit fixed point, loses n bits of the input when dividing by
+``2^n`` (error ~4e-3 at n = 8). Its Newton inverses start from a fixed initial guess and converge only on
+a narrow range, while the measured RMSNorm mean squares span 0.006 .. 1.3e6. Here a single A2B
+conversion per element gives the binary sharing of the input; shifts and ORs on packed 64-bit words
+(cheap: one AND triple per word per round) then yield the needed bits, and a few single-bit B2A
+conversions bring them back as 0/1 arithmetic shares with scale 1, whose products with fixed-point
+values need no truncation.
+
+Truncation caveat (applies to all CrypTen 2-party code): a product truncated by local share division
+fails, with an error of about 2^48, with probability |v| * 2^-32 for a product of real value v. The
+functions below keep every truncated product at |v| <= 64, i.e. a failure probability <= 2^-26 per
+element, by scaling operands before multiplying.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from . import crypten_compat  # noqa: F401  (must precede every crypten import)
+import crypten
+from crypten.encoder import FixedPointEncoder
+from crypten.mpc import MPCTensor
+from crypten.mpc.primitives import beaver
+from crypten.mpc.primitives.binary import BinarySharedTensor
+from crypten.mpc.primitives.converters import convert
+from crypten.mpc.ptype import ptype as Ptype
+
+FRAC_BITS = 16
+"""Fractional bits of the fixed-point encoding every function expects (CrypTen's default)."""
+
+_SCALE = 1 << FRAC_BITS
+
+EXP_CUTOFF = 16.0
+"""``exp(x)`` returns 0 for ``x <= -EXP_CUTOFF`` (e^-16 = 1.1e-7 is below the 2^-16 resolution)."""
+
+_EXP_FRAC_POLY = (0.99999949, -0.99995286, 0.49927567, -0.16267087, 0.03236559)
+"""Degree-4 minimax fit (relative error) of e^-f on [0, 0.5], coefficients of f^0..f^4: max rel. error 5.1e-7."""
+
+SOFTMAX_MASK_OFFSET = 1024.0
+"""Masked scores are replaced by ``-SOFTMAX_MASK_OFFSET`` before the max; real scores must satisfy
+|score| < SOFTMAX_MASK_OFFSET - EXP_CUTOFF (measured SmolLM2 scores: [-73, 28])."""
+
+RECIPROCAL_RANGE = (2.0**-8, 2.0**16)
+"""Default ``reciprocal`` domain: covers softmax denominators [1, T] for T <= 65536."""
+
+RSQRT_RANGE = (2.0**-12, 2.0**24)
+"""Default ``rsqrt`` domain: measured norm statistics 6e-4 .. 1.3e6 (GPT-2 LayerNorm, SmolLM2 RMSNorm),
+with margin at both ends."""
+
+NEWTON_ITERS = 3
+"""Newton iterations after range reduction; from a linear minimax start (rel. error 1/17 for the
+reciprocal, 0.09 for rsqrt) three iterations reach the fixed-point resolution."""
+
+GELU_CLAMP = 6.0
+"""|x| above which GeLU returns relu(x) exactly (|x| * sigmoid(-2 z(6)) ~ 1e-13)."""
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+# --- share-level helpers -------------------------------------------------------------------------
+
+
+def _require_default_encoding(x: MPCTensor) -> None:
+    if x.encoder.scale != _SCALE:
+        raise ValueError(f"expected {FRAC_BITS} fractional bits, got scale {x.encoder.scale}")
+
+
+def _with_share(like: MPCTensor, share: torch.Tensor, scale_bits: int = FRAC_BITS) -> MPCTensor:
+    """An arithmetic MPCTensor holding ``share`` with ``scale_bits`` fractional bits."""
+    out = like.shallow_copy()
+    out._tensor = like._tensor.shallow_copy()
+    out._tensor.share = share
+    out._tensor.encoder = FixedPointEncoder(precision_bits=scale_bits)
+    return out
+
+
+def _to_fixed(bits: MPCTensor) -> MPCTensor:
+    """Re-encode a scale-1 integer tensor at 16 fractional bits (exact: shares times 2^16)."""
+    return _with_share(bits, bits.share * _SCALE)
+
+
+def _binary(x: MPCTensor) -> BinarySharedTensor:
+    """Binary (XOR) sharing of x's encoding: one A2B conversion."""
+    return convert(x._tensor, Ptype.binary)
+
+
+def _prefix_or(b: BinarySharedTensor) -> BinarySharedTensor:
+    """Every bit at or below the most significant set bit becomes 1 (needs a non-negative value)."""
+    for shift in (1, 2, 4, 8, 16, 32):
+        b = b | (b >> shift)
+    return b
+
+
+def _bits_to_arithmetic(like: MPCTensor, bits: Sequence[BinarySharedTensor]) -> MPCTensor:
+    """Convert single-bit binary shares (bit 0 of each) to 0/1 arithmetic shares with scale 1,
+    stacked on a new last dimension."""
+    stacked = BinarySharedTensor.stack([b & 1 for b in bits], dim=-1)
+    arith = beaver.B2A_single_bit(stacked)
+    return _with_share(like, arith.share, scale_bits=0)
+
+
+def _mul_stacked(a: Sequence[MPCTensor], b: Sequence[MPCTensor]) -> list[MPCTensor]:
+    """Elementwise products a[i] * b[i] of same-shaped tensors in one Beaver round."""
+    prod = crypten.stack(list(a)) * crypten.stack(list(b))
+    return [prod[i] for i in range(len(a))]
+
+
+def _scale_pow2(x: MPCTensor, shifts: torch.Tensor) -> MPCTensor:
+    """x.unsqueeze(-1) * 2^shifts, exact for shifts >= 0 and one local truncation otherwise."""
+    x = x.unsqueeze(-1)
+    up = torch.where(shifts > 0, 2**shifts.clamp(min=0), 1)
+    down = torch.where(shifts < 0, 2 ** (-shifts).clamp(min=0), 1)
+    out = _with_share(x, x.share * up, scale_bits=FRAC_BITS)
+    if bool((down > 1).any()):
+        out._tensor.div_(down)
+    return out
+
+
+def _linear_int(terms: Sequence[MPCTensor], coeffs: Sequence[float], const: float) -> MPCTensor:
+    """const + sum(coeffs[i] * terms[i]) with a single truncation (coefficients kept at 16 bits)."""
+    share = sum(t.share * int(round(c * _SCALE)) for t, c in zip(terms, coeffs))
+    out = _with_share(terms[0], share, scale_bits=2 * FRAC_BITS)
+    out = out + const
+    out._tensor.div_(_SCALE)
+    out._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
+    return out
+
+
+def _bit_factor(bit: MPCTensor, c: float) -> MPCTensor:
+    """c if bit else 1, at 16 fractional bits, from a scale-1 bit without truncation."""
+    return _with_share(bit, bit.share * int(round((c - 1.0) * _SCALE))) + 1.0
+
+
+# --- range reduction -----------------------------------------------------------------------------
+
+
+def _buckets(x: MPCTensor, lo: float, hi: float, log2_base: int) -> tuple[MPCTensor, torch.Tensor]:
+    """One-hot (scale 1) over buckets [base^e, base^(e+1)) for e = e_lo .. e_hi, and the exponents.
+
+    Inputs below base^e_lo fall in the first bucket and inputs at or above base^e_hi in the last, so
+    every element lands in exactly one bucket. Needs x >= 0.
+    """
+    e_lo = math.floor(math.log2(lo) / log2_base)
+    e_hi = math.floor(math.log2(hi) / log2_base)
+    exps = torch.arange(e_lo, e_hi + 1)
+    positions = [FRAC_BITS + log2_base * int(e) for e in exps[1:]]
+    if positions and (positions[0] < 0 or positions[-1] > 62):
+        raise ValueError(f"range [{lo}, {hi}] does not fit the 64-bit encoding")
+    prefix = _prefix_or(_binary(x))
+    ge = _bits_to_arithmetic(x, [prefix >> p for p in positions])  # ge[..., j] = [x >= base^e_{j+1}]
+    first = 1 - ge[..., :1]
+    last = ge[..., -1:]
+    onehot = crypten.cat([first, ge[..., :-1] - ge[..., 1:], last], dim=-1) if len(positions) > 1 else (
+        crypten.cat([first, last], dim=-1)
+    )
+    return onehot, exps
+
+
+def _select(onehot: MPCTensor, values: MPCTensor) -> MPCTensor:
+    """sum_j onehot[..., j] * values[..., j]; exact because the one-hot has scale 1."""
+    return (onehot * values).sum(dim=-1)
+
+
+def _newton_reciprocal(m: MPCTensor, iters: int) -> MPCTensor:
+    """1/m for m in [1, 2]: linear minimax start 24/17 - 8/17 m (rel. error 1/17), then Newton."""
+    y = 24.0 / 17.0 - m * (8.0 / 17.0)
+    for _ in range(iters):
+        y = y * (2 - m * y)
+    return y
+
+
+_RSQRT_LINEAR = (1.06632227, -0.15233264)
+"""Linear minimax (relative error) start for m^-1/2 on [1, 4]: max rel. error 0.086."""
+
+
+def _newton_rsqrt(m: MPCTensor, iters: int) -> MPCTensor:
+    """m^-1/2 for m in [1, 4]: y <- y (3 - m y^2) / 2 with m*y and y^2 in one round."""
+    y = m * _RSQRT_LINEAR[1] + _RSQRT_LINEAR[0]
+    for _ in range(iters):
+        my, yy = _mul_stacked([m, y], [y, y])
+        y = (y * 3 - my * yy).div(2)
+    return y
+
+
+# --- public functions ----------------------------------------------------------------------------
+
+
+def reciprocal(
+    x: MPCTensor, *, lo: float = RECIPROCAL_RANGE[0], hi: float = RECIPROCAL_RANGE[1], iters: int = NEWTON_ITERS
+) -> MPCTensor:
+    """1/x for x in [lo, hi] (public bounds; default [2^-8, 2^16]).
+
+    The most significant bit of x (one A2B, a prefix OR, one B2A per power of two in the range)
+    selects e with x = 2^e m, m in [1, 2); Newton's iteration on m from a linear start converges in
+    ``iters`` steps, and the result is shifted back by 2^-e. Outside [lo, hi] the start is poor and
+    the result is not guaranteed. Output resolution is absolute (2^-16), so 1/x has relative error
+    ~ 2^-16 * x for large x.
+    """
+    _require_default_encoding(x)
+    onehot, exps = _buckets(x, lo, hi, log2_base=1)
+    m = _select(onehot, _scale_pow2(x, -exps))
+    y = _newton_reciprocal(m, iters)
+    return _select(onehot, _scale_pow2(y, -exps))
+
+
+def rsqrt(
+    x: MPCTensor,
+    *,
+    lo: float = RSQRT_RANGE[0],
+    hi: float = RSQRT_RANGE[1],
+    iters: int = NEWTON_ITERS,
+    out_scale_log2: int = 0,
+) -> MPCTensor:
+    """x^-1/2 * 2^out_scale_log2 for x in [lo, hi] (default [2^-12, 2^24]).
+
+    Range reduction in base 4 (x = 4^e m, m in [1, 4)) makes Newton's iteration start within 9% and
+    converge in ``iters`` steps whatever the magnitude; the measured RMSNorm mean squares span
+    0.006 .. 1.3e6 (the 1.3e6 belongs to SmolLM2's attention-sink token), far beyond any fixed
+    starting guess. The output has absolute resolution 2^-16: rsqrt(1.3e6) = 8.8e-4 is then only
+    good to 1.7% relative, so for such inputs ask for ``out_scale_log2`` > 0 (a public power of two the
+    caller divides back out after multiplying by x).
+    """
+    _require_default_encoding(x)
+    onehot, exps = _buckets(x, lo, hi, log2_base=2)
+    m = _select(onehot, _scale_pow2(x, -2 * exps))
+    y = _newton_rsqrt(m, iters)
+    return _select(onehot, _scale_pow2(y, out_scale_log2 - exps))
+
+
+def exp(x: MPCTensor) -> MPCTensor:
+    """e^x for x <= 0, exactly 0 (up to one ulp) for x <= -16; positive inputs also give 0.
+
+    With w = -x >= 0, one A2B exposes w's bits: bits 15..19 of the encoding give k = floor(2w)/2
+    in [0, 16) and the prefix OR's bit 20 says whether w >= 16. Then e^-w = [w < 16] * e^-f *
+    prod_i (e^-2^i)^bit_i with f = w - k in [0, 0.5) (degree-4 polynomial), so no input bits are lost
+    (unlike (1 + x/2^n)^(2^n)) and nothing can blow up for very negative inputs.
+    """
+    _require_default_encoding(x)
+    w = -x
+    wb = _binary(w)
+    high = _prefix_or(wb) >> (FRAC_BITS + 4)  # bit 0 set iff w >= 16 (or w < 0)
+    bits = _bits_to_arithmetic(x, [wb >> (FRAC_BITS - 1 + i) for i in range(5)] + [high])
+    frac_share = w.share - sum(bits[..., i].share << (FRAC_BITS - 1 + i) for i in range(5))
+    f = _with_share(x, frac_share)
+    factors = [_bit_factor(bits[..., i], math.exp(-(2.0 ** (i - 1)))) for i in range(5)]
+    keep = _to_fixed(1 - bits[..., 5])
+    f2, p01, p23 = _mul_stacked([f, factors[0], factors[2]], [f, factors[1], factors[3]])
+    f3, f4, p0123, p4k = _mul_stacked([f2, f2, p01, factors[4]], [f, f2, p23, keep])
+    poly = _linear_int([f, f2, f3, f4], _EXP_FRAC_POLY[1:], _EXP_FRAC_POLY[0])
+    a, b = _mul_stacked([poly], [p0123])[0], p4k
+    return a * b
+
+
+def softmax(x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTensor:
+    """Softmax along ``dim`` with max subtraction; ``mask`` (public 0/1, broadcastable to x) drops entries.
+
+    Masked entries are set to -SOFTMAX_MASK_OFFSET by multiplying the shares by the mask (exact), so
+    they can neither win the max nor contribute to the sum, and their outputs are exactly 0. Every row
+    must keep at least one unmasked entry. The denominator lies in [1, n] for rows of n entries, which
+    fixes the reciprocal's domain publicly.
+    """
+    _require_default_encoding(x)
+    moved = dim not in (-1, x.dim() - 1)
+    keep: torch.Tensor | None = None
+    if mask is not None:
+        keep = torch.broadcast_to(mask, x.size()).to(torch.long)
+    if moved:
+        x = x.transpose(dim, -1)
+        keep = None if keep is None else keep.transpose(dim, -1)
+    if keep is not None:
+        x = _with_share(x, x.share * keep) - (1 - keep).to(torch.float) * SOFTMAX_MASK_OFFSET
+    top, _ = _tournament(x)
+    e = exp(x - top)
+    if keep is not None:
+        e = _with_share(e, e.share * keep)
+    n = x.size(-1)
+    denom = e.sum(dim=-1, keepdim=True)
+    out = e * reciprocal(denom, lo=0.5, hi=float(max(n, 1)))
+    return out.transpose(dim, -1) if moved else out
+
+
+def _tournament(x: MPCTensor) -> tuple[MPCTensor, list[MPCTensor]]:
+    """Max over the last dim by pairwise knockout (log2 n comparison rounds).
+
+    Returns the max (keepdim) and, per round, the scale-1 decision bits c = [a >= b] for the pairs
+    (a, b) = (x[2j], x[2j+1]); ties go to the lower index, so the winner is the first maximum.
+    """
+    decisions: list[MPCTensor] = []
+    while x.size(-1) > 1:
+        n = x.size(-1)
+        half = n // 2
+        a, b = x[..., 0 : 2 * half : 2], x[..., 1 : 2 * half : 2]
+        diff = a - b
+        c = 1 - diff._ltz()
+        win = b + c * diff
+        x = crypten.cat([win, x[..., 2 * half :]], dim=-1) if n % 2 else win
+        decisions.append(c)
+    return x, decisions
+
+
+def argmax_onehot(x: MPCTensor, dim: int = -1) -> MPCTensor:
+    """One-hot of the maximum along ``dim`` with exactly one 1 per row (the first maximum on ties).
+
+    A knockout tournament records each comparison bit; walking the bracket back from the winner
+    (child_a = parent * c, child_b = parent - child_a) routes a single 1 to the winning position, so
+    exactly one 1 per row holds by construction, whatever the values. The result uses the default
+    16-bit encoding.
+    """
+    _require_default_encoding(x)
+    moved = dim not in (-1, x.dim() - 1)
+    if moved:
+        x = x.transpose(dim, -1)
+    sizes = []
+    n = x.size(-1)
+    while n > 1:
+        sizes.append(n)
+        n = (n + 1) // 2
+    _, decisions = _tournament(x)
+    onehot: MPCTensor | None = None
+    for c, n in zip(reversed(decisions), reversed(sizes)):
+        half = n // 2
+        if onehot is None:  # top of the bracket (n == 2): the parent is the public 1
+            pair_a, pair_b, tail = c, 1 - c, None
+        else:
+            pairs = onehot[..., :half]
+            pair_a = pairs * c
+            pair_b = pairs - pair_a
+            tail = onehot[..., half:] if n % 2 else None
+        children = crypten.stack([pair_a, pair_b], dim=-1).flatten(-2)
+        onehot = children if tail is None else crypten.cat([children, tail], dim=-1)
+    if onehot is None:  # a single entry is its own maximum
+        ones = x * 0 + 1
+        return ones.transpose(dim, -1) if moved else ones
+    out = _to_fixed(onehot)
+    return out.transpose(dim, -1) if moved else out
+
+
+def _sigmoid_neg(w: MPCTensor) -> MPCTensor:
+    """sigmoid(-w) = e/(1 + e) with e = exp(-w), for w >= 0; 1 + e in [1, 2] needs no range reduction."""
+    e = exp(-w)
+    return e * _newton_reciprocal(e + 1, NEWTON_ITERS)
+
+
+def silu(x: MPCTensor) -> MPCTensor:
+    """x * sigmoid(x) = relu(x) - |x| sigmoid(-|x|).
+
+    The correction term is bounded (<= 0.28) and vanishes exactly for |x| >= 16 through ``exp``'s cutoff,
+    so large gate projections (measured up to 52) come out as exact relu values.
+    """
+    _require_default_encoding(x)
+    neg = x._ltz()
+    relu = x * (1 - neg)
+    a = relu * 2 - x
+    return relu - a * _sigmoid_neg(a)
+
+
+def gelu(x: MPCTensor) -> MPCTensor:
+    """GeLU, tanh form: x sigmoid(2u), u = sqrt(2/pi)(x + 0.044715 x^3) = relu(x) - |x| sigmoid(-2u(|x|)).
+
+    |x| is clamped at GELU_CLAMP before the cubic (one batched comparison gives [x < 0], [x < 6],
+    [x < -6]), which keeps every product small; beyond the clamp exp's cutoff makes the correction 0.
+    CrypTen's erf-based GeLU diverges beyond |x| ~ 2 and is not used.
+    """
+    _require_default_encoding(x)
+    c = GELU_CLAMP
+    bits = (crypten.stack([x, x - c, x + c], dim=-1))._ltz()
+    neg, below, below_neg = bits[..., 0], bits[..., 1], bits[..., 2]
+    relu, a_in = _mul_stacked([x, x], [1 - neg, below + below_neg - neg * 2])  # a_in = |x| [|x| < c]
+    a_c = a_in + (1 - below + below_neg) * c  # min(|x|, c)
+    t = a_c.div(8)
+    t3 = t * t * t
+    w = _linear_int([t, t3], [2 * _SQRT_2_OVER_PI * 8, 2 * _SQRT_2_OVER_PI * 0.044715 * 512], 0.0)
+    a = relu * 2 - x
+    return relu - a * _sigmoid_neg(w)
