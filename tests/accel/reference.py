@@ -48,25 +48,23 @@ def ntt_recursive(a: list[int], q: int) -> list[int]:
     return [natural[bitrev(p, bits)] for p in range(n)]
 
 
-def negacyclic_mul(a: list[int], b: list[int], q: int | None = None) -> list[int]:
-    """Exact product mod X^N + 1 via Kronecker substitution on Python big ints (optionally mod q)."""
+def negacyclic_mul(a: list[int], b: list[int], q: int) -> list[int]:
+    """Exact product mod (X^N + 1, q) by Kronecker substitution on Python big ints.
+
+    Coefficients are reduced into [0, q), packed into byte-aligned slots wide enough that the
+    integer product's slots never carry into each other, multiplied once, and unpacked.
+    """
     n = len(a)
-    bound = max(1, max(abs(x) for x in a)) * max(1, max(abs(x) for x in b)) * n
-    slot = bound.bit_length() + 2
-    off = 1 << (slot - 1)
+    a = [x % q for x in a]
+    b = [x % q for x in b]
+    width = ((q - 1) ** 2 * n).bit_length() // 8 + 1
 
     def pack(v: list[int]) -> int:
-        return sum(x << (slot * i) for i, x in enumerate(v))
+        return int.from_bytes(b"".join(x.to_bytes(width, "little") for x in v), "little")
 
-    prod = pack(a) * pack(b)
-    coeffs = []
-    mask = (1 << slot) - 1
-    # Unpack signed slots: bias so each slot is non-negative, then carry.
-    prod += sum(off << (slot * i) for i in range(2 * n))
-    for i in range(2 * n):
-        coeffs.append(((prod >> (slot * i)) & mask) - off)
-    res = [coeffs[i] - coeffs[i + n] for i in range(n)]
-    return [x % q for x in res] if q is not None else res
+    raw = (pack(a) * pack(b)).to_bytes(2 * n * width, "little")
+    c = [int.from_bytes(raw[i * width:(i + 1) * width], "little") for i in range(2 * n)]
+    return [(c[i] - c[i + n]) % q for i in range(n)]
 
 
 def negacyclic_mul_schoolbook(a: list[int], b: list[int], q: int) -> list[int]:
