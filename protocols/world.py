@@ -53,7 +53,10 @@ def _join_communicator(rank: int, world_size: int, rendezvous: str) -> None:
     import crypten
     import crypten.communicator as comm
 
-    crypten.cfg.communicator.verbose = True
+    from . import crypten_config
+
+    crypten_config.install()
+    crypten.cfg["communicator.verbose"] = True
     comm._init(use_threads=False, rank=rank, world_size=world_size)
 
 
@@ -109,8 +112,11 @@ def _party_main(rank: int, world_size: int, rendezvous: str, dealer_conn: Connec
         crypten_rng.install(_agree_party_seeds(rank, world_size))
         provider = DealerProvider(dealer, seed)
         providers = vars(crypten.mpc)["__SUPPORTED_PROVIDERS"]
+        # Only the dealer remains: a stray reference to TFP (party 0 knows every triple) or to
+        # CrypTen's own TTP client fails loudly instead of silently weakening the protocol.
+        providers.clear()
         providers[DealerProvider.NAME] = provider
-        crypten.cfg.mpc.provider = DealerProvider.NAME
+        crypten.cfg["mpc.provider"] = DealerProvider.NAME
 
         def reading() -> Cost:
             stats = comm.get()

@@ -55,6 +55,22 @@ def job_fixed_operand(ctx, x, w, extra, onehot):
     return {"first": first, "second": second, "extended": extended, "selected": selected}
 
 
+def job_provider_state(ctx):
+    import crypten
+    import crypten.mpc
+
+    try:
+        crypten.cfg["mpc.provider"] = "TFP"
+        crypten.mpc.get_default_provider()
+        tfp_reachable = True
+    except KeyError:
+        tfp_reachable = False
+    finally:
+        crypten.cfg["mpc.provider"] = "DEALER"
+    return {"provider": type(crypten.mpc.get_default_provider()).__name__, "tfp_reachable": tfp_reachable,
+            "generators": sorted({type(g[next(iter(g))]).__name__ for g in crypten.generators.values()})}
+
+
 def job_fail(ctx):
     raise RuntimeError("job failed on purpose")
 
@@ -189,6 +205,12 @@ def test_fixed_operand_products_reuse_the_opened_mask(world, data):
     assert torch.allclose(out["second"], 2 * x @ w, atol=2 * tol)
     assert torch.allclose(out["extended"], x @ torch.cat([w, extra], dim=1), atol=tol)
     assert torch.allclose(out["selected"], onehot @ torch.cat([w, extra], dim=1), atol=2 / SCALE)
+
+
+@pytest.mark.slow
+def test_parties_use_only_the_dealer_and_csprng_streams(world):
+    for state in world.run(job_provider_state):
+        assert state == {"provider": "DealerProvider", "tfp_reachable": False, "generators": ["AesCtrStream"]}
 
 
 def test_a_failing_job_stops_the_world_with_a_clear_error():
