@@ -13,12 +13,13 @@ reports the parties only, ``ttp_group`` spans parties and dealer, ``ttp_comm_gro
 and ``main_group`` the parties. Every pair of ranks shares one persistent TLS connection: the higher rank
 dials the lower one, so a rank listens only if a higher rank exists.
 
-Each link has one I/O thread that owns its socket (OpenSSL objects must not be used from two threads at
-once). It writes queued frames and always reads whatever arrives into per-message buffers, so two ranks
-that send to each other at the same time never deadlock, and the caller's receive only waits on an
-in-memory queue with a deadline (:class:`CommTimeoutError`, never a hang). Tensors go on the wire as a
-small header (kind, dtype, shape, length) followed by their raw little-endian bytes, written from and read
-into the tensor's own memory.
+All socket work runs on the caller's thread: whenever a call waits (for a receive, for a send to reach the
+kernel), a progress engine reads and writes every link without blocking, as MPI implementations do. There
+are no I/O threads, so nothing hands a message from one thread to another on the latency path and no
+OpenSSL object is shared between threads; two ranks that send to each other at once never deadlock,
+because each keeps reading while it waits. Every wait has a deadline (:class:`CommTimeoutError`, never a
+hang). Tensors go on the wire as a small header (kind, dtype, shape, length) followed by their raw
+little-endian bytes, written from and read into the tensor's own memory.
 
 Accounting. Besides CrypTen's own ``comm_rounds``/``comm_bytes``/``comm_time`` (kept by CrypTen's
 ``_logging`` decorator exactly as in ``DistributedCommunicator`` when ``cfg.communicator.verbose``), the
@@ -236,6 +237,10 @@ class CommStats:
     def messages_sent(self) -> int:
         return sum(s.messages_sent for s in self.links.values())
 
+    @property
+    def messages_received(self) -> int:
+        return sum(s.messages_received for s in self.links.values())
+
     def __sub__(self, other: CommStats) -> CommStats:
         return CommStats(
             {peer: s - other.links.get(peer, LinkStats()) for peer, s in self.links.items()},
@@ -428,7 +433,7 @@ def _tensor_wire(tensor: torch.Tensor) -> tuple[bytes, memoryview, torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------------------
-# One link: a TLS socket owned by an I/O thread
+# Links and the progress engine
 
 
 @dataclass
@@ -448,24 +453,24 @@ class _SendRequest:
         self.owner = owner  # keeps the tensor whose memory ``parts`` view alive until written
         self.nbytes = sum(p.nbytes for p in parts)
         self.not_before = 0.0
-        self._done = threading.Event()
-        self._error: CommError | None = None
+        self.done = False
+        self.error: CommError | None = None
 
-    def _finish(self, error: CommError | None = None) -> None:
-        self._error = error
+    def finish(self, error: CommError | None = None) -> None:
+        self.error = error
         self.parts = ()
         self.owner = None
-        self._done.set()
+        self.done = True
 
     def is_completed(self) -> bool:
-        return self._done.is_set()
+        return self.done
 
     def wait(self, timeout: float | None = None) -> None:
-        limit = self._link.recv_timeout_s if timeout is None else timeout
-        if not self._done.wait(limit):
-            raise CommTimeoutError(f"send to rank {self._link.peer} not completed within {limit:.1f}s")
-        if self._error is not None:
-            raise self._error
+        """Drive the links until this frame is written (to the kernel) or its link fails."""
+        link = self._link
+        link.engine.progress(lambda: self.done, timeout, f"send to rank {link.peer}")
+        if self.error is not None:
+            raise self.error
 
 
 class _RecvRequest:
@@ -475,19 +480,19 @@ class _RecvRequest:
         self._link = link
         self.kind = kind
         self._on_message = on_message
-        self._done = False
+        self.done = False
         self.result: Any = None
 
-    def _fulfil(self, item: _Incoming) -> None:
+    def fulfil(self, item: _Incoming) -> None:
         if item.kind != self.kind:
             raise CommProtocolError(
                 f"expected a {_KIND_NAMES[self.kind]} from rank {self._link.peer}, got a {_KIND_NAMES.get(item.kind, '?')}"
             )
         self.result = self._on_message(item)
-        self._done = True
+        self.done = True
 
     def is_completed(self) -> bool:
-        return self._done
+        return self.done
 
     def wait(self, timeout: float | None = None) -> Any:
         self._link.complete(self, timeout)
@@ -495,28 +500,25 @@ class _RecvRequest:
 
 
 class _Link:
-    """One persistent TLS connection to a peer rank, served by its own I/O thread."""
+    """One persistent TLS connection to a peer rank: outgoing frame queue, incoming frame parser.
 
-    def __init__(self, peer: int, sock: ssl.SSLSocket, config: TlsCommConfig) -> None:
+    A link never blocks: :meth:`read_some` and :meth:`write_some` move whatever bytes the socket takes,
+    and the :class:`_Engine` calls them whenever the caller waits for anything.
+    """
+
+    def __init__(self, peer: int, sock: ssl.SSLSocket, config: TlsCommConfig, engine: _Engine) -> None:
         self.peer = peer
-        self.recv_timeout_s = config.recv_timeout_s
+        self.sock = sock
+        self.engine = engine
         self.counters = _Counters()
-        self._sock = sock
+        self.error: CommError | None = None
+        self.inbox: deque[_Incoming] = deque()
+        self.outgoing: deque[_SendRequest] = deque()
+        self._posted: deque[_RecvRequest] = deque()
         self._max_message = config.max_message_bytes
         self._emulation = config.emulation
         self._emulated_free_at = 0.0
-        self._outgoing: deque[_SendRequest] = deque()
-        self._out_lock = threading.Lock()
-        self._inbox: deque[_Incoming] = deque()
-        self._inbox_cond = threading.Condition()
-        self._posted: deque[_RecvRequest] = deque()
-        self._recv_lock = threading.RLock()
-        self._error: CommError | None = None
-        self._closing = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        # read state machine
+        # read state machine: header -> dims (tensors) -> payload
         self._head = bytearray(_FRAME.size)
         self._dims = bytearray()
         self._stage = "head"
@@ -524,156 +526,83 @@ class _Link:
         self._filled = 0
         self._frame: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._value: Any = None
-        # write state
+        # write state: the frame being written, which part, where, and the chunk OpenSSL last refused
         self._current: _SendRequest | None = None
         self._part = 0
         self._offset = 0
         self._pending_chunk: memoryview | None = None
-        self._thread = threading.Thread(target=self._run, name=f"tls-link-{peer}", daemon=True)
-        self._thread.start()
+        sock.setblocking(False)
 
     # -- caller side --------------------------------------------------------------------------------
 
     def send(self, parts: tuple[memoryview, ...], owner: object) -> _SendRequest:
+        if self.error is not None:
+            raise self.error
         request = _SendRequest(self, parts, owner)
         if self._emulation is not None and self._emulation.bandwidth_bps is not None:
             now = time.monotonic()
             self._emulated_free_at = max(now, self._emulated_free_at) + request.nbytes * 8 / self._emulation.bandwidth_bps
             request.not_before = self._emulated_free_at
-        with self._out_lock:
-            if self._error is not None:
-                raise self._error
-            if self._closing:
-                raise PeerDisconnectedError(f"link to rank {self.peer} is closed")
-            self._outgoing.append(request)
-        self._wake()
+        self.outgoing.append(request)
         self.counters.bytes_sent += request.nbytes
         self.counters.messages_sent += 1
+        self.engine.kick(self)
         return request
 
     def post(self, kind: int, on_message: Callable[[_Incoming], Any]) -> _RecvRequest:
         request = _RecvRequest(self, kind, on_message)
-        with self._recv_lock:
-            self._posted.append(request)
+        self._posted.append(request)
         return request
 
     def complete(self, request: _RecvRequest, timeout: float | None) -> None:
-        """Drain messages into posted receives, in order, until ``request`` is filled."""
-        limit = self.recv_timeout_s if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        with self._recv_lock:
-            while not request.is_completed():
-                item = self._next_message(deadline, limit)
-                head = self._posted.popleft()
-                self.counters.bytes_received += item.nbytes
-                self.counters.messages_received += 1
-                head._fulfil(item)
+        """Drive the links and hand arriving messages to posted receives, in order, until ``request`` is filled."""
+        while not request.done:
+            self.engine.progress(lambda: bool(self.inbox) or self.error is not None, timeout,
+                                 f"message from rank {self.peer}")
+            if not self.inbox:
+                assert self.error is not None
+                raise self.error
+            item = self.inbox[0]
+            if item.deliver_at > time.monotonic():  # emulated one-way delay
+                self.engine.progress(lambda: time.monotonic() >= item.deliver_at, None, "emulated delay",
+                                     wake_at=item.deliver_at)
+            self.inbox.popleft()
+            self.counters.bytes_received += item.nbytes
+            self.counters.messages_received += 1
+            self._posted.popleft().fulfil(item)
 
-    def _next_message(self, deadline: float, limit: float) -> _Incoming:
-        with self._inbox_cond:
-            while not self._inbox:
-                if self._error is not None:
-                    raise self._error
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise CommTimeoutError(f"no message from rank {self.peer} within {limit:.1f}s")
-                self._inbox_cond.wait(remaining)
-            item = self._inbox.popleft()
-        delay = item.deliver_at - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        return item
+    @property
+    def busy(self) -> bool:
+        return self._current is not None or bool(self.outgoing)
 
-    def close(self, timeout: float) -> None:
-        """Flush queued frames (up to ``timeout``), then close the socket."""
-        with self._out_lock:
-            self._closing = True
-        self._wake()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self._fail(PeerDisconnectedError(f"link to rank {self.peer} closed with frames unsent"))
-            self._wake()
-            self._thread.join(1.0)
-        self._wake_w.close()
+    def fail(self, error: CommError) -> None:
+        if self.error is None:
+            self.error = error
+        for request in ([self._current] if self._current else []) + list(self.outgoing):
+            request.finish(self.error)
+        self._current = None
+        self.outgoing.clear()
 
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # a wake-up is already pending, or the link is gone
+    # -- socket side (called by the engine) ---------------------------------------------------------
 
-    # -- I/O thread ---------------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        selector = selectors.DefaultSelector()
-        try:
-            self._sock.setblocking(False)
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            selector.register(self._sock, selectors.EVENT_READ)
-            want_write = False
-            while self._error is None:
-                read_progress = self._read_some()
-                write_blocked, wait_until = self._write_some()
-                with self._out_lock:
-                    if self._closing and self._current is None and not self._outgoing:
-                        break
-                if read_progress:
-                    continue
-                if write_blocked != want_write:
-                    events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write_blocked else 0)
-                    selector.modify(self._sock, events)
-                    want_write = write_blocked
-                timeout = None if wait_until is None else max(0.0, wait_until - time.monotonic())
-                for key, _ in selector.select(timeout):
-                    if key.fileobj is self._wake_r:
-                        try:
-                            while self._wake_r.recv(4096):
-                                pass
-                        except BlockingIOError:
-                            pass
-        except CommError as exc:
-            self._fail(exc)
-        except (OSError, ValueError) as exc:
-            self._fail(PeerDisconnectedError(f"link to rank {self.peer} failed: {type(exc).__name__}"))
-        finally:
-            selector.close()
-            try:
-                self._sock.close()
-            except OSError:
-                pass
-            self._wake_r.close()
-            if self._error is None:
-                self._fail(PeerDisconnectedError(f"link to rank {self.peer} is closed"))
-
-    def _fail(self, error: CommError) -> None:
-        with self._out_lock:
-            if self._error is None:
-                self._error = error
-            pending = list(self._outgoing)
-            self._outgoing.clear()
-            current, self._current = self._current, None
-        for request in ([current] if current else []) + pending:
-            request._finish(self._error)
-        with self._inbox_cond:
-            self._inbox_cond.notify_all()
-
-    def _read_some(self) -> bool:
-        """Read what the socket has (up to a few chunks); return whether any byte arrived."""
+    def read_some(self) -> bool:
+        """Read what the socket has (a bounded amount); return whether any byte arrived."""
         progressed = False
-        for _ in range(8):
+        for _ in range(64):
             want = self._target.nbytes - self._filled
             if want == 0:
                 self._advance()
                 progressed = True
                 continue
             try:
-                count = self._sock.recv_into(self._target[self._filled :], min(want, _CHUNK))
+                count = self.sock.recv_into(self._target[self._filled :], min(want, _CHUNK))
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
                 return progressed
+            except (ssl.SSLError, OSError) as exc:
+                raise PeerDisconnectedError(f"link to rank {self.peer} failed: {type(exc).__name__}") from None
             if count == 0:
-                if self._stage == "head" and self._filled == 0:
-                    raise PeerDisconnectedError(f"rank {self.peer} closed the connection")
-                raise PeerDisconnectedError(f"rank {self.peer} closed the connection mid-message")
+                where = "" if self._stage == "head" and self._filled == 0 else " mid-message"
+                raise PeerDisconnectedError(f"rank {self.peer} closed the connection{where}")
             self._filled += count
             progressed = True
             if self._filled == self._target.nbytes:
@@ -684,12 +613,10 @@ class _Link:
         """A section (header, dims, payload) is complete: parse it and set up the next one."""
         if self._stage == "head":
             kind, code, ndim, reserved, nbytes = _FRAME.unpack(self._head)
-            if kind not in _KIND_NAMES or reserved != 0 or ndim > MAX_DIMS:
+            if kind not in _KIND_NAMES or reserved != 0 or ndim > MAX_DIMS or (kind != _KIND_TENSOR and (ndim or code)):
                 raise CommProtocolError(f"malformed frame header from rank {self.peer}")
             if nbytes > self._max_message:
                 raise CommProtocolError(f"rank {self.peer} announced a {nbytes}-byte message (limit {self._max_message})")
-            if kind != _KIND_TENSOR and (ndim or code):
-                raise CommProtocolError(f"malformed frame header from rank {self.peer}")
             self._frame = (kind, code, ndim, nbytes)
             if ndim:
                 self._dims = bytearray(8 * ndim)
@@ -702,13 +629,14 @@ class _Link:
             self._deliver()
 
     def _start_payload(self, shape: tuple[int, ...]) -> None:
-        kind, code, ndim, nbytes = self._frame
+        kind, code, _, nbytes = self._frame
         if kind == _KIND_TENSOR:
             try:
                 dtype, _ = _tensor_type(code, shape, nbytes)
             except ValueError:
                 raise CommProtocolError(f"malformed tensor frame from rank {self.peer}") from None
             self._value = torch.empty(shape, dtype=dtype)
+            # read straight into the tensor's memory
             target = memoryview(self._value.reshape(-1).numpy()).cast("B") if nbytes else memoryview(b"")
         else:
             self._value = bytearray(nbytes)
@@ -720,27 +648,23 @@ class _Link:
     def _deliver(self) -> None:
         kind, _, ndim, nbytes = self._frame
         delay = self._emulation.one_way_delay_s if self._emulation else 0.0
-        item = _Incoming(kind, self._value, _FRAME.size + 8 * ndim + nbytes, time.monotonic() + delay)
-        with self._inbox_cond:
-            self._inbox.append(item)
-            self._inbox_cond.notify_all()
+        self.inbox.append(_Incoming(kind, self._value, _FRAME.size + 8 * ndim + nbytes, time.monotonic() + delay))
         self._value = None
         self._stage, self._target, self._filled = "head", memoryview(self._head), 0
 
-    def _write_some(self) -> tuple[bool, float | None]:
+    def write_some(self) -> tuple[bool, bool, float | None]:
         """Write queued frames until done or the socket is full.
 
-        Returns (blocked on a full socket, time the next paced frame becomes due or None).
+        Returns (wrote anything, blocked on a full socket, time the next paced frame is due or None).
         """
+        wrote = False
         while True:
             if self._current is None:
-                with self._out_lock:
-                    if not self._outgoing:
-                        return False, None
-                    head = self._outgoing[0]
-                    if head.not_before > time.monotonic():
-                        return False, head.not_before
-                    self._current = self._outgoing.popleft()
+                if not self.outgoing:
+                    return wrote, False, None
+                if self.outgoing[0].not_before > time.monotonic():
+                    return wrote, False, self.outgoing[0].not_before
+                self._current = self.outgoing.popleft()
                 self._part, self._offset, self._pending_chunk = 0, 0, None
             request = self._current
             while self._part < len(request.parts):
@@ -751,15 +675,110 @@ class _Link:
                 if self._pending_chunk is None:
                     self._pending_chunk = part[self._offset : self._offset + _CHUNK]
                 try:
-                    written = self._sock.send(self._pending_chunk)
+                    written = self.sock.send(self._pending_chunk)
                 except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
-                    return True, None  # retry the same chunk when writable (OpenSSL requires it)
+                    return wrote, True, None  # retry the same chunk when writable (OpenSSL requires it)
+                except (ssl.SSLError, OSError) as exc:
+                    raise PeerDisconnectedError(f"link to rank {self.peer} failed: {type(exc).__name__}") from None
+                wrote = True
                 self._offset += written
                 self._pending_chunk = None if written >= self._pending_chunk.nbytes else self._pending_chunk[written:]
-            with self._out_lock:
-                self._current = None
-            request._finish()
+            self._current = None
+            request.finish()
 
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class _Engine:
+    """Moves bytes on every link whenever the caller waits (an MPI-style progress engine).
+
+    All socket work happens on the caller's thread, inside whatever call is waiting: no I/O threads, no
+    hand-offs between threads on the latency path, and no OpenSSL object shared across threads. While
+    waiting for one peer the engine keeps reading and writing every other link, so ranks that send to
+    each other at the same time never deadlock. Data a peer sends while this rank computes waits in the
+    kernel's socket buffers until the next call.
+    """
+
+    def __init__(self, recv_timeout_s: float) -> None:
+        self.recv_timeout_s = recv_timeout_s
+        self.links: list[_Link] = []
+        self._selector = selectors.DefaultSelector()
+        self._events: dict[int, int] = {}
+
+    def add(self, link: _Link) -> None:
+        self.links.append(link)
+        self._selector.register(link.sock, selectors.EVENT_READ, link)
+        self._events[link.peer] = selectors.EVENT_READ
+
+    def kick(self, link: _Link) -> None:
+        """Start writing a freshly queued frame right away (small frames finish here)."""
+        if link.error is None:
+            try:
+                link.write_some()
+            except CommError as exc:
+                link.fail(exc)
+
+    def _step(self, link: _Link) -> tuple[bool, float | None]:
+        if link.error is not None:
+            return False, None
+        try:
+            read = link.read_some()
+            wrote, blocked, due = link.write_some()
+        except CommError as exc:
+            link.fail(exc)
+            return True, None
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if blocked else 0)
+        if self._events[link.peer] != events:
+            self._selector.modify(link.sock, events, link)
+            self._events[link.peer] = events
+        return read or wrote, due
+
+    def progress(self, done: Callable[[], bool], timeout: float | None, what: str, wake_at: float | None = None) -> None:
+        """Service every link until ``done()``; raise :class:`CommTimeoutError` after ``timeout`` seconds.
+
+        ``timeout`` None means the receive timeout; ``wake_at`` bounds the sleep without raising.
+        """
+        if done():
+            return
+        limit = self.recv_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            progressed = False
+            next_due = wake_at
+            for link in self.links:
+                moved, due = self._step(link)
+                progressed |= moved
+                if due is not None:
+                    next_due = due if next_due is None else min(next_due, due)
+            if done():
+                return
+            if progressed:
+                continue
+            now = time.monotonic()
+            if now >= deadline and wake_at is None:
+                raise CommTimeoutError(f"no {what} within {limit:.1f}s")
+            until = deadline if next_due is None else min(deadline, next_due)
+            if self.links and any(link.error is None for link in self.links):
+                self._selector.select(max(0.0, until - now))
+            else:
+                time.sleep(max(0.0, until - now))
+
+    def flush(self, timeout: float) -> None:
+        """Write out everything queued (best effort within ``timeout``)."""
+        try:
+            self.progress(lambda: not any(link.busy and link.error is None for link in self.links), timeout, "flush")
+        except CommTimeoutError:
+            log.warning("closing the data plane with frames still unsent")
+
+    def close(self) -> None:
+        self._selector.close()
+        for link in self.links:
+            link.fail(PeerDisconnectedError(f"link to rank {link.peer} is closed"))
+            link.close()
 
 # ----------------------------------------------------------------------------------------------------
 # Mesh formation
@@ -1013,7 +1032,10 @@ class TlsCommunicator(Communicator):
         self.rank = config.rank
         self.world_size = config.world_size
         self._name = f"rank{config.rank}"
-        self._links = {peer: _Link(peer, sock, config) for peer, sock in links.items()}
+        self._engine = _Engine(config.recv_timeout_s)
+        self._links = {peer: _Link(peer, sock, config, self._engine) for peer, sock in links.items()}
+        for link in self._links.values():
+            self._engine.add(link)
         self._rounds = 0
         self._op = 0
         self._closed = False
@@ -1350,8 +1372,8 @@ class TlsCommunicator(Communicator):
         if self._closed:
             return
         self._closed = True
-        for link in self._links.values():
-            link.close(timeout)
+        self._engine.flush(timeout)
+        self._engine.close()
 
     def __enter__(self) -> TlsCommunicator:
         return self
