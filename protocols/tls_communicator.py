@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import selectors
 import socket
 import ssl
@@ -861,7 +860,6 @@ class _MeshBuilder:
         self.ca = config.credentials.ca_certificate()
         self.links: dict[int, ssl.SSLSocket] = {}
         self.errors: list[str] = []
-        self.fatal: CommError | None = None
         self.deadline = time.monotonic() + config.connect_timeout_s
         self.listener = listener
         self.lock = threading.Lock()
@@ -886,10 +884,8 @@ class _MeshBuilder:
         finally:
             if self.listener is not None:
                 self.listener.close()
-        if self.fatal is not None or len(self.links) != config.mesh_size - 1:
+        if len(self.links) != config.mesh_size - 1:
             self._close_all()
-            if self.fatal is not None:
-                raise self.fatal
             missing = sorted(set(range(config.mesh_size)) - set(self.links) - {config.rank})
             detail = f" (refused: {'; '.join(self.errors[-3:])})" if self.errors else ""
             raise CommTimeoutError(
@@ -940,7 +936,10 @@ class _MeshBuilder:
                 time.sleep(min(pause, max(0.0, self.deadline - time.monotonic())))
                 pause = min(pause * 2, 0.5)
                 continue
-            except (ConnectionError, socket.timeout, PeerDisconnectedError) as exc:
+            except PeerAuthError:
+                _discard(raw, sock)
+                raise
+            except (OSError, PeerDisconnectedError) as exc:
                 # The listener closed on us (it refused our role, or raced a restart); keep trying until
                 # the deadline, remembering why.
                 _discard(raw, sock)
@@ -948,9 +947,6 @@ class _MeshBuilder:
                 time.sleep(min(pause, max(0.0, self.deadline - time.monotonic())))
                 pause = min(pause * 2, 0.5)
                 continue
-            except PeerAuthError:
-                _discard(raw, sock)
-                raise
             sock.settimeout(None)
             with self.lock:
                 self.links[peer] = sock
@@ -968,7 +964,7 @@ class _MeshBuilder:
             self.listener.settimeout(remaining)
             try:
                 raw, address = self.listener.accept()
-            except (socket.timeout, OSError):
+            except OSError:  # timed out, or build() closed the listener
                 return
             _tune(raw)
             raw.settimeout(min(_HANDSHAKE_TIMEOUT_S, max(0.1, remaining)))
