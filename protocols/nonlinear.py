@@ -76,10 +76,23 @@ NEWTON_ITERS = 3
 """Newton iterations after range reduction; from a linear minimax start (rel. error 1/17 for the
 reciprocal, 0.09 for rsqrt) three iterations reach the fixed-point resolution."""
 
-GELU_CLAMP = 6.0
-"""|x| above which GeLU returns relu(x) exactly (|x| * sigmoid(-2 z(6)) ~ 1e-13)."""
+GELU_CLAMP = 8.0
+"""|x| above which GeLU returns relu(x) exactly (|x| sigmoid(-2u(8)) ~ 1e-20); a power of two, so
+the test is an OR over the magnitude's high bits."""
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+ERROR_BOUNDS: dict[str, tuple[float, float]] = {
+    "exp": (5e-5, 0.0),
+    "reciprocal": (1e-4, 1e-4),
+    "rsqrt": (1e-4, 1e-4),
+    "silu": (1e-4, 0.0),
+    "gelu": (1e-4, 0.0),
+    "softmax": (2e-4, 0.0),
+}
+"""Documented error bounds over each function's domain: |f_mpc(x) - f(x)| <= abs + rel * |f(x)|, with
+f evaluated in float64 on the encoded input. The tests enforce them; docs/approximations.md lists the
+measured maxima behind them. ``argmax_onehot`` is exact."""
 
 
 # --- share-level helpers -------------------------------------------------------------------------
@@ -149,11 +162,6 @@ def _linear_int(terms: Sequence[MPCTensor], coeffs: Sequence[float], const: floa
     out._tensor.div_(_SCALE)
     out._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
     return out
-
-
-def _bit_factor(bit: MPCTensor, c: float) -> MPCTensor:
-    """c if bit else 1, at 16 fractional bits, from a scale-1 bit without truncation."""
-    return _with_share(bit, bit.share * int(round((c - 1.0) * _SCALE))) + 1.0
 
 
 # --- range reduction -----------------------------------------------------------------------------
@@ -252,28 +260,69 @@ def rsqrt(
     return _select(onehot, _scale_pow2(y, out_scale_log2 - exps))
 
 
-def exp(x: MPCTensor) -> MPCTensor:
-    """e^x for x <= 0, exactly 0 (up to one ulp) for x <= -16; positive inputs also give 0.
+def _mul_const(x: MPCTensor, c: float) -> MPCTensor:
+    """x * c for a public c in (0, 1], with c kept to 16 significant bits however small it is.
 
-    With w = -x >= 0, one A2B exposes w's bits: bits 15..19 of the encoding give k = floor(2w)/2
-    in [0, 16) and the prefix OR's bit 20 says whether w >= 16. Then e^-w = [w < 16] * e^-f *
-    prod_i (e^-2^i)^bit_i with f = w - k in [0, 0.5) (degree-4 polynomial), so no input bits are lost
-    (unlike (1 + x/2^n)^(2^n)) and nothing can blow up for very negative inputs.
+    Encoding c at 16 fractional bits would leave e^-8 with only 22 units (2% error); scaling the
+    integer coefficient up keeps the pre-truncation value at |x| * 2^32 as for any product.
+    """
+    bits = FRAC_BITS + max(0, math.ceil(-math.log2(c)))
+    out = _with_share(x, x.share * int(round(c * 2.0**bits)))
+    out._tensor.div_(2**bits)
+    return out
+
+
+def _exp_bit_sources(wb: BinarySharedTensor) -> list[BinarySharedTensor]:
+    """The six single bits ``_exp_from_bits`` needs from the binary sharing of w's encoding."""
+    high = _prefix_or(wb) >> (FRAC_BITS + 4)  # bit 0: w >= 16 (a negative w sets it too)
+    return [wb >> (FRAC_BITS - 1 + i) for i in range(5)] + [high]
+
+
+def _exp_from_bits(w: MPCTensor, bits: MPCTensor, scale: MPCTensor | None = None) -> list[MPCTensor]:
+    """[e^-w] or, with ``scale``, [e^-w, scale * e^-w]; ``bits`` are ``_exp_bit_sources`` in arithmetic.
+
+    Bits 15..19 of w's encoding give k = floor(2w)/2 in [0, 16) and the sixth bit says w >= 16 (or
+    w < 0). Then e^-w = [w < 16] * q(f) * prod_i (e^-2^(i-1))^bit_i with f = w - k in [0, 0.5) and q a
+    degree-4 polynomial. Each factor is applied as R + bit * (R c - R), an exact product with a
+    scale-1 bit, so every step adds at most one ulp of absolute error. ``scale`` is folded in before
+    the factors, so scale * e^-w keeps that absolute error instead of amplifying e^-w's by |scale|.
+    """
+    frac_share = w.share - sum(bits[..., i].share << (FRAC_BITS - 1 + i) for i in range(5))
+    f = _with_share(w, frac_share)
+    f2 = f * f
+    f3, f4 = _mul_stacked([f2, f2], [f, f2])
+    q = _linear_int([f, f2, f3, f4], _EXP_FRAC_POLY[1:], _EXP_FRAC_POLY[0])
+    r = q - bits[..., 5] * q  # [w < 16] * q: exact, so a huge garbage f can never leak through
+    if scale is not None:
+        r = crypten.stack([r, r * scale])  # r is 0 wherever |scale| could be large (w >= 16)
+    for i in range(5):
+        bit = bits[..., i] if scale is None else crypten.stack([bits[..., i]] * 2)
+        r = r + bit * (_mul_const(r, math.exp(-(2.0 ** (i - 1)))) - r)
+    return [r] if scale is None else [r[0], r[1]]
+
+
+def _exp_neg(w: MPCTensor, scale: MPCTensor | None = None) -> list[MPCTensor]:
+    """``_exp_from_bits`` on w >= 0 with w's bits from one A2B conversion."""
+    return _exp_from_bits(w, _bits_to_arithmetic(w, _exp_bit_sources(_binary(w))), scale)
+
+
+def _sign_and_magnitude(x: MPCTensor) -> tuple[BinarySharedTensor, BinarySharedTensor]:
+    """From one A2B of x: the sign replicated over all 64 bits, and x's ones'-complement magnitude
+    (|X| for X >= 0, |X| - 1 for X < 0, X the encoding), both as binary shares: XOR with the
+    replicated sign is local, so |x|'s bits cost no more than x's."""
+    xb = _binary(x)
+    sign = xb >> 63
+    return sign, xb ^ sign
+
+
+def exp(x: MPCTensor) -> MPCTensor:
+    """e^x for x <= 0; exactly 0 for x <= -16 and for x > 0 (callers subtract the max first).
+
+    Unlike CrypTen's (1 + x/2^n)^(2^n), which drops n input bits and blows up below -2^(n+1), the bit
+    decomposition keeps every input bit and cannot overflow for any input.
     """
     _require_default_encoding(x)
-    w = -x
-    wb = _binary(w)
-    high = _prefix_or(wb) >> (FRAC_BITS + 4)  # bit 0 set iff w >= 16 (or w < 0)
-    bits = _bits_to_arithmetic(x, [wb >> (FRAC_BITS - 1 + i) for i in range(5)] + [high])
-    frac_share = w.share - sum(bits[..., i].share << (FRAC_BITS - 1 + i) for i in range(5))
-    f = _with_share(x, frac_share)
-    factors = [_bit_factor(bits[..., i], math.exp(-(2.0 ** (i - 1)))) for i in range(5)]
-    keep = _to_fixed(1 - bits[..., 5])
-    f2, p01, p23 = _mul_stacked([f, factors[0], factors[2]], [f, factors[1], factors[3]])
-    f3, f4, p0123, p4k = _mul_stacked([f2, f2, p01, factors[4]], [f, f2, p23, keep])
-    poly = _linear_int([f, f2, f3, f4], _EXP_FRAC_POLY[1:], _EXP_FRAC_POLY[0])
-    a, b = _mul_stacked([poly], [p0123])[0], p4k
-    return a * b
+    return _exp_neg(-x)[0]
 
 
 def softmax(x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTensor:
@@ -360,40 +409,47 @@ def argmax_onehot(x: MPCTensor, dim: int = -1) -> MPCTensor:
     return out.transpose(dim, -1) if moved else out
 
 
-def _sigmoid_neg(w: MPCTensor) -> MPCTensor:
-    """sigmoid(-w) = e/(1 + e) with e = exp(-w), for w >= 0; 1 + e in [1, 2] needs no range reduction."""
-    e = exp(-w)
-    return e * _newton_reciprocal(e + 1, NEWTON_ITERS)
+def _sigmoid_tail(e: MPCTensor, scaled: MPCTensor) -> MPCTensor:
+    """scale * sigmoid(-w) = (scale e) / (1 + e) from e = e^-w and scale * e; 1 + e in [1, 2] needs no
+    range reduction."""
+    return scaled * _newton_reciprocal(e + 1, NEWTON_ITERS)
 
 
 def silu(x: MPCTensor) -> MPCTensor:
-    """x * sigmoid(x) = relu(x) - |x| sigmoid(-|x|).
+    """x * sigmoid(x) = relu(x) - |x| sigmoid(-|x|), for any x (error measured on [-64, 64]).
 
-    The correction term is bounded (<= 0.28) and vanishes exactly for |x| >= 16 through ``exp``'s cutoff,
-    so large gate projections (measured up to 52) come out as exact relu values.
+    One A2B of x gives both the sign and the bits of |x| that ``exp`` needs. The correction term is
+    bounded (<= 0.28) and vanishes exactly for |x| >= 16 through exp's cutoff, so large gate
+    projections (measured up to 52) come out as exact relu values.
     """
     _require_default_encoding(x)
-    neg = x._ltz()
+    sign, magnitude = _sign_and_magnitude(x)
+    bits = _bits_to_arithmetic(x, [sign] + _exp_bit_sources(magnitude))
+    neg = bits[..., 0]
     relu = x * (1 - neg)
     a = relu * 2 - x
-    return relu - a * _sigmoid_neg(a)
+    w = _with_share(a, a.share - neg.share)  # |x| - ulp for negatives: the value the bits describe
+    e, scaled = _exp_from_bits(w, bits[..., 1:], scale=a)
+    return relu - _sigmoid_tail(e, scaled)
 
 
 def gelu(x: MPCTensor) -> MPCTensor:
     """GeLU, tanh form: x sigmoid(2u), u = sqrt(2/pi)(x + 0.044715 x^3) = relu(x) - |x| sigmoid(-2u(|x|)).
 
-    |x| is clamped at GELU_CLAMP before the cubic (one batched comparison gives [x < 0], [x < 6],
-    [x < -6]), which keeps every product small; beyond the clamp exp's cutoff makes the correction 0.
-    CrypTen's erf-based GeLU diverges beyond |x| ~ 2 and is not used.
+    One A2B of x gives the sign and [|x| >= 8] (an OR over the magnitude's high bits); |x| is clamped
+    at GELU_CLAMP before the cubic, which keeps every product below 64, and beyond it the correction
+    (< 1e-20) is dropped. A second A2B, of 2u, feeds ``exp``. CrypTen's erf-based GeLU diverges
+    beyond |x| ~ 2 and is not used.
     """
     _require_default_encoding(x)
-    c = GELU_CLAMP
-    bits = (crypten.stack([x, x - c, x + c], dim=-1))._ltz()
-    neg, below, below_neg = bits[..., 0], bits[..., 1], bits[..., 2]
-    relu, a_in = _mul_stacked([x, x], [1 - neg, below + below_neg - neg * 2])  # a_in = |x| [|x| < c]
-    a_c = a_in + (1 - below + below_neg) * c  # min(|x|, c)
-    t = a_c.div(8)
-    t3 = t * t * t
-    w = _linear_int([t, t3], [2 * _SQRT_2_OVER_PI * 8, 2 * _SQRT_2_OVER_PI * 0.044715 * 512], 0.0)
-    a = relu * 2 - x
-    return relu - a * _sigmoid_neg(w)
+    sign, magnitude = _sign_and_magnitude(x)
+    big = _prefix_or(magnitude) >> (FRAC_BITS + int(math.log2(GELU_CLAMP)))
+    bits = _bits_to_arithmetic(x, [sign, big, sign & big])
+    neg, over, neg_over = bits[..., 0], bits[..., 1], bits[..., 2]
+    # (1 - 2 neg)(1 - over) = 1 - 2 neg - over + 2 neg over: |x| [|x| < 8] as one exact product
+    relu, a_in = _mul_stacked([x, x], [1 - neg, 1 - neg * 2 - over + neg_over * 2])
+    a_c = a_in + over * GELU_CLAMP  # min(|x|, 8)
+    # w = 2u = a (2 sqrt(2/pi) + 2 sqrt(2/pi) 0.044715 a^2)
+    w = a_c * (a_c * a_c * (2 * _SQRT_2_OVER_PI * 0.044715) + 2 * _SQRT_2_OVER_PI)
+    e, scaled = _exp_neg(w, scale=a_in)
+    return relu - _sigmoid_tail(e, scaled)
