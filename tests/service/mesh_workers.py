@@ -155,6 +155,9 @@ def collectives(rank: int, key_dir: Path, world_size: int, ports: list[int], wit
             comm.barrier(comm.ttp_group)
         out["stats"] = comm.stats().as_dict()
         out["crypten_rounds"] = comm.comm_rounds
+        comm.reset_communication_stats()
+        after = comm.stats()
+        out["after_reset"] = (after.rounds, after.bytes_sent, after.bytes_received, after.messages_sent)
     return out
 
 

@@ -67,6 +67,7 @@ def test_collectives_and_counters(key_dir: Path, world_size: int, with_dealer: b
             assert got["dealer_bytes"] == b"seed-for-party-%d" % rank
             assert str(world_size) in got["stats"]["links"]  # dealer traffic is its own link
         assert got["stats"]["rounds"] > 10 and got["crypten_rounds"] == 0  # CrypTen counts only when verbose
+        assert got["after_reset"] == (0, 0, 0, 0)
     assert out[1]["recv"] == [[0, 1], [2, 3]]
     if with_dealer:
         assert out[0]["ttp"] == [0, 3, 6, 9, 12, 15]
