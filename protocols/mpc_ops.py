@@ -71,7 +71,7 @@ class MpcOps:
         self.matrices: dict[str, FixedOperand] = {}
         self.vectors: dict[str, MPCTensor] = {}
         with costs.in_phase("setup"):
-            for name, value in sorted(weights.expand().items()):
+            for name, value in weights.consume():
                 shared = MPCTensor.from_shares(value, precision=FRACTIONAL_BITS)
                 if _is_matrix(name):
                     self.matrices[name] = FixedOperand(provider, shared)

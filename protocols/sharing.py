@@ -7,7 +7,7 @@ of a copy of the weights per party.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -40,21 +40,29 @@ class ShareBundle:
     seed: bytes | None = None
 
     def expand(self) -> dict[str, torch.Tensor]:
-        if self.seed is None:
-            return self.dense
-        stream = AesCtrStream(self.seed)
-        return {name: stream.ring_elements(shape) for name, shape in sorted(self.shapes.items())}
+        return dict(self.consume())
+
+    def consume(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(name, share)`` in name order, letting go of each dense share once yielded.
+
+        For a model this keeps one tensor's share in flight instead of a second copy of the weights.
+        """
+        stream = None if self.seed is None else AesCtrStream(self.seed)
+        for name, shape in sorted(self.shapes.items()):
+            yield name, self.dense.pop(name) if stream is None else stream.ring_elements(shape)
 
 
 def share(tensors: Mapping[str, torch.Tensor], n_parties: int, encoded: bool = False) -> list[ShareBundle]:
     """Split ``tensors`` (encoded to fixed point unless ``encoded``) into ``n_parties`` bundles."""
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     others = [ShareBundle(shapes, seed=fresh_seed()) for _ in range(n_parties - 1)]
-    expanded = [bundle.expand() for bundle in others]
+    streams = [other.consume() for other in others]
     dense = {}
     for name in sorted(tensors):
         value = tensors[name] if encoded else encode(tensors[name])
-        for shares in expanded:
-            value = value - shares[name]
+        for stream in streams:
+            streamed_name, other_share = next(stream)
+            assert streamed_name == name
+            value = value - other_share
         dense[name] = value.contiguous()
     return [ShareBundle(shapes, dense=dense), *others]
