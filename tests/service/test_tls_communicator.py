@@ -3,6 +3,7 @@ authentication failures, timeouts, disconnects, link emulation, and the typed ob
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 import threading
@@ -266,3 +267,112 @@ def test_codec_rejects_garbage_with_a_typed_error(data: bytes) -> None:
 def test_codec_malformed_examples(data: bytes) -> None:
     with pytest.raises(tc.CommProtocolError):
         tc.decode_object(data)
+
+
+# --- frame parsing against a misbehaving (authenticated) peer, in process over a socket pair ----------
+
+
+def _pair(key_dir: Path, **overrides: object) -> tuple[tc.TlsCommunicator, socket.socket]:
+    """A rank-0 communicator whose link to rank 1 is a plain socket pair; the test plays rank 1."""
+    ours, theirs = socket.socketpair()
+    config = mw.make_config(key_dir, 0, 2, [1, 2], recv_timeout_s=2.0, **overrides)
+    return tc.TlsCommunicator(config, {1: ours}), theirs  # type: ignore[dict-item]
+
+
+def _frame(kind: int, payload: bytes = b"", code: int = 0, dims: tuple[int, ...] = (), reserved: int = 0) -> bytes:
+    return tc._FRAME.pack(kind, code, len(dims), reserved, len(payload)) + b"".join(tc._DIM.pack(d) for d in dims) + payload
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        _frame(9),  # unknown kind
+        _frame(tc._KIND_TENSOR, bytes(8), code=1, dims=(1,), reserved=1),  # reserved field set
+        _frame(tc._KIND_TENSOR, bytes(8), code=77, dims=(1,)),  # unknown dtype
+        _frame(tc._KIND_TENSOR, bytes(8), code=1, dims=(2,)),  # length does not match the shape
+        _frame(tc._KIND_OBJECT, b"", code=1),  # dtype on a non-tensor frame
+        tc._FRAME.pack(tc._KIND_TENSOR, 1, 9, 0, 8),  # too many dims
+    ],
+)
+def test_malformed_frames_fail_the_link_with_a_protocol_error(key_dir: Path, frame: bytes) -> None:
+    comm, peer = _pair(key_dir)
+    with comm, peer:
+        peer.sendall(frame)
+        with pytest.raises(tc.CommProtocolError):
+            comm.recv(torch.zeros(1, dtype=torch.int64), 1)
+        with pytest.raises(tc.CommProtocolError):  # the link stays failed
+            comm.send(torch.zeros(1, dtype=torch.int64), 1)
+
+
+def test_oversized_announcement_is_refused_before_allocating(key_dir: Path) -> None:
+    comm, peer = _pair(key_dir, max_message_bytes=1024)
+    with comm, peer:
+        peer.sendall(tc._FRAME.pack(tc._KIND_BYTES, 0, 0, 0, 1 << 40))
+        with pytest.raises(tc.CommProtocolError, match="limit"):
+            comm.recv_bytes(1)
+
+
+def test_unexpected_kind_and_mismatched_tensor_are_protocol_errors(key_dir: Path) -> None:
+    comm, peer = _pair(key_dir)
+    with comm, peer:
+        peer.sendall(_frame(tc._KIND_OBJECT, tc.encode_object("hello")))
+        with pytest.raises(tc.CommProtocolError, match="expected a tensor"):
+            comm.recv(torch.zeros(1, dtype=torch.int64), 1)
+    comm, peer = _pair(key_dir)
+    with comm, peer:
+        peer.sendall(_frame(tc._KIND_TENSOR, bytes(16), code=1, dims=(2,)))
+        with pytest.raises(tc.CommProtocolError):
+            comm.recv(torch.zeros(3, dtype=torch.int64), 1)
+
+
+def test_partial_frames_are_reassembled_and_timeouts_apply(key_dir: Path) -> None:
+    comm, peer = _pair(key_dir)
+    with comm, peer:
+        data = _frame(tc._KIND_TENSOR, torch.arange(5, dtype=torch.int64).numpy().tobytes(), code=1, dims=(5,))
+        sender = threading.Thread(target=lambda: [peer.sendall(data[i : i + 3]) or time.sleep(0.001) for i in range(0, len(data), 3)])
+        sender.start()
+        assert comm.recv(torch.zeros(5, dtype=torch.int64), 1).tolist() == [0, 1, 2, 3, 4]
+        sender.join()
+        peer.sendall(data[:10])  # half a header, then silence
+        start = time.monotonic()
+        with pytest.raises(tc.CommTimeoutError):
+            comm.recv(torch.zeros(5, dtype=torch.int64), 1)
+        assert time.monotonic() - start < 5
+
+
+def test_peer_closing_mid_message_is_a_disconnect(key_dir: Path) -> None:
+    comm, peer = _pair(key_dir)
+    with comm:
+        peer.sendall(_frame(tc._KIND_TENSOR, bytes(80), code=1, dims=(10,))[:30])
+        peer.close()
+        with pytest.raises(tc.PeerDisconnectedError, match="mid-message"):
+            comm.recv(torch.zeros(10, dtype=torch.int64), 1)
+
+
+_DTYPES = [torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool, torch.float64, torch.float32, torch.float16]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dtype=st.sampled_from(_DTYPES),
+    shape=st.lists(st.integers(0, 5), max_size=4),
+    seed=st.integers(0, 2**31),
+    transposed=st.booleans(),
+)
+def test_any_supported_tensor_crosses_a_link_bit_exactly(key_dir: Path, dtype: torch.dtype, shape: list[int],
+                                                         seed: int, transposed: bool) -> None:
+    a, b = socket.socketpair()
+    ports = [1, 2]
+    with tc.TlsCommunicator(mw.make_config(key_dir, 0, 2, ports), {1: a}) as zero, \
+            tc.TlsCommunicator(mw.make_config(key_dir, 1, 2, ports), {0: b}) as one:  # type: ignore[dict-item]
+        count = math.prod(shape)
+        raw = torch.randint(0, 256, (count * dtype.itemsize,), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+        if dtype == torch.bool:
+            raw = raw % 2
+        tensor = raw.view(dtype).reshape(shape)
+        if transposed and tensor.dim() >= 2:
+            tensor = tensor.transpose(0, 1)
+        zero.isend(tensor, 1).wait()
+        received = one.recv(torch.empty_like(tensor), 0)
+        assert received.dtype == tensor.dtype and received.shape == tensor.shape
+        assert received.reshape(-1).view(torch.uint8).tolist() == tensor.reshape(-1).view(torch.uint8).tolist()
