@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import stat
 from pathlib import Path
@@ -11,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pinfer import cli, envelope, keys
+from pinfer.commands import keys as keys_command
 
 
 def _cert(path: Path) -> x509.Certificate:
@@ -112,9 +114,21 @@ def test_refuses_to_overwrite_and_validates_input(tmp_path: Path) -> None:
         keys.init_keys(tmp_path / "ky", parties=2, hostnames={"party0": ["bad host!"]})
 
 
+def _run_cli(argv: list[str]) -> int:
+    """Run ``pinfer keys ...`` through the command's own parser (the full CLI imports every command)."""
+    parser = argparse.ArgumentParser(prog="pinfer")
+    keys_command.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_keys_command_is_registered() -> None:
+    assert "pinfer.commands.keys" in cli._COMMAND_MODULES
+
+
 def test_cli_keys_init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "deploy-keys"
-    assert cli.main(["keys", "init", "--out", str(out), "--parties", "3", "--nodes", "party1=p1.svc,10.1.2.3",
+    assert _run_cli(["keys", "init", "--out", str(out), "--parties", "3", "--nodes", "party1=p1.svc,10.1.2.3",
                      "--hostname", "pinfer.local"]) == 0
     manifest = keys.load_manifest(out)
     assert manifest.parties == 3 and manifest.hostnames["party1"] == ("p1.svc", "10.1.2.3", "pinfer.local")
@@ -122,5 +136,5 @@ def test_cli_keys_init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     for role in manifest.roles:
         private = keys.KeyDir(out).node_key(role).read_text()
         assert private.splitlines()[1] not in printed
-    assert cli.main(["keys", "init", "--out", str(out)]) == 2  # refuses to overwrite
-    assert cli.main(["keys", "init", "--out", str(tmp_path / "bad"), "--nodes", "party0"]) == 2
+    assert _run_cli(["keys", "init", "--out", str(out)]) == 2  # refuses to overwrite
+    assert _run_cli(["keys", "init", "--out", str(tmp_path / "bad"), "--nodes", "party0"]) == 2
