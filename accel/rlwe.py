@@ -71,10 +71,10 @@ class BFV:
 
     # ---- helpers ------------------------------------------------------------------------------
     def _ntt(self, x: torch.Tensor) -> torch.Tensor:
-        return ntt(x, self.params.primes, backend=self.backend)
+        return ntt(x, self.params.primes, backend=self.backend, reduced=True)
 
     def _intt(self, x: torch.Tensor) -> torch.Tensor:
-        return intt(x, self.params.primes, backend=self.backend)
+        return intt(x, self.params.primes, backend=self.backend, reduced=True)
 
     def _small(self, x: torch.Tensor) -> torch.Tensor:
         """Signed small polynomial(s) (..., N) -> residues (..., L, N) on the device."""

@@ -85,6 +85,10 @@ class TorchMatrixNTT:
         self.off_c = limb_vec([bat.reduction_offset(self.c, q) for q in self.primes])
         if compile is None:
             compile = self.device.type == "cuda"
+        if compile:
+            # Dynamo keys its cache on the code object, shared by every plan: one entry per
+            # (N, limbs, batch) shape, so the default limit of 8 would silently fall back to eager.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         self._fwd = torch.compile(self._forward_internal, dynamic=False) if compile else self._forward_internal
         self._inv = torch.compile(self._inverse_internal, dynamic=False) if compile else self._inverse_internal
         self._mul_inv = torch.compile(self._mul_inverse_internal, dynamic=False) if compile else self._mul_inverse_internal

@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
-NTT_VARIANTS = ("bat-compiled", "bat-eager", "butterfly-compiled", "butterfly-eager", "jax-bat")
+NTT_VARIANTS = ("bat-triton", "bat-compiled", "bat-eager", "butterfly-compiled", "butterfly-eager", "jax-bat")
+# (tile, tile, warps, stages) candidates for the fused Triton kernels; the best per N is reported.
+TRITON_TILES = ((64, 128, 4, 3), (64, 128, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,13 +84,17 @@ def _machine(device: torch.device) -> dict[str, Any]:
 
 
 # ---- device ceilings ----------------------------------------------------------------------------
-def _int8_peak(device: torch.device, repeats: int) -> float:
-    """Measured int8 GEMM rate (ops/s, 2 per MAC) of torch._int_mm on a large square product."""
+def _int8_peak(device: torch.device, repeats: int) -> dict[str, float]:
+    """Measured int8 GEMM rates (ops/s, 2 per MAC) of torch._int_mm on a large square product, with
+    the second operand row-major and column-major (cuBLASLt's int8 kernels prefer the latter)."""
     size = 8192 if device.type == "cuda" else 1024
     a = torch.randint(-128, 128, (size, size), dtype=torch.int8, device=device)
     b = torch.randint(-128, 128, (size, size), dtype=torch.int8, device=device)
-    t = _median_time(lambda: torch._int_mm(a, b), device, repeats)
-    return 2 * size**3 / t
+    b_cm = b.t().contiguous().t()
+    out = {"size": size}
+    for name, rhs in (("row_major_b", b), ("col_major_b", b_cm)):
+        out[name] = 2 * size**3 / _median_time(lambda: torch._int_mm(a, rhs), device, repeats)
+    return out
 
 
 def _copy_bandwidth(device: torch.device, repeats: int) -> float:
@@ -114,7 +120,23 @@ def _ntt_row(logn: int, variant: str, device: torch.device, limbs: int, coeffs: 
     r, c = split_dims(n)
     row: dict[str, Any] = {"logn": logn, "variant": variant, "limbs": limbs, "batch": batch, "ntts_per_call": batch * limbs}
     compiled = variant.endswith("compiled")
-    if variant.startswith("bat"):
+    if variant == "bat-triton":
+        from pinfer.accel.backends import triton_matrix
+
+        x = triton_matrix.TritonMatrixNTT(n, primes, device).to_internal(a)
+        sweep: dict[str, Any] = {}
+        for tiles in TRITON_TILES:
+            eng_t = triton_matrix.TritonMatrixNTT(n, primes, device, tiles=tiles)
+            try:
+                sweep[str(tiles)] = batch * limbs / _median_time(lambda: eng_t.forward_internal(x), device, repeats)
+            except Exception as exc:  # a tile shape the compiler rejects is skipped, not fatal
+                sweep[str(tiles)] = f"{type(exc).__name__}: {exc}"[:120]
+        ok = {k: v for k, v in sweep.items() if isinstance(v, float)}
+        best = max(ok, key=ok.get)
+        eng = triton_matrix.TritonMatrixNTT(n, primes, device, tiles=tuple(int(t) for t in best.strip("()").split(",")))
+        fn = lambda: eng.forward_internal(x)  # noqa: E731
+        row.update(int8_macs_per_ntt=16 * n * (r + c), tile_sweep=sweep, tiles=best)
+    elif variant.startswith("bat"):
         eng = torch_matrix.TorchMatrixNTT(n, primes, device, compile=compiled)
         x = eng.to_internal(a)
         fn = lambda: eng.forward_internal(x)  # noqa: E731
@@ -140,7 +162,7 @@ def _ntt_row(logn: int, variant: str, device: torch.device, limbs: int, coeffs: 
     t = _median_time(fn, device, repeats)
     row["median_s"] = t
     row["ntt_per_s"] = batch * limbs / t
-    if variant.startswith("bat") and device.type == "cuda":
+    if variant in ("bat-compiled", "bat-eager") and device.type == "cuda":
         row["gemm_only_s"] = _gemm_only_time(eng, x, device, repeats)
     return row
 
@@ -252,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
                 row = {"logn": logn, "variant": v, "error": f"{type(exc).__name__}: {exc}"[:300]}
             if "int8_macs_per_ntt" in row and "ntt_per_s" in row:
                 row["int8_ops_per_s"] = 2 * row["int8_macs_per_ntt"] * row["ntt_per_s"]
-                row["int8_fraction_of_peak"] = row["int8_ops_per_s"] / report["int8_gemm_ops_per_s"]
+                row["int8_fraction_of_peak"] = row["int8_ops_per_s"] / max(v for k, v in report["int8_gemm_ops_per_s"].items() if k != "size")
                 if "gemm_only_s" in row:
                     row["gemm_share"] = row["gemm_only_s"] / row["median_s"]
             rows.append(row)
@@ -284,7 +306,9 @@ def _print(report: dict[str, Any], title: str) -> None:
     m = report["machine"]
     print(f"# {title}")
     print(f"machine: {m['host']} | CPU {m['cpu']} x{m['cpu_count']} | device {m['device']} {m.get('gpu', '')} | torch {m['torch']}")
-    print(f"measured int8 GEMM (torch._int_mm): {report['int8_gemm_ops_per_s'] / 1e12:.3f} TOPS | "
+    peaks = report["int8_gemm_ops_per_s"]
+    print(f"measured int8 GEMM (torch._int_mm {peaks['size']}^3): B row-major {peaks['row_major_b'] / 1e12:.1f} TOPS, "
+          f"B col-major {peaks['col_major_b'] / 1e12:.1f} TOPS | "
           f"copy {report['copy_bytes_per_s'] / 1e9:.0f} GB/s | medians of {report['repeats']}")
     print(f"{'N':>6} {'variant':<19} {'NTT/s':>12} {'vs bfly':>8} {'int8 TOPS':>10} {'%peak':>6} {'gemm%':>6} {'batch':>6}")
     for r in report["ntt"]:

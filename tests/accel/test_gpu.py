@@ -41,3 +41,19 @@ def test_cuda_butterfly_and_polymul(logn):
         out = accel.polymul(a.cuda(), b.cuda(), primes, backend=backend).cpu()
         li = random.randrange(len(primes))
         assert out[1, li].tolist() == negacyclic_mul(a[1, li].tolist(), b[1, li].tolist(), primes[li])
+
+
+@pytest.mark.parametrize("logn", [8, 10, 12, 13, 14, 15, 16])
+def test_cuda_triton_ntt_exact(logn):
+    from pinfer.accel.backends import triton_matrix
+
+    n = 1 << logn
+    primes = tuple(primes_for(n))
+    a = torch.stack([torch.randint(0, q, (5, n)) for q in primes], dim=-2)
+    eng = triton_matrix.TritonMatrixNTT(n, primes, "cuda")
+    f = eng.forward(a.cuda())
+    assert torch.equal(f.cpu(), torch_matrix.plan(n, primes, "cpu").forward(a))
+    assert torch.equal(eng.inverse(f).cpu(), a)
+    b = torch.stack([torch.randint(0, q, (5, n)) for q in primes], dim=-2)
+    out = accel.polymul(a.cuda(), b.cuda(), primes, backend="matrix-triton").cpu()
+    assert out[4, 0].tolist() == negacyclic_mul(a[4, 0].tolist(), b[4, 0].tolist(), primes[0])
