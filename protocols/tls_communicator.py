@@ -803,8 +803,13 @@ def _client_context(credentials: keys.NodeCredentials, verify_hostname: bool) ->
 
 
 def _tune(sock: socket.socket) -> None:
+    """No Nagle delay (MPC rounds are small and latency-bound); keepalive probes so that a peer host that
+    vanishes without closing its sockets is noticed within about half a minute even on an idle link."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def _send_hello(sock: ssl.SSLSocket, rank: int, session: bytes) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from pinfer import keys
 from pinfer.protocols import tls_communicator as tc
+from pinfer.protocols.channel import Channel, Message
 
 _CTX = mp.get_context("forkserver")
 _CTX.set_forkserver_preload(["pinfer.protocols.tls_communicator"])
@@ -109,6 +110,8 @@ def collectives(rank: int, key_dir: Path, world_size: int, ports: list[int], wit
             transports = [comm.transport(p) for p in range(world_size)]
             for transport in transports:
                 transport.send_bytes(b"seed-for-party-%d" % transport.peer)
+                # the MPC core's typed dealer channel runs unchanged over the mesh
+                Channel(transport).send(Message("correction", {"party": transport.peer}, [torch.arange(3) * transport.peer]))
             comm.barrier(comm.ttp_group)
             out["stats"] = comm.stats().as_dict()
             return out
@@ -152,6 +155,8 @@ def collectives(rank: int, key_dir: Path, world_size: int, ports: list[int], wit
                 comm.broadcast(result, dealer, comm.ttp_comm_group)
                 out["ttp"] = result.tolist()
             out["dealer_bytes"] = comm.transport(dealer).recv_bytes()
+            message = Channel(comm.transport(dealer)).recv()
+            out["dealer_message"] = (message.kind, message.params, [t.tolist() for t in message.tensors])
             comm.barrier(comm.ttp_group)
         out["stats"] = comm.stats().as_dict()
         out["crypten_rounds"] = comm.comm_rounds

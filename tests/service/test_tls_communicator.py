@@ -66,6 +66,7 @@ def test_collectives_and_counters(key_dir: Path, world_size: int, with_dealer: b
                                 "messages_received": 1, "rounds": 1}
         if with_dealer:
             assert got["dealer_bytes"] == b"seed-for-party-%d" % rank
+            assert got["dealer_message"] == ("correction", {"party": rank}, [[0, rank, 2 * rank]])
             assert str(world_size) in got["stats"]["links"]  # dealer traffic is its own link
         assert got["stats"]["rounds"] > 10 and got["crypten_rounds"] == 0  # CrypTen counts only when verbose
         assert got["after_reset"] == (0, 0, 0, 0)
