@@ -182,6 +182,7 @@ class TlsCommConfig:
         raise ValueError(f"rank {rank} is not in this mesh")
 
     def validate(self) -> None:
+        """Refuse a configuration that could only fail later, or join the wrong mesh (raises ValueError)."""
         if not keys.MIN_PARTIES <= self.world_size <= keys.MAX_PARTIES:
             raise ValueError(f"world_size must be in [{keys.MIN_PARTIES}, {keys.MAX_PARTIES}]")
         if not 0 <= self.rank < self.mesh_size:
@@ -1000,7 +1001,7 @@ class _MeshBuilder:
 # The communicator
 
 
-_SUM_OPS: dict[Any, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+_REDUCE_OPS: dict[Any, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     ReduceOp.SUM: torch.add,
     ReduceOp.PRODUCT: torch.mul,
     ReduceOp.MIN: torch.minimum,
@@ -1012,7 +1013,7 @@ _SUM_OPS: dict[Any, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 
 def _reducer(op: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    for key, function in _SUM_OPS.items():
+    for key, function in _REDUCE_OPS.items():
         if op == key:
             return function
     raise ValueError(f"unsupported reduce op {op}")
