@@ -377,3 +377,22 @@ def test_any_supported_tensor_crosses_a_link_bit_exactly(key_dir: Path, dtype: t
         received = one.recv(torch.empty_like(tensor), 0)
         assert received.dtype == tensor.dtype and received.shape == tensor.shape
         assert received.reshape(-1).view(torch.uint8).tolist() == tensor.reshape(-1).view(torch.uint8).tolist()
+
+
+def test_posted_receives_fill_in_posting_order_even_when_waited_out_of_order(key_dir: Path) -> None:
+    a, b = socket.socketpair()
+    ports = [1, 2]
+    with tc.TlsCommunicator(mw.make_config(key_dir, 0, 2, ports), {1: a}) as zero, \
+            tc.TlsCommunicator(mw.make_config(key_dir, 1, 2, ports), {0: b}) as one:  # type: ignore[dict-item]
+        sends = [zero.isend(torch.full((2,), i, dtype=torch.int64), 1) for i in range(3)]
+        zero.send_obj({"after": "tensors"}, 1)
+        buffers = [torch.zeros(2, dtype=torch.int64) for _ in range(3)]
+        posted = [one.irecv(buffer, 0) for buffer in buffers]
+        posted[2].wait()
+        posted[0].wait()
+        assert [b.tolist() for b in buffers] == [[0, 0], [1, 1], [2, 2]] and posted[1].is_completed()
+        assert one.recv_obj(0) == {"after": "tensors"}
+        for send in sends:
+            send.wait()
+        stats = one.stats()
+        assert stats.rounds == 4 and stats.links[0].messages_received == 4 and stats.links[0].rounds == 4
