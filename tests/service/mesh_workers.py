@@ -177,7 +177,7 @@ def crypten_arithmetic(rank: int, key_dir: Path, ports: list[int]) -> dict[str, 
     communicator = tc.TlsCommunicator.connect(make_config(key_dir, rank, 2, ports))
     tc.install(communicator)
     assert comm.get() is communicator and crypten.is_initialized()
-    crypten.cfg.communicator.verbose = True
+    crypten.cfg["communicator.verbose"] = True  # the form that also works with pinfer's config cache
     crypten.reset_communication_stats()
 
     def as_tensor(seed: bytes) -> torch.Tensor:
