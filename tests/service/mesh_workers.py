@@ -166,7 +166,7 @@ def collectives(rank: int, key_dir: Path, world_size: int, ports: list[int], wit
     return out
 
 
-def crypten_arithmetic(rank: int, key_dir: Path, ports: list[int]) -> dict[str, Any]:
+def crypten_arithmetic(rank: int, key_dir: Path, ports: list[int], world_size: int) -> dict[str, Any]:
     """CrypTen sharing, addition, public scaling and reveal over the TLS mesh (no triples needed)."""
     import crypten
     import crypten.communicator as comm
@@ -174,7 +174,7 @@ def crypten_arithmetic(rank: int, key_dir: Path, ports: list[int]) -> dict[str, 
     from pinfer.protocols import crypten_rng
     from pinfer.protocols.csprng import SEED_BYTES, fresh_seed
 
-    communicator = tc.TlsCommunicator.connect(make_config(key_dir, rank, 2, ports))
+    communicator = tc.TlsCommunicator.connect(make_config(key_dir, rank, world_size, ports))
     tc.install(communicator)
     assert comm.get() is communicator and crypten.is_initialized()
     crypten.cfg["communicator.verbose"] = True  # the form that also works with pinfer's config cache
@@ -185,8 +185,8 @@ def crypten_arithmetic(rank: int, key_dir: Path, ports: list[int]) -> dict[str, 
 
     next_seed, local_seed, common_seed = fresh_seed(), fresh_seed(), fresh_seed()
     prev = torch.zeros(SEED_BYTES // 8, dtype=torch.int64)
-    send = comm.get().isend(as_tensor(next_seed), (rank + 1) % 2)
-    recv = comm.get().irecv(prev, src=(rank - 1) % 2)
+    send = comm.get().isend(as_tensor(next_seed), (rank + 1) % world_size)
+    recv = comm.get().irecv(prev, src=(rank - 1) % world_size)
     send.wait()
     recv.wait()
     common = comm.get().broadcast(as_tensor(common_seed), 0)

@@ -81,16 +81,18 @@ def test_collectives_and_counters(key_dir: Path, world_size: int, with_dealer: b
                 assert out[a]["stats"]["links"][str(b)]["bytes_sent"] == out[b]["stats"]["links"][str(a)]["bytes_received"]
 
 
-def test_crypten_arithmetic_over_tls(key_dir: Path) -> None:
-    ports = mw.free_ports(2)
-    out = _ok(mw.launch(mw.crypten_arithmetic, [0, 1], (key_dir, ports)))
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_crypten_arithmetic_over_tls(key_dir: Path, world_size: int) -> None:
+    ports = mw.free_ports(world_size)
+    out = _ok(mw.launch(mw.crypten_arithmetic, list(range(world_size)), (key_dir, ports, world_size)))
     expected = [(1.5 + 0.25) * 2 - 1, (-2.0 + 4.0) * 2 - 1, (3.25 - 1.0) * 2 - 1]
-    for rank in (0, 1):
+    for rank in range(world_size):
         assert out[rank]["plain"] == pytest.approx(expected, abs=1e-4)
         assert out[rank]["share_differs"] and out[rank]["restored"]
         assert out[rank]["crypten_rounds"] > 0 and out[rank]["crypten_bytes"] > 0
         assert out[rank]["rounds"] >= out[rank]["crypten_rounds"]
-    assert out[1]["private"] == pytest.approx([1.5, -2.0, 3.25], abs=1e-4) and out[0]["private"] is None
+    assert out[1]["private"] == pytest.approx([1.5, -2.0, 3.25], abs=1e-4)
+    assert all(out[r]["private"] is None for r in range(world_size) if r != 1)
 
 
 def test_receive_timeout_raises(key_dir: Path) -> None:
