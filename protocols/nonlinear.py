@@ -72,13 +72,16 @@ RSQRT_RANGE = (2.0**-12, 2.0**24)
 """Default ``rsqrt`` domain: measured norm statistics 6e-4 .. 1.3e6 (GPT-2 LayerNorm, SmolLM2 RMSNorm),
 with margin at both ends."""
 
-NEWTON_ITERS = 3
-"""Newton iterations after range reduction; from a linear minimax start (rel. error 1/17 for the
-reciprocal, 0.09 for rsqrt) three iterations reach the fixed-point resolution."""
+RECIPROCAL_ITERS = 2
+"""Newton iterations for 1/m, m in [1, 2]: from the linear start (rel. error 1/17) the error squares
+each step, 1/17 -> 3.5e-3 -> 1.2e-5, which is the 2^-16 resolution of a result in [0.5, 1]."""
+
+RSQRT_ITERS = 3
+"""Newton iterations for m^-1/2, m in [1, 4]: 0.086 -> 1.1e-2 -> 1.8e-4 -> 5e-8 (e <- 1.5 e^2)."""
 
 GELU_CLAMP = 8.0
-"""|x| above which GeLU returns relu(x) exactly (|x| sigmoid(-2u(8)) ~ 1e-20); a power of two, so
-the test is an OR over the magnitude's high bits."""
+"""|x| from which GeLU returns relu(x) exactly (|x| sigmoid(-2u(8)) = 3e-21); a power of two, so the
+test is an OR over the magnitude's high bits, and the spline below it has 8 unit segments."""
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -219,7 +222,7 @@ def _newton_rsqrt(m: MPCTensor, iters: int) -> MPCTensor:
 
 
 def reciprocal(
-    x: MPCTensor, *, lo: float = RECIPROCAL_RANGE[0], hi: float = RECIPROCAL_RANGE[1], iters: int = NEWTON_ITERS
+    x: MPCTensor, *, lo: float = RECIPROCAL_RANGE[0], hi: float = RECIPROCAL_RANGE[1], iters: int = RECIPROCAL_ITERS
 ) -> MPCTensor:
     """1/x for x in [lo, hi] (public bounds; default [2^-8, 2^16]).
 
@@ -241,7 +244,7 @@ def rsqrt(
     *,
     lo: float = RSQRT_RANGE[0],
     hi: float = RSQRT_RANGE[1],
-    iters: int = NEWTON_ITERS,
+    iters: int = RSQRT_ITERS,
     out_scale_log2: int = 0,
 ) -> MPCTensor:
     """x^-1/2 * 2^out_scale_log2 for x in [lo, hi] (default [2^-12, 2^24]).
@@ -301,9 +304,9 @@ def _exp_from_bits(w: MPCTensor, bits: MPCTensor, scale: MPCTensor | None = None
     return [r] if scale is None else [r[0], r[1]]
 
 
-def _exp_neg(w: MPCTensor, scale: MPCTensor | None = None) -> list[MPCTensor]:
-    """``_exp_from_bits`` on w >= 0 with w's bits from one A2B conversion."""
-    return _exp_from_bits(w, _bits_to_arithmetic(w, _exp_bit_sources(_binary(w))), scale)
+def _exp_neg(w: MPCTensor) -> MPCTensor:
+    """e^-w via ``_exp_from_bits``, with w's bits from one A2B conversion."""
+    return _exp_from_bits(w, _bits_to_arithmetic(w, _exp_bit_sources(_binary(w))))[0]
 
 
 def _sign_and_magnitude(x: MPCTensor) -> tuple[BinarySharedTensor, BinarySharedTensor]:
@@ -322,7 +325,7 @@ def exp(x: MPCTensor) -> MPCTensor:
     decomposition keeps every input bit and cannot overflow for any input.
     """
     _require_default_encoding(x)
-    return _exp_neg(-x)[0]
+    return _exp_neg(-x)
 
 
 def softmax(x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTensor:
@@ -412,7 +415,7 @@ def argmax_onehot(x: MPCTensor, dim: int = -1) -> MPCTensor:
 def _sigmoid_tail(e: MPCTensor, scaled: MPCTensor) -> MPCTensor:
     """scale * sigmoid(-w) = (scale e) / (1 + e) from e = e^-w and scale * e; 1 + e in [1, 2] needs no
     range reduction."""
-    return scaled * _newton_reciprocal(e + 1, NEWTON_ITERS)
+    return scaled * _newton_reciprocal(e + 1, RECIPROCAL_ITERS)
 
 
 def silu(x: MPCTensor) -> MPCTensor:
@@ -433,23 +436,71 @@ def silu(x: MPCTensor) -> MPCTensor:
     return relu - _sigmoid_tail(e, scaled)
 
 
-def gelu(x: MPCTensor) -> MPCTensor:
-    """GeLU, tanh form: x sigmoid(2u), u = sqrt(2/pi)(x + 0.044715 x^3) = relu(x) - |x| sigmoid(-2u(|x|)).
+def _gelu_correction(a: torch.Tensor) -> torch.Tensor:
+    """a - gelu_tanh(a) = a sigmoid(-2u(a)) for a >= 0: smooth, <= 0.17, and 3e-21 at a = 8."""
+    u = _SQRT_2_OVER_PI * (a + 0.044715 * a**3)
+    return a * torch.sigmoid(-2 * u)
 
-    One A2B of x gives the sign and [|x| >= 8] (an OR over the magnitude's high bits); |x| is clamped
-    at GELU_CLAMP before the cubic, which keeps every product below 64, and beyond it the correction
-    (< 1e-20) is dropped. A second A2B, of 2u, feeds ``exp``. CrypTen's erf-based GeLU diverges
-    beyond |x| ~ 2 and is not used.
+
+def _fit_unit_segments(fn, segments: int, degree: int) -> torch.Tensor:
+    """Per unit segment [j, j+1), coefficients of a degree-``degree`` polynomial in f = a - j
+    (least squares on Chebyshev nodes, i.e. near-minimax), as a (segments, degree + 1) float64 tensor."""
+    nodes = (1 - torch.cos(torch.linspace(0, math.pi, 64, dtype=torch.float64))) / 2
+    powers = torch.vander(nodes, degree + 1, increasing=True)
+    return torch.stack(
+        [torch.linalg.lstsq(powers, fn(j + nodes).unsqueeze(-1)).solution.squeeze(-1) for j in range(segments)]
+    )
+
+
+GELU_DEGREE = 5
+"""Degree of GeLU's per-segment polynomials: max fit error 2.3e-6 over the 8 unit segments of [0, 8)."""
+
+_GELU_SEGMENTS = _fit_unit_segments(_gelu_correction, int(GELU_CLAMP), GELU_DEGREE)
+
+
+def gelu(x: MPCTensor) -> MPCTensor:
+    """GeLU, tanh form (GPT-2's ``gelu_new``): relu(x) - c(|x|), c(a) = a sigmoid(-2 sqrt(2/pi)(a + 0.044715 a^3)).
+
+    A spline with exact segment selection: one A2B of x gives the sign, the bits 16..18 of |x|'s
+    encoding (the unit segment j = floor(|x|) in 0..7) and [|x| >= 8] (an OR over the higher bits, where
+    c < 3e-21 is dropped). The gated one-hot of j (exact products of scale-1 bits) picks the degree-5
+    coefficients of c on [j, j+1) as a public linear combination, and the polynomial in the fraction
+    f = |x| - j is summed before a single truncation. Any x is accepted (error measured on [-64, 64]).
+    CrypTen's erf-based GeLU diverges beyond |x| ~ 2 and is not used.
     """
     _require_default_encoding(x)
     sign, magnitude = _sign_and_magnitude(x)
-    big = _prefix_or(magnitude) >> (FRAC_BITS + int(math.log2(GELU_CLAMP)))
-    bits = _bits_to_arithmetic(x, [sign, big, sign & big])
-    neg, over, neg_over = bits[..., 0], bits[..., 1], bits[..., 2]
-    # (1 - 2 neg)(1 - over) = 1 - 2 neg - over + 2 neg over: |x| [|x| < 8] as one exact product
-    relu, a_in = _mul_stacked([x, x], [1 - neg, 1 - neg * 2 - over + neg_over * 2])
-    a_c = a_in + over * GELU_CLAMP  # min(|x|, 8)
-    # w = 2u = a (2 sqrt(2/pi) + 2 sqrt(2/pi) 0.044715 a^2)
-    w = a_c * (a_c * a_c * (2 * _SQRT_2_OVER_PI * 0.044715) + 2 * _SQRT_2_OVER_PI)
-    e, scaled = _exp_neg(w, scale=a_in)
-    return relu - _sigmoid_tail(e, scaled)
+    clamp_bit = FRAC_BITS + int(math.log2(GELU_CLAMP))
+    big = _prefix_or(magnitude) >> clamp_bit
+    bits = _bits_to_arithmetic(x, [sign, big] + [magnitude >> (FRAC_BITS + i) for i in range(3)])
+    neg, over = bits[..., 0], bits[..., 1]
+    relu = x * (1 - neg)
+    a = relu * 2 - x
+    # the fraction of |x| - ulp (the value the magnitude bits describe) above its segment start
+    frac_share = a.share - neg.share - sum(bits[..., 2 + i].share << (FRAC_BITS + i) for i in range(3))
+    f = _with_share(a, frac_share)
+    powers = [f, f * f]
+    powers += _mul_stacked([powers[1], powers[1]], [f, powers[1]])
+    powers.append(powers[1] * powers[2])
+    onehot = _segment_onehot(bits[..., 2], bits[..., 3], bits[..., 4], 1 - over)
+    coeffs = torch.round(_GELU_SEGMENTS * _SCALE).to(torch.long)  # (8, degree + 1)
+    return relu - _segment_polynomial(onehot, coeffs, powers)
+
+
+def _segment_onehot(b0: MPCTensor, b1: MPCTensor, b2: MPCTensor, gate: MPCTensor) -> MPCTensor:
+    """One-hot over the 8 values of (b2 b1 b0), all zero where ``gate`` is 0; exact (scale-1 products)."""
+    b01, b2g = _mul_stacked([b0, b2], [b1, gate])
+    low = crypten.stack([1 - b0 - b1 + b01, b0 - b01, b1 - b01, b01])  # j mod 4 = 0, 1, 2, 3
+    high = crypten.stack([gate - b2g, b2g])  # j < 4, j >= 4
+    prod = crypten.stack([high[0]] * 4 + [high[1]] * 4) * crypten.cat([low, low])
+    return prod.permute(*range(1, prod.dim()), 0)  # segment index last
+
+
+def _segment_polynomial(onehot: MPCTensor, coeffs: torch.Tensor, powers: Sequence[MPCTensor]) -> MPCTensor:
+    """sum_i (sum_j onehot_j coeffs[j, i]) f^i, with coeffs as integers at 2^-16 and a single truncation."""
+    c = onehot.share @ coeffs  # (..., degree + 1): C_i encoded at 2^16, exact
+    terms = _with_share(onehot, c[..., 1:].movedim(-1, 0), scale_bits=0) * crypten.stack(list(powers))
+    total = _with_share(terms, terms.share.sum(0) + c[..., 0] * _SCALE, scale_bits=2 * FRAC_BITS)
+    total._tensor.div_(_SCALE)
+    total._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
+    return total
