@@ -196,17 +196,20 @@ class KeyManifest:
 
     @classmethod
     def from_json(cls, text: str) -> KeyManifest:
-        data = json.loads(text)
-        if data.get("version") != MANIFEST_VERSION:
-            raise KeyDirError(f"unsupported manifest version {data.get('version')!r}")
-        return cls(
-            parties=int(data["parties"]),
-            roles=tuple(data["roles"]),
-            ca_fingerprint=data["ca_sha256"],
-            cert_fingerprints=dict(data["cert_sha256"]),
-            envelope_public_keys={r: bytes.fromhex(k) for r, k in data["envelope_public_keys"].items()},
-            hostnames={r: tuple(h) for r, h in data["hostnames"].items()},
-        )
+        try:
+            data = json.loads(text)
+            if data.get("version") != MANIFEST_VERSION:
+                raise KeyDirError(f"unsupported manifest version {data.get('version')!r}")
+            return cls(
+                parties=int(data["parties"]),
+                roles=tuple(data["roles"]),
+                ca_fingerprint=data["ca_sha256"],
+                cert_fingerprints=dict(data["cert_sha256"]),
+                envelope_public_keys={r: bytes.fromhex(k) for r, k in data["envelope_public_keys"].items()},
+                hostnames={r: tuple(h) for r, h in data["hostnames"].items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise KeyDirError(f"malformed key manifest ({type(exc).__name__})") from None
 
 
 def _fingerprint(cert: x509.Certificate) -> str:

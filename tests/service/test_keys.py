@@ -100,6 +100,12 @@ def test_node_credentials_from_whole_dir_or_node_folder(key_dir: Path) -> None:
         keys.load_node_credentials(key_dir / "dealer", "party0")
 
 
+def test_malformed_manifest_is_a_key_dir_error(tmp_path: Path) -> None:
+    for text in ("{", '{"version": 1}', '{"version": 7}', "[]"):
+        with pytest.raises(keys.KeyDirError):
+            keys.KeyManifest.from_json(text)
+
+
 def test_refuses_to_overwrite_and_validates_input(tmp_path: Path) -> None:
     keys.init_keys(tmp_path / "k", parties=2)
     with pytest.raises(keys.KeyDirError):
