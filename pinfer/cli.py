@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
 )
 _BENCH_MODULES = (
     "pinfer.bench.accel",
+    "pinfer.bench.generate",
 )
 
 

@@ -1,9 +1,10 @@
 """Launch n parties and a dealer as local OS processes and run jobs on the parties.
 
-Each party process joins the party-to-party communicator, receives its dealer seed, agrees on the
-pairwise seeds for pseudo-random zero sharings (all drawn with ``os.urandom``), installs the
-CSPRNG streams and the dealer provider into CrypTen, then runs jobs ``fn(context, ...)`` sent by the
-launcher until it is closed. A :class:`LocalWorld` stays up across jobs (tests send many small jobs
+Every process joins a mutual-TLS mesh (parties 0..n-1 and the dealer as rank n, with certificates
+from a CA made for the world unless a key directory is given), so no share or seed crosses a link in
+the clear. Each party receives its dealer seed, agrees on the pairwise seeds for pseudo-random zero
+sharings (all drawn with ``os.urandom``), installs the CSPRNG streams and the dealer provider into
+CrypTen, then runs jobs ``fn(context, ...)`` sent by the launcher until it is closed. A :class:`LocalWorld` stays up across jobs (tests send many small jobs
 to one world); :func:`run_parties` is the one-job form. Any process failing or timing out stops the
 whole world with :class:`WorldError`, so callers never hang on a dead peer.
 """
@@ -13,17 +14,21 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import secrets
 import socket
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import torch
 
 PARTY_TIMEOUT_S = 1800.0
+DEALER_IDLE_TIMEOUT_S = 24 * 3600.0
 
 
 class WorldError(RuntimeError):
@@ -38,26 +43,56 @@ class PartyContext:
     costs: Any  # CostMeter
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
 
 
-def _join_communicator(rank: int, world_size: int, rendezvous: str) -> None:
-    os.environ.update(
-        {"RANK": str(rank), "WORLD_SIZE": str(world_size), "RENDEZVOUS": rendezvous,
-         "DISTRIBUTED_BACKEND": "gloo"}
-    )
+@dataclass(frozen=True)
+class MeshPlan:
+    """What every process of one world needs to join its TLS mesh."""
+
+    n_parties: int
+    key_dir: str
+    ports: tuple[int, ...]
+    session_id: str
+    emulation: Any = None  # tls_communicator.LinkEmulation for benchmarks over emulated links
+
+    def connect(self, rank: int, recv_timeout_s: float):
+        from pinfer import keys
+
+        from . import tls_communicator as tc
+
+        role = keys.party_role(rank) if rank < self.n_parties else keys.DEALER
+        config = tc.TlsCommConfig(
+            rank=rank,
+            world_size=self.n_parties,
+            endpoints={r: ("127.0.0.1", port) for r, port in enumerate(self.ports)},
+            credentials=keys.load_node_credentials(self.key_dir, role),
+            session_id=self.session_id,
+            with_dealer=True,
+            recv_timeout_s=recv_timeout_s,
+            emulation=self.emulation,
+        )
+        return tc.TlsCommunicator.connect(config)
+
+
+def _join_communicator(plan: MeshPlan, rank: int):
     from . import crypten_compat  # noqa: F401
     import crypten
-    import crypten.communicator as comm
 
-    from . import crypten_config
+    from . import crypten_config, tls_communicator
 
+    communicator = plan.connect(rank, recv_timeout_s=PARTY_TIMEOUT_S)
+    tls_communicator.install(communicator)
     crypten_config.install()
     crypten.cfg["communicator.verbose"] = True
-    comm._init(use_threads=False, rank=rank, world_size=world_size)
+    return communicator
 
 
 def _agree_party_seeds(rank: int, world_size: int):
@@ -94,10 +129,11 @@ def _report(conn: Connection, status: str, value: Any) -> None:
     conn.send_bytes(pickle.dumps((status, value)))
 
 
-def _party_main(rank: int, world_size: int, rendezvous: str, dealer_conn: Connection, control: Connection) -> None:
+def _party_main(plan: MeshPlan, rank: int, control: Connection) -> None:
     torch.set_num_threads(1)
+    world_size = plan.n_parties
     try:
-        _join_communicator(rank, world_size, rendezvous)
+        communicator = _join_communicator(plan, rank)
         import crypten
         import crypten.communicator as comm
         import crypten.mpc
@@ -107,7 +143,7 @@ def _party_main(rank: int, world_size: int, rendezvous: str, dealer_conn: Connec
         from .costs import Cost, CostMeter
         from .dealer import DealerProvider
 
-        dealer = Channel(dealer_conn)
+        dealer = Channel(communicator.transport(world_size))
         seed = dealer.recv().tensors[0].numpy().tobytes()
         crypten_rng.install(_agree_party_seeds(rank, world_size))
         provider = DealerProvider(dealer, seed)
@@ -141,13 +177,15 @@ def _party_main(rank: int, world_size: int, rendezvous: str, dealer_conn: Connec
             return
 
 
-def _dealer_main(conns: list[Connection], control: Connection) -> None:
+def _dealer_main(plan: MeshPlan, control: Connection) -> None:
     torch.set_num_threads(1)
     try:
         from .channel import Channel
         from .dealer import DealerServer
 
-        server = DealerServer([Channel(conn) for conn in conns])
+        # The dealer idles between a test's jobs, so its receive deadline is the world's lifetime.
+        mesh = plan.connect(plan.n_parties, recv_timeout_s=DEALER_IDLE_TIMEOUT_S)
+        server = DealerServer([Channel(mesh.transport(rank)) for rank in range(plan.n_parties)])
         server.distribute_seeds()
         server.serve()
         _report(control, "ok", None)
@@ -162,28 +200,38 @@ class LocalWorld:
     never copied mid-use). Use as a context manager; :meth:`close` always stops every process.
     """
 
-    def __init__(self, n_parties: int = 2, timeout_s: float = PARTY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        n_parties: int = 2,
+        timeout_s: float = PARTY_TIMEOUT_S,
+        key_dir: str | os.PathLike[str] | None = None,
+        emulation: Any = None,
+    ) -> None:
         if n_parties not in (2, 3):
             raise ValueError("pinfer runs 2 or 3 parties")
         self.n_parties = n_parties
         self.timeout_s = timeout_s
-        ctx = mp.get_context("spawn")
-        rendezvous = f"tcp://127.0.0.1:{_free_port()}"
-        dealer_ends, party_ends = zip(*(ctx.Pipe() for _ in range(n_parties)))
+        self._own_keys = None
+        if key_dir is None:
+            from pinfer import keys
+
+            self._own_keys = tempfile.TemporaryDirectory(prefix="pinfer-world-keys-")
+            key_dir = Path(self._own_keys.name) / "keys"
+            keys.init_keys(key_dir, parties=n_parties)
+        plan = MeshPlan(n_parties, str(key_dir), tuple(_free_ports(n_parties + 1)), secrets.token_hex(8), emulation)
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["pinfer.protocols.tls_communicator", "pinfer.protocols.dealer"])
         self._controls: dict[str, Connection] = {}
         self._processes = []
         for rank in range(n_parties):
             mine, theirs = ctx.Pipe()
             self._controls[f"party{rank}"] = mine
             self._processes.append(ctx.Process(
-                target=_party_main, name=f"pinfer-party{rank}", daemon=True,
-                args=(rank, n_parties, rendezvous, party_ends[rank], theirs),
+                target=_party_main, name=f"pinfer-party{rank}", daemon=True, args=(plan, rank, theirs),
             ))
         mine, theirs = ctx.Pipe()
         self._dealer_control = mine
-        self._processes.append(ctx.Process(
-            target=_dealer_main, name="pinfer-dealer", daemon=True, args=(list(dealer_ends), theirs)
-        ))
+        self._processes.append(ctx.Process(target=_dealer_main, name="pinfer-dealer", daemon=True, args=(plan, theirs)))
         for process in self._processes:
             process.start()
         try:
@@ -225,6 +273,9 @@ class LocalWorld:
                 process.terminate()
                 process.join(timeout=5)
         self._controls = {}
+        if self._own_keys is not None:
+            self._own_keys.cleanup()
+            self._own_keys = None
 
     def _collect(self, controls: dict[str, Connection]) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout_s
@@ -261,7 +312,8 @@ def run_parties(
     n_parties: int = 2,
     party_kwargs: list[dict[str, Any]] | None = None,
     timeout_s: float = PARTY_TIMEOUT_S,
+    emulation: Any = None,
 ) -> list[Any]:
     """Start a world, run one job ``fn(context, *args, **party_kwargs[rank])``, stop the world."""
-    with LocalWorld(n_parties, timeout_s) as world:
+    with LocalWorld(n_parties, timeout_s, emulation=emulation) as world:
         return world.run(fn, *args, party_kwargs=party_kwargs)

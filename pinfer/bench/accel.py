@@ -132,6 +132,8 @@ def _ntt_row(logn: int, variant: str, device: torch.device, limbs: int, coeffs: 
             except Exception as exc:  # a tile shape the compiler rejects is skipped, not fatal
                 sweep[str(tiles)] = f"{type(exc).__name__}: {exc}"[:120]
         ok = {k: v for k, v in sweep.items() if isinstance(v, float)}
+        if not ok:
+            raise RuntimeError(f"no Triton tile configuration ran: {sweep}")
         best = max(ok, key=ok.get)
         eng = triton_matrix.TritonMatrixNTT(n, primes, device, tiles=tuple(int(t) for t in best.strip("()").split(",")))
         fn = lambda: eng.forward_internal(x)  # noqa: E731

