@@ -13,9 +13,13 @@ family) and records, per layer, the values that reach each non-linearity:
   receives, in ``[1, T]``).
 * ``act_in`` - the MLP activation input (SiLU gate projection for LLaMA, GeLU input for GPT-2).
 
-and, once per model: ``final_norm_in`` (the final norm's statistic), ``hidden_abs`` (largest |hidden|
-entering any norm, which bounds the fixed-point squares), ``logits`` and ``top_gap`` (top-1 minus top-2
-logit per position: how close greedy argmax comes to a tie).
+* ``norm_attn_absmax`` / ``norm_mlp_absmax`` - per token, the largest |hidden| entering the norm: it
+  bounds the products the norm squares (in 2-party CrypTen a truncated product v fails with probability
+  about |v| 2^-32, so SmolLM2's attention-sink activations of ~2.7e4 need a public pre-scale).
+
+and, once per model: ``final_norm_in`` / ``final_norm_absmax`` (the final norm's statistic and |hidden|),
+``logits`` and ``top_gap`` (top-1 minus top-2 logit per position: how close greedy argmax comes to a
+tie).
 
 Percentiles are computed on a seeded uniform subsample (exact min and max are always kept), so
 attention maps of long prompts do not need gigabytes. Run ``python -m pinfer.calibration`` to print the
@@ -165,7 +169,7 @@ def _hooked(model: nn.Module, rec: _Recorder) -> Iterator[None]:
             x = args[0]
             if statistic:
                 rec.add(key, _norm_statistic(module, x))
-                rec.add("hidden_abs", x.abs().amax(dim=-1))
+                rec.add(key.replace("_in", "_absmax"), x.abs().amax(dim=-1))
             else:
                 rec.add(key, x)
 
@@ -205,10 +209,11 @@ def measure_activation_ranges(
     The model runs one full (no-cache) forward per prompt, the way private prefill does. The result is
     JSON-serialisable::
 
-        {"family": "llama", "n_prompts": 7, "n_tokens": [...],
-         "layers": {0: {"norm_attn_in": RangeStats, "norm_mlp_in": ..., "attn_logits": ...,
+        {"family": "llama", "n_prompts": 9, "n_tokens": [...],
+         "layers": {0: {"norm_attn_in": RangeStats, "norm_mlp_in": ..., "norm_attn_absmax": ...,
+                        "norm_mlp_absmax": ..., "attn_logits": ...,
                         "attn_spread": ..., "softmax_denominator": ..., "act_in": ...}, ...},
-         "final_norm_in": RangeStats, "hidden_abs": RangeStats, "logits": RangeStats,
+         "final_norm_in": RangeStats, "final_norm_absmax": RangeStats, "logits": RangeStats,
          "top_gap": RangeStats}
 
     ``seed`` only drives the percentile subsample.
@@ -240,6 +245,8 @@ def measure_activation_ranges(
 LAYER_QUANTITIES: tuple[str, ...] = (
     "norm_attn_in",
     "norm_mlp_in",
+    "norm_attn_absmax",
+    "norm_mlp_absmax",
     "attn_logits",
     "attn_spread",
     "softmax_denominator",
@@ -278,7 +285,7 @@ def markdown_table(ranges: dict[str, Any], per_layer: bool = False) -> str:
 
     for q in LAYER_QUANTITIES:
         lines.append(row(f"{q} (all layers)", overall(ranges, q)))
-    for q in ("final_norm_in", "hidden_abs", "logits", "top_gap"):
+    for q in ("final_norm_in", "final_norm_absmax", "logits", "top_gap"):
         if q in ranges:
             lines.append(row(q, ranges[q]))
     if per_layer:
