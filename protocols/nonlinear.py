@@ -9,13 +9,15 @@ measured ranges and the error table):
 ========================  =====================================  ==========================================
 function                  documented domain                      method
 ========================  =====================================  ==========================================
-``exp``                   x <= 0 (any magnitude)                 bit decomposition of -x: e^-f (poly) *
-                                                                 prod e^-2^i (bits), 0 below -16
-``softmax``               any; rows need one unmasked entry      tournament max, ``exp``, ``reciprocal``
-``reciprocal``            [lo, hi], default [2^-8, 2^16]         MSB range reduction + Newton
-``rsqrt``                 [lo, hi], default [2^-12, 2^24]        MSB range reduction (base 4) + Newton
-``silu``                  any (bound measured on [-64, 64])      relu(x) - |x| * sigmoid(-|x|)
-``gelu``                  any (bound measured on [-64, 64])      relu(x) - |x| * sigmoid(-2 z(|x|)), tanh form
+``exp``                   x <= 0 (any magnitude)                 bits of -x: q(frac) * prod e^-2^i per bit,
+                                                                 exactly gated to 0 below -16
+``softmax``               |score| < 1008; a row needs one        tournament max, ``exp``, ``reciprocal``
+                          unmasked entry
+``reciprocal``            [lo, hi], default [2^-8, 2^16]         MSB range reduction + 2 Newton steps
+``rsqrt``                 [lo, hi], default [2^-12, 2^24]        MSB range reduction (base 4) + 3 Newton steps
+``silu``                  any (bound measured on [-64, 64])      relu(x) - |x| e^-|x| / (1 + e^-|x|)
+``gelu``                  any (bound measured on [-64, 64])      relu(x) - c(|x|), c a degree-5 spline on
+                                                                 8 unit segments selected by |x|'s bits
 ``argmax_onehot``         any                                    comparison tournament + routing back
 ========================  =====================================  ==========================================
 
@@ -28,10 +30,11 @@ conversion per element gives the binary sharing of the input; shifts and ORs on 
 conversions bring them back as 0/1 arithmetic shares with scale 1, whose products with fixed-point
 values need no truncation.
 
-Truncation caveat (applies to all CrypTen 2-party code): a product truncated by local share division
-fails, with an error of about 2^48, with probability |v| * 2^-32 for a product of real value v. The
-functions below keep every truncated product at |v| <= 64, i.e. a failure probability <= 2^-26 per
-element, by scaling operands before multiplying.
+Truncation caveat (applies to all CrypTen 2-party code): truncation divides each share locally and
+fails, with an error of about 2^32 in real units, with probability |V| / 2^64 for a truncated encoding
+V, i.e. |v| * 2^-32 for a product of real value v. Every truncated product below stays at |v| <= 64
+(failure <= 2^-26 per element); larger products are exact bit selections or have an exact-zero factor.
+``reciprocal`` and ``rsqrt`` divide their input x itself, failing with probability |x| * 2^-48.
 """
 
 from __future__ import annotations
@@ -176,19 +179,17 @@ def _buckets(x: MPCTensor, lo: float, hi: float, log2_base: int) -> tuple[MPCTen
     Inputs below base^e_lo fall in the first bucket and inputs at or above base^e_hi in the last, so
     every element lands in exactly one bucket. Needs x >= 0.
     """
+    if not 0 < lo < hi:
+        raise ValueError(f"need 0 < lo < hi, got [{lo}, {hi}]")
     e_lo = math.floor(math.log2(lo) / log2_base)
-    e_hi = math.floor(math.log2(hi) / log2_base)
+    e_hi = max(math.floor(math.log2(hi) / log2_base), e_lo + 1)
     exps = torch.arange(e_lo, e_hi + 1)
     positions = [FRAC_BITS + log2_base * int(e) for e in exps[1:]]
-    if positions and (positions[0] < 0 or positions[-1] > 62):
+    if positions[0] < 0 or positions[-1] > 62:
         raise ValueError(f"range [{lo}, {hi}] does not fit the 64-bit encoding")
     prefix = _prefix_or(_binary(x))
     ge = _bits_to_arithmetic(x, [prefix >> p for p in positions])  # ge[..., j] = [x >= base^e_{j+1}]
-    first = 1 - ge[..., :1]
-    last = ge[..., -1:]
-    onehot = crypten.cat([first, ge[..., :-1] - ge[..., 1:], last], dim=-1) if len(positions) > 1 else (
-        crypten.cat([first, last], dim=-1)
-    )
+    onehot = crypten.cat([1 - ge[..., :1], ge[..., :-1] - ge[..., 1:], ge[..., -1:]], dim=-1)
     return onehot, exps
 
 
