@@ -17,6 +17,13 @@ import torch
 from .barrett import Barrett, barrett_reduce
 
 
+def _mulmod(a: torch.Tensor, b: torch.Tensor, q: torch.Tensor, m: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return barrett_reduce(a * b, q, m, k)
+
+
+_mulmod_fused = torch.compile(_mulmod, dynamic=True)
+
+
 @dataclass(frozen=True)
 class RNSBasis:
     """Primes q_0..q_{L-1} with broadcastable torch constants for limb-wise Barrett reduction."""
@@ -34,11 +41,15 @@ class RNSBasis:
         return torch.tensor(list(values), dtype=torch.int64, device=device).unsqueeze(-1)
 
     def reduce_product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """(a * b) mod q_l for residues a, b of shape (..., L, N) (or b an (L, 1) column)."""
+        """(a * b) mod q_l for residues a, b of shape (..., L, N) (or b an (L, 1) column).
+
+        On CUDA the product and Barrett run as one Inductor-fused kernel instead of ~10 passes.
+        """
         brs = [Barrett.for_modulus(q) for q in self.primes]
         dev = a.device
-        return barrett_reduce(a * b, self.column(self.primes, dev), self.column([x.m for x in brs], dev),
-                              self.column([x.k for x in brs], dev))
+        fn = _mulmod_fused if dev.type == "cuda" else _mulmod
+        return fn(a, b, self.column(self.primes, dev), self.column([x.m for x in brs], dev),
+                  self.column([x.k for x in brs], dev))
 
     def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(a + b) mod q_l for residues."""

@@ -31,6 +31,11 @@ from ..ntt_matrix import matrix_ntt_constants, split_dims
 
 MIN_DIM = 16  # tl.dot needs tiles of at least 16 along every axis
 
+# (constant-side tile, data-side tile, K tile, warps, stages), best of the sweep in
+# ``pinfer bench accel`` on an H100 80GB HBM3 (docs/accel.md); other N use the fallback.
+FALLBACK_TILES = (64, 64, 32, 4, 3)
+DEFAULT_TILES: dict[int, tuple[int, int, int, int, int]] = {}
+
 
 @triton.jit
 def _digit(yc, p: tl.constexpr):
@@ -75,10 +80,10 @@ def _left_kernel(x_ptr, a_ptr, tw_ptr, y_ptr, q_ptr, m_ptr, k_ptr, off_ptr,
         a_off = offs_i[:, None] * R + offs_k[None, :]
         for s in tl.static_range(4):
             d = _digit(xc, s)
-            acc0 = tl.dot(tl.load(a_base + (0 * 4 + s) * R * R + a_off), d, acc0)
-            acc1 = tl.dot(tl.load(a_base + (1 * 4 + s) * R * R + a_off), d, acc1)
-            acc2 = tl.dot(tl.load(a_base + (2 * 4 + s) * R * R + a_off), d, acc2)
-            acc3 = tl.dot(tl.load(a_base + (3 * 4 + s) * R * R + a_off), d, acc3)
+            acc0 = tl.dot(tl.load(a_base + (0 * 4 + s) * R * R + a_off), d, acc0, out_dtype=tl.int32)
+            acc1 = tl.dot(tl.load(a_base + (1 * 4 + s) * R * R + a_off), d, acc1, out_dtype=tl.int32)
+            acc2 = tl.dot(tl.load(a_base + (2 * 4 + s) * R * R + a_off), d, acc2, out_dtype=tl.int32)
+            acc3 = tl.dot(tl.load(a_base + (3 * 4 + s) * R * R + a_off), d, acc3, out_dtype=tl.int32)
     m = tl.load(m_ptr + lim)
     kk = tl.load(k_ptr + lim)
     z = acc0.to(tl.int64) + (acc1.to(tl.int64) << 8) + (acc2.to(tl.int64) << 16) + (acc3.to(tl.int64) << 24)
@@ -115,10 +120,10 @@ def _right_kernel(x_ptr, b_ptr, tw_ptr, y_ptr, q_ptr, m_ptr, k_ptr, off_ptr,
         b_off = offs_k[:, None] * C + offs_j[None, :]
         for s in tl.static_range(4):
             d = _digit(xc, s)
-            acc0 = tl.dot(d, tl.load(b_base + (s * 4 + 0) * C * C + b_off), acc0)
-            acc1 = tl.dot(d, tl.load(b_base + (s * 4 + 1) * C * C + b_off), acc1)
-            acc2 = tl.dot(d, tl.load(b_base + (s * 4 + 2) * C * C + b_off), acc2)
-            acc3 = tl.dot(d, tl.load(b_base + (s * 4 + 3) * C * C + b_off), acc3)
+            acc0 = tl.dot(d, tl.load(b_base + (s * 4 + 0) * C * C + b_off), acc0, out_dtype=tl.int32)
+            acc1 = tl.dot(d, tl.load(b_base + (s * 4 + 1) * C * C + b_off), acc1, out_dtype=tl.int32)
+            acc2 = tl.dot(d, tl.load(b_base + (s * 4 + 2) * C * C + b_off), acc2, out_dtype=tl.int32)
+            acc3 = tl.dot(d, tl.load(b_base + (s * 4 + 3) * C * C + b_off), acc3, out_dtype=tl.int32)
     m = tl.load(m_ptr + lim)
     kk = tl.load(k_ptr + lim)
     z = acc0.to(tl.int64) + (acc1.to(tl.int64) << 8) + (acc2.to(tl.int64) << 16) + (acc3.to(tl.int64) << 24)
@@ -134,14 +139,14 @@ class TritonMatrixNTT:
     """Batched negacyclic NTT/INTT for one (N, primes) on CUDA through the fused kernels above."""
 
     def __init__(self, n: int, primes: Sequence[int], device: torch.device | str = "cuda",
-                 tiles: tuple[int, int, int, int] = (64, 128, 4, 3)):
+                 tiles: tuple[int, int, int, int, int] | None = None):
         self.n = n
         self.primes = tuple(int(q) for q in primes)
         self.device = torch.device(device)
         self.r, self.c = split_dims(n)
         if self.r < MIN_DIM:
             raise ValueError(f"N={n} too small for the Triton path (needs R >= {MIN_DIM})")
-        self.tiles = tiles
+        self.tiles = tiles or DEFAULT_TILES.get(n, FALLBACK_TILES)
         consts = [matrix_ntt_constants(n, q) for q in self.primes]
 
         def blocks(name: str, left: bool) -> torch.Tensor:
@@ -167,8 +172,7 @@ class TritonMatrixNTT:
     def _left(self, x: torch.Tensor, mats: torch.Tensor, tw: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
         lsz, r, b, c = x.shape
         y = torch.empty((lsz, r, b, c), dtype=out_dtype, device=x.device)
-        bi, bn, warps, stages = min(self.tiles[0], r), self.tiles[1], self.tiles[2], self.tiles[3]
-        bk = min(64, r)
+        bi, bn, bk, warps, stages = min(self.tiles[0], r), self.tiles[1], min(self.tiles[2], r), *self.tiles[3:]
         grid = (triton.cdiv(b * c, bn), r // bi, lsz)
         _left_kernel[grid](x, mats, tw if tw is not None else self.t2, y, self.q, self.bm, self.bk, self.off_r,
                            R=r, C=c, NCOL=b * c, HAS_TW=tw is not None, BI=bi, BN=bn, BK=bk,
@@ -178,8 +182,7 @@ class TritonMatrixNTT:
     def _right(self, x: torch.Tensor, mats: torch.Tensor, tw: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
         lsz, r, b, c = x.shape
         y = torch.empty((lsz, r, b, c), dtype=out_dtype, device=x.device)
-        bm, bj, warps, stages = self.tiles[1], min(self.tiles[0], c), self.tiles[2], self.tiles[3]
-        bk = min(64, c)
+        bm, bj, bk, warps, stages = self.tiles[1], min(self.tiles[0], c), min(self.tiles[2], c), *self.tiles[3:]
         grid = (c // bj, triton.cdiv(r * b, bm), lsz)
         _right_kernel[grid](x, mats, tw if tw is not None else self.t2, y, self.q, self.bm, self.bk, self.off_c,
                             C=c, MROWS=r * b, BATCH=b, HAS_TW=tw is not None, BM=bm, BJ=bj, BK=bk,
