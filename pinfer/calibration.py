@@ -16,6 +16,9 @@ family) and records, per layer, the values that reach each non-linearity:
 * ``norm_attn_absmax`` / ``norm_mlp_absmax`` - per token, the largest |hidden| entering the norm: it
   bounds the products the norm squares (in 2-party CrypTen a truncated product v fails with probability
   about |v| 2^-32, so SmolLM2's attention-sink activations of ~2.7e4 need a public pre-scale).
+* ``*_rest`` variants of the four norm quantities - the same over positions >= 1 only, and
+  ``norm_attn_in_first`` / ``norm_mlp_in_first`` for position 0 alone: the massive activations sit at
+  position 0, which is public, so the two groups get different public scales (:func:`norm_shifts`).
 
 and, once per model: ``final_norm_in`` / ``final_norm_absmax`` (the final norm's statistic and |hidden|),
 ``logits`` and ``top_gap`` (top-1 minus top-2 logit per position: how close greedy argmax comes to a
@@ -168,8 +171,13 @@ def _hooked(model: nn.Module, rec: _Recorder) -> Iterator[None]:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             x = args[0]
             if statistic:
-                rec.add(key, _norm_statistic(module, x))
-                rec.add(key.replace("_in", "_absmax"), x.abs().amax(dim=-1))
+                stat, absmax = _norm_statistic(module, x), x.abs().amax(dim=-1)
+                rec.add(key, stat)
+                rec.add(key.replace("_in", "_absmax"), absmax)
+                # the same without position 0, which carries LLaMA's massive "attention sink" activation
+                rec.add(key + "_first", stat[..., :1])
+                rec.add(key + "_rest", stat[..., 1:])
+                rec.add(key.replace("_in", "_absmax") + "_rest", absmax[..., 1:])
             else:
                 rec.add(key, x)
 
@@ -247,6 +255,12 @@ LAYER_QUANTITIES: tuple[str, ...] = (
     "norm_mlp_in",
     "norm_attn_absmax",
     "norm_mlp_absmax",
+    "norm_attn_in_first",
+    "norm_mlp_in_first",
+    "norm_attn_in_rest",
+    "norm_mlp_in_rest",
+    "norm_attn_absmax_rest",
+    "norm_mlp_absmax_rest",
     "attn_logits",
     "attn_spread",
     "softmax_denominator",
@@ -285,7 +299,8 @@ def markdown_table(ranges: dict[str, Any], per_layer: bool = False) -> str:
 
     for q in LAYER_QUANTITIES:
         lines.append(row(f"{q} (all layers)", overall(ranges, q)))
-    for q in ("final_norm_in", "final_norm_absmax", "logits", "top_gap"):
+    finals = ("final_norm_in", "final_norm_absmax", "final_norm_in_first", "final_norm_in_rest", "final_norm_absmax_rest")
+    for q in (*finals, "logits", "top_gap"):
         if q in ranges:
             lines.append(row(q, ranges[q]))
     if per_layer:
@@ -294,6 +309,38 @@ def markdown_table(ranges: dict[str, Any], per_layer: bool = False) -> str:
                 if q in layer:
                     lines.append(row(f"L{i} {q}", layer[q]))
     return "\n".join(lines)
+
+
+def norm_shift(ms_max: float, hidden_size: int, budget_log2: int = 12) -> int:
+    """Smallest public shift s (negative: scale up) with hidden_size * ms_max * 4^-s <= 2^budget_log2.
+
+    ``rms_normalize(x, eps, shift=s)`` truncates the row's sum of squares of x 2^-s once; that value
+    is hidden_size * ms * 4^-s in real units, and a truncation of it fails with probability about
+    that times 2^-32, so the budget 2^12 means <= 2^-20 per row. The smallest such s keeps the most
+    fractional bits for the smallest mean squares.
+    """
+    return math.ceil((math.log2(hidden_size * ms_max) - budget_log2) / 2)
+
+
+def norm_shifts(ranges: dict[str, Any], hidden_size: int, budget_log2: int = 12) -> dict[str, dict[str, int]]:
+    """Per-norm public shifts for ``rms_normalize``, for position 0 and for the other positions.
+
+    Keys are ``"L{i}.attn"``, ``"L{i}.mlp"`` and ``"final"``; values ``{"first": s0, "rest": s1}``.
+    They come from the measured maxima, so prompts unlike the calibration set may need a margin
+    (a larger ``hidden_size * ms`` than measured only raises the failure probability proportionally).
+    """
+    out: dict[str, dict[str, int]] = {}
+    for i, layer in ranges["layers"].items():
+        for norm in ("attn", "mlp"):
+            out[f"L{i}.{norm}"] = {
+                part: norm_shift(layer[f"norm_{norm}_in_{part}"]["max"], hidden_size, budget_log2)
+                for part in ("first", "rest")
+            }
+    out["final"] = {
+        part: norm_shift(ranges[f"final_norm_in_{part}"]["max"], hidden_size, budget_log2)
+        for part in ("first", "rest")
+    }
+    return out
 
 
 def default_prompts(tokenizer: Any, essay_tokens: int = 1000) -> list[str]:
@@ -363,6 +410,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ranges = {"smollm2": measure_activation_ranges(model, tokenizer, prompts)}
     print(f"SmolLM2-135M-Instruct, {len(prompts)} prompts, tokens {ranges['smollm2']['n_tokens']}")
     print(markdown_table(ranges["smollm2"], per_layer=args.per_layer))
+    shifts = norm_shifts(ranges["smollm2"], model.config.hidden_size)
+    print("\nrms_normalize shifts (position 0 / others): " + ", ".join(
+        f"{name} {s['first']}/{s['rest']}" for name, s in shifts.items()
+    ))
     if args.gpt2:
         # The GPT-2 vocabulary differs, but random weights make any token ids equally meaningful, so the
         # SmolLM2 tokenizer (ids < 49152 < 50257) is reused to feed the same text.

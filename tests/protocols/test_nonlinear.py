@@ -17,6 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pinfer.calibration import norm_shift
 from pinfer.protocols import nonlinear as nl
 from pinfer.protocols.world import LocalWorld
 
@@ -62,6 +63,10 @@ def reference(name: str, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tenso
         if mask is not None:
             x = x.masked_fill(torch.broadcast_to(mask, x.shape) == 0, -math.inf)
         return torch.softmax(x, dim=dim)
+    if name == "rms_normalize":
+        if kwargs.get("center"):
+            x = x - x.mean(dim=-1, keepdim=True)
+        return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + kwargs["eps"])
     if name == "argmax_onehot":
         dim = kwargs.get("dim", -1)
         first = x.argmax(dim=dim, keepdim=True)  # torch returns the first maximum
@@ -99,6 +104,25 @@ def _scores(seed: int, heads: int, n: int) -> torch.Tensor:
     return s.clamp(-80, 40)
 
 
+def _hidden_rows(seed: int) -> torch.Tensor:
+    """SmolLM2-like hidden rows (d = 576): row 0 carries the first token's massive activation (|x| up
+    to 2.7e4 in a few channels, mean square 1.3e6); the others have mean squares ~ 10 .. 1600."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randn(6, 576, generator=gen) * torch.tensor([[1.0], [0.1], [1.0], [4.0], [15.0], [40.0]])
+    rows[0, :3] = torch.tensor([27350.0, -20000.0, 9000.0])
+    rows[5, 7] = 945.0  # an outlier channel of a later token
+    return rows
+
+
+def _shifts(rows: torch.Tensor) -> torch.Tensor:
+    """Per-row public shifts by calibration's rule (d * ms * 4^-s <= 2^12), from the rows themselves."""
+    return torch.tensor([norm_shift(float(ms), rows.shape[-1]) for ms in (rows.double() ** 2).mean(-1)])
+
+
+HIDDEN = _hidden_rows(0)
+CENTERED = HIDDEN[1:] - HIDDEN[1:].mean(-1, keepdim=True)
+
+
 CAUSAL = torch.ones(64, 64).tril()
 
 SWEEP: dict[str, tuple[str, torch.Tensor, dict[str, Any]]] = {
@@ -119,6 +143,10 @@ SWEEP: dict[str, tuple[str, torch.Tensor, dict[str, Any]]] = {
     "softmax unmasked dim 1": ("softmax", _scores(1, 2, 33).transpose(1, 2), {"dim": 1}),
     "softmax decode row": ("softmax", _scores(2, 3, 64)[:, -1:, :], {"dim": -1, "mask": torch.ones(1, 64)}),
     "softmax single entry": ("softmax", torch.tensor([[3.5], [-70.0]]), {"dim": -1}),
+    "rms_normalize per-row shifts": ("rms_normalize", HIDDEN, {"eps": 1e-5, "shift": _shifts(HIDDEN)}),
+    "rms_normalize centered (LayerNorm)": (
+        "rms_normalize", HIDDEN[1:] + 3.0, {"eps": 1e-5, "shift": _shifts(CENTERED), "center": True}
+    ),
     "argmax ties": (
         "argmax_onehot",
         torch.tensor([[1.0, 3, 3, 2, 0], [5, 5, 5, 5, 5], [0, 0, 0, 0, 9], [-1, -2, -1, -3, -1]]),
