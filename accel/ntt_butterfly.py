@@ -95,7 +95,7 @@ class ButterflyNTT:
         return self._inv(a)
 
     def polymul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Negacyclic products of (..., L, N) residues, limb by limb."""
+        """Negacyclic products of (..., L, N) residues, b broadcasting against a (transformed once)."""
         return self.inverse(barrett_reduce(self.forward(a) * self.forward(b), self.q, self.bm, self.bk))
 
 

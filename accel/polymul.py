@@ -3,7 +3,7 @@
 Backends (``backend=``):
 
 * ``"matrix"`` -- the 3-step BAT NTT; on CUDA the fused Triton kernels (:mod:`.backends.triton_matrix`)
-  when N >= 256, otherwise torch int8 GEMMs (:mod:`.backends.torch_matrix`);
+  when N >= 1024, otherwise torch int8 GEMMs (:mod:`.backends.torch_matrix`);
 * ``"matrix-torch"`` -- the 3-step BAT NTT on ``torch._int_mm`` with Inductor-fused glue on CUDA;
 * ``"matrix-triton"`` -- the fused Triton kernels (CUDA only);
 * ``"butterfly"`` -- radix-2 NTT on torch int64 vector ops (:mod:`.ntt_butterfly`), CPU or CUDA;
@@ -41,7 +41,7 @@ def _engine(n: int, primes: tuple[int, ...], device: torch.device, backend: str 
         if (q - 1) % (2 * n):
             raise ValueError(f"{q} is not an NTT prime for N={n}: need q = 1 mod {2 * n}")
     name = backend or DEFAULT_BACKEND.get(device.type, "matrix")
-    if name == "matrix" and device.type == "cuda" and split_dims(n)[0] >= 16:
+    if name == "matrix" and device.type == "cuda" and split_dims(n)[0] >= 32:
         name = "matrix-triton"
     if name == "matrix-triton":
         from .backends import triton_matrix  # Triton is optional: imported only on CUDA
@@ -97,10 +97,12 @@ def intt(a: torch.Tensor, modulus: Modulus, *, backend: str | None = None, reduc
 
 def polymul(a: torch.Tensor, b: torch.Tensor, modulus: Modulus, *, backend: str | None = None,
             reduced: bool = False) -> torch.Tensor:
-    """Negacyclic product a * b mod (X^N + 1, q) per limb, shapes as in :func:`ntt` (equal shapes).
+    """Negacyclic product a * b mod (X^N + 1, q) per limb, shapes as in :func:`ntt`.
 
-    Computed as INTT(NTT(a) * NTT(b)); the result lies in [0, q).
+    ``b`` may broadcast against ``a`` (e.g. one plaintext times both components of many
+    ciphertexts); engines that can transform ``b`` once at its own size do so.  Computed as
+    INTT(NTT(a) * NTT(b)); the result has a's shape and lies in [0, q).
     """
-    if a.shape != b.shape:
-        raise ValueError(f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}")
+    if a.shape[-1] != b.shape[-1] or torch.broadcast_shapes(a.shape, b.shape) != a.shape:
+        raise ValueError(f"b {tuple(b.shape)} does not broadcast to a {tuple(a.shape)}")
     return _apply("polymul", [a, b], modulus, backend, reduced)

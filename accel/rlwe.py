@@ -21,7 +21,7 @@ import torch
 
 from . import sampling
 from .params import BFVParams, fresh_pk_noise_bound, ptxt_mul_noise_bound
-from .polymul import intt, ntt
+from .polymul import intt, ntt, polymul
 from .rns import RNSBasis
 
 
@@ -176,8 +176,8 @@ class BFV:
         """
         self._check_plain(p)
         pc = self.centered_plain(p)
-        p_ntt = self._ntt(self._small(pc)).unsqueeze(-3)  # broadcast over (c0, c1)
-        data = self._intt(self.basis.reduce_product(self._ntt(x.data), p_ntt))
+        p_rns = self._small(pc).unsqueeze(-3)  # broadcast over (c0, c1)
+        data = polymul(x.data, p_rns, self.params.primes, backend=self.backend, reduced=True)
         plain_inf = int(pc.abs().max().item()) if pc.numel() else 0
         if self.params.plain_bits == 64 and (pc == torch.iinfo(torch.int64).min).any():
             plain_inf = 1 << 63

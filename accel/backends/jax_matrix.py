@@ -98,8 +98,8 @@ class JaxMatrixNTT:
         return self._run(self._inv, a)
 
     def polymul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Negacyclic products of (..., L, N) residues, limb by limb."""
-        return self._run(self._mul, a, b)
+        """Negacyclic products of (..., L, N) residues, b broadcasting against a, limb by limb."""
+        return self._run(self._mul, a, b.expand(a.shape))
 
     def forward_device(self, x):
         """NTT on a JAX array already on the device, (B, L, R, C) layout (no host round trip)."""

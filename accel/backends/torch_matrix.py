@@ -35,12 +35,6 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.double() @ b.double()).to(torch.int32)
 
 
-def _digit_planes(v: torch.Tensor) -> torch.Tensor:
-    """Balanced digits of centered residues as planes: (L, R, ...) -> (L, R, 4, ...) int8."""
-    y = v + bat.DIGIT_BIAS
-    return torch.stack([(((y >> s) & 255) - 128).to(torch.int8) for s in _SHIFTS], dim=2)
-
-
 def _digit_lanes(v: torch.Tensor) -> torch.Tensor:
     """Balanced digits of centered residues interleaved last: (..., C) -> (..., C, 4) int8."""
     y = v + bat.DIGIT_BIAS
@@ -67,8 +61,9 @@ class TorchMatrixNTT:
             return torch.from_numpy(np.stack([fn(a, k.q) for a, k in zip(arrs, consts)])).to(self.device)
 
         self.t1 = stack(bat.left_operand, [k.t1 for k in consts])
-        self.t3 = stack(bat.right_operand, [k.t3 for k in consts])
-        self.u3 = stack(bat.right_operand, [k.u3 for k in consts])
+        # Right-hand constants stored column-major (contraction axis contiguous), as cuBLASLt prefers.
+        self.t3 = stack(bat.right_operand, [k.t3 for k in consts]).transpose(1, 2).contiguous().transpose(1, 2)
+        self.u3 = stack(bat.right_operand, [k.u3 for k in consts]).transpose(1, 2).contiguous().transpose(1, 2)
         self.u1 = stack(bat.left_operand, [k.u1 for k in consts])
         shape = (len(consts), self.r, 1, self.c)
         self.t2 = torch.from_numpy(np.stack([k.t2 for k in consts])).reshape(shape).to(self.device)
@@ -110,10 +105,16 @@ class TorchMatrixNTT:
         return barrett_reduce(z, self.q, self.bm, self.bk)
 
     def _left(self, mats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Y[l] = M[l] @ X[l] over the R axis of (L, R, B, C); returns signed recombined int64."""
+        """Y[l] = M[l] @ X[l] over the R axis of (L, R, B, C); returns signed recombined int64.
+
+        The digits are written transposed, (B*C, R, 4), so that the GEMM's data operand is
+        column-major: cuBLASLt's fast int8 kernels want the contraction axis contiguous in both
+        operands (measured on H100: 970 vs 129 TOPS).  The transposed write fuses into the digit
+        split under ``torch.compile``.
+        """
         lsz, r, b, c = x.shape
-        d = _digit_planes(bat.centered(x, self.q)).reshape(lsz, 4 * r, b * c)
-        acc = torch.stack([int8_matmul(mats[l], d[l]) for l in range(lsz)])
+        d = _digit_lanes(bat.centered(x, self.q)).permute(0, 2, 3, 1, 4).reshape(lsz, b * c, 4 * r)
+        acc = torch.stack([int8_matmul(mats[l], d[l].t()) for l in range(lsz)])
         return _recombine(acc.reshape(lsz, r, 4, b, c), dim=2)
 
     def _right(self, mats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +159,8 @@ class TorchMatrixNTT:
         return self.from_internal(self.inverse_internal(self.to_internal(a)), a.shape[:-2])
 
     def polymul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Negacyclic products of (..., L, N) residues (same shape), limb by limb."""
+        """Negacyclic products of (..., L, N) residues, b broadcasting against a, limb by limb."""
+        b = b.expand(a.shape)
         fa = self.forward_internal(self.to_internal(a))
         fb = self.forward_internal(self.to_internal(b))
         return self.from_internal(self.mul_inverse_internal(fa, fb), a.shape[:-2])

@@ -1,17 +1,19 @@
-"""3-step BAT NTT as two fused Triton int8 GEMM kernels per transform (CUDA).
+"""3-step BAT NTT as Triton kernels with the digit split and the Barrett glue fused around int8 GEMMs.
 
-The torch path (:mod:`.torch_matrix`) materialises four int32 partial sums per coefficient between
-the GEMMs and the Barrett glue -- 64 of its ~96 bytes of memory traffic per coefficient -- and
-cuBLASLt's int8 GEMM behind ``torch._int_mm`` reached only ~130 TOPS on H100 for these shapes.
-Here each step is one kernel that
+Measured on H100 (docs/accel.md): ``torch._int_mm`` runs these shapes well only with the data
+operand column-major, and the torch path still moves ~96 bytes per coefficient between its GEMMs
+and the elementwise glue.  Here one transform is three kernels:
 
-* loads int32 residues and splits them into balanced int8 digits in registers (prologue),
-* runs 16 int8 ``tl.dot`` per K-tile on the tensor cores (4 input digits x 4 output byte planes,
-  the 4x4 BAT block) into four int32 accumulators,
-* shift-adds the planes, Barrett-reduces, optionally multiplies by the step-2 twiddle and reduces
-  again, and stores int32 residues (epilogue),
+1. a split kernel turns residues into balanced int8 digits, laid out so the first GEMM reads its
+   contraction axis (r, q') contiguously (for an INTT of a product it also does the pointwise
+   product and its Barrett first);
+2. a GEMM kernel computes the four byte-plane partial sums of the BAT product as four int32
+   accumulators (A_p @ D for p = 0..3, each a plain int8 ``tl.dot`` over K = 4R), shift-adds them,
+   Barrett-reduces, applies the step-2 twiddle and reduces again, and writes the *digits* of the
+   result directly in the second GEMM's operand layout (packed as one int32 word per coefficient);
+3. the second GEMM kernel does the same over the other axis and writes residues.
 
-so a forward or inverse NTT reads and writes each coefficient once per step (16 B total).
+Per coefficient that is about 8 + 4 + 4 + 4 + 4 + 8 bytes of memory traffic instead of ~96.
 Layout is (L, R, B, C) as in the torch path; the limb is the grid's third axis.
 """
 
@@ -26,22 +28,17 @@ import triton
 import triton.language as tl
 
 from .. import bat
-from ..barrett import Barrett, barrett_reduce
+from ..barrett import Barrett
 from ..ntt_matrix import matrix_ntt_constants, split_dims
 
-MIN_DIM = 16  # tl.dot needs tiles of at least 16 along every axis
+MIN_DIM = 32  # int8 tl.dot needs K >= 32 (one wgmma k-step), so R = sqrt(N) >= 32, N >= 1024
 
-# (constant-side tile, data-side tile, K tile, warps, stages), best of the sweep in
-# ``pinfer bench accel`` on an H100 80GB HBM3 (docs/accel.md); other N use the fallback.
-FALLBACK_TILES = (64, 64, 32, 4, 3)
-DEFAULT_TILES: dict[int, tuple[int, int, int, int, int]] = {}
+# (constant-side tile, data-side tile, K tile, warps, stages): best of ``pinfer bench accel``'s
+# sweep on an H100 80GB HBM3 (docs/accel.md); other N use the fallback.
+FALLBACK_TILES = (32, 128, 64, 4, 3)
+DEFAULT_TILES: dict[int, tuple[int, int, int, int, int]] = {1 << k: (32, 128, 64, 4, 3) for k in range(12, 17)}
 
-
-@triton.jit
-def _digit(yc, p: tl.constexpr):
-    """Balanced digit p (int8) of centered residues yc (int32, |yc| < 2^30)."""
-    v = yc.to(tl.uint32, bitcast=True) + 0x80808080
-    return (((v >> (8 * p)) & 255).to(tl.int32) - 128).to(tl.int8)
+_PLANES, _LANES, _RESIDUES = 0, 1, 2
 
 
 @triton.jit
@@ -55,35 +52,68 @@ def _barrett(z, q, m, k):
 
 
 @triton.jit
-def _left_kernel(x_ptr, a_ptr, tw_ptr, y_ptr, q_ptr, m_ptr, k_ptr, off_ptr,
-                 R: tl.constexpr, C: tl.constexpr, NCOL, HAS_TW: tl.constexpr,
-                 BI: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """Y[l, i, n] = sum_r T[l, i, r] X[l, r, n] over n = (b, c); constant blocks (L, 4p, 4q', R, R)."""
+def _packed_digits(y, q):
+    """Residues y in [0, q) -> balanced digits of the centered value packed little-endian in int32."""
+    yc = tl.where(y > q // 2, y - q, y).to(tl.int32)
+    return ((yc.to(tl.uint32, bitcast=True) + 0x80808080) ^ 0x80808080).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _store_digits(out_ptr, y, q, lanes_off, plane_off, plane_stride, mask, MODE: tl.constexpr):
+    """Store the digits of y as packed lanes (one int32 per coefficient) or as 4 int8 planes."""
+    w = _packed_digits(y, q)
+    if MODE == 1:
+        tl.store(out_ptr.to(tl.pointer_type(tl.int32)) + lanes_off, w, mask=mask)
+    else:
+        for p in tl.static_range(4):
+            tl.store(out_ptr + plane_off + p * plane_stride, ((w >> (8 * p)) & 255).to(tl.int8), mask=mask)
+
+
+@triton.jit
+def _split_kernel(x_ptr, x2_ptr, out_ptr, q_ptr, m_ptr, k_ptr, RB, C, NCOL,
+                  HAS_MUL: tl.constexpr, MODE: tl.constexpr, BLOCK: tl.constexpr):
+    """(L, R, B, C) residues (optionally times x2, reduced) -> digits as planes (L, R, 4, B*C) or
+    packed lanes (L, R*B, C) int32."""
+    lim = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < RB * C
+    q = tl.load(q_ptr + lim)
+    y = tl.load(x_ptr + lim * RB * C + offs, mask=mask, other=0).to(tl.int64)
+    if HAS_MUL:
+        y2 = tl.load(x2_ptr + lim * RB * C + offs, mask=mask, other=0).to(tl.int64)
+        y = _barrett(y * y2, q, tl.load(m_ptr + lim), tl.load(k_ptr + lim))
+    row = offs // NCOL  # r
+    n = offs % NCOL
+    _store_digits(out_ptr + lim * RB * C * 4, y, q, offs, row * 4 * NCOL + n, NCOL, mask, MODE)
+
+
+@triton.jit
+def _gemm_left(d_ptr, a_ptr, tw_ptr, out_ptr, q_ptr, m_ptr, k_ptr, off_ptr, R: tl.constexpr, C: tl.constexpr,
+               NCOL, HAS_TW: tl.constexpr, MODE: tl.constexpr, BI: tl.constexpr, BN: tl.constexpr,
+               BK: tl.constexpr):
+    """Y[i, n] = sum_r T[i, r] X[r, n]: digits D (4R x NCOL, rows (r, q')), constant A (4R x 4R,
+    rows (p, i) p-major, columns (r, q')); four accumulators, one per output byte plane p."""
     pid_n = tl.program_id(0)
     pid_i = tl.program_id(1)
     lim = tl.program_id(2).to(tl.int64)
-    q = tl.load(q_ptr + lim)
-    q32 = q.to(tl.int32)
     offs_i = pid_i * BI + tl.arange(0, BI)
     offs_n = pid_n * BN + tl.arange(0, BN)
     nmask = offs_n < NCOL
-    x_base = x_ptr + lim * R * NCOL
+    d_base = d_ptr + lim * 4 * R * NCOL
     a_base = a_ptr + lim * 16 * R * R
     acc0 = tl.zeros((BI, BN), dtype=tl.int32)
     acc1 = tl.zeros((BI, BN), dtype=tl.int32)
     acc2 = tl.zeros((BI, BN), dtype=tl.int32)
     acc3 = tl.zeros((BI, BN), dtype=tl.int32)
-    for k0 in range(0, R, BK):
+    for k0 in range(0, 4 * R, BK):
         offs_k = k0 + tl.arange(0, BK)
-        x = tl.load(x_base + offs_k[:, None] * NCOL + offs_n[None, :], mask=nmask[None, :], other=0).to(tl.int32)
-        xc = tl.where(x > q32 // 2, x - q32, x)
-        a_off = offs_i[:, None] * R + offs_k[None, :]
-        for s in tl.static_range(4):
-            d = _digit(xc, s)
-            acc0 = tl.dot(tl.load(a_base + (0 * 4 + s) * R * R + a_off), d, acc0, out_dtype=tl.int32)
-            acc1 = tl.dot(tl.load(a_base + (1 * 4 + s) * R * R + a_off), d, acc1, out_dtype=tl.int32)
-            acc2 = tl.dot(tl.load(a_base + (2 * 4 + s) * R * R + a_off), d, acc2, out_dtype=tl.int32)
-            acc3 = tl.dot(tl.load(a_base + (3 * 4 + s) * R * R + a_off), d, acc3, out_dtype=tl.int32)
+        d = tl.load(d_base + offs_k[:, None] * NCOL + offs_n[None, :], mask=nmask[None, :], other=0)
+        a_off = offs_i[:, None] * (4 * R) + offs_k[None, :]
+        acc0 = tl.dot(tl.load(a_base + a_off), d, acc0, out_dtype=tl.int32)
+        acc1 = tl.dot(tl.load(a_base + 4 * R * R + a_off), d, acc1, out_dtype=tl.int32)
+        acc2 = tl.dot(tl.load(a_base + 8 * R * R + a_off), d, acc2, out_dtype=tl.int32)
+        acc3 = tl.dot(tl.load(a_base + 12 * R * R + a_off), d, acc3, out_dtype=tl.int32)
+    q = tl.load(q_ptr + lim)
     m = tl.load(m_ptr + lim)
     kk = tl.load(k_ptr + lim)
     z = acc0.to(tl.int64) + (acc1.to(tl.int64) << 8) + (acc2.to(tl.int64) << 16) + (acc3.to(tl.int64) << 24)
@@ -91,52 +121,61 @@ def _left_kernel(x_ptr, a_ptr, tw_ptr, y_ptr, q_ptr, m_ptr, k_ptr, off_ptr,
     if HAS_TW:
         tw = tl.load(tw_ptr + lim * R * C + offs_i[:, None] * C + (offs_n % C)[None, :])
         y = _barrett(y * tw, q, m, kk)
-    tl.store(y_ptr + lim * R * NCOL + offs_i[:, None] * NCOL + offs_n[None, :], y, mask=nmask[None, :])
+    flat = offs_i[:, None].to(tl.int64) * NCOL + offs_n[None, :]
+    mask = nmask[None, :]
+    if MODE == 2:
+        tl.store(out_ptr + lim * R * NCOL + flat, y, mask=mask)
+    else:  # digits of the result as packed lanes (R*B, C) for the right GEMM
+        _store_digits(out_ptr + lim * R * NCOL * 4, y, q, flat, flat, 0, mask, 1)
 
 
 @triton.jit
-def _right_kernel(x_ptr, b_ptr, tw_ptr, y_ptr, q_ptr, m_ptr, k_ptr, off_ptr,
-                  C: tl.constexpr, MROWS, BATCH, HAS_TW: tl.constexpr,
-                  BM: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr):
-    """Y[l, m, j] = sum_c X[l, m, c] T[l, c, j] over rows m = (i, b); constant blocks (L, 4q', 4p, C, C)."""
+def _gemm_right(d_ptr, b_ptr, tw_ptr, out_ptr, q_ptr, m_ptr, k_ptr, off_ptr, C: tl.constexpr,
+                MROWS, BATCH, HAS_TW: tl.constexpr, MODE: tl.constexpr, BJ: tl.constexpr,
+                BM: tl.constexpr, BK: tl.constexpr):
+    """Y[m, j] = sum_c X[m, c] T[c, j]: digits D (MROWS x 4C, columns (c, q')), constant B (4C x 4C,
+    rows (c, q'), columns (p, j) p-major); four accumulators, one per output byte plane p."""
     pid_j = tl.program_id(0)
     pid_m = tl.program_id(1)
     lim = tl.program_id(2).to(tl.int64)
-    q = tl.load(q_ptr + lim)
-    q32 = q.to(tl.int32)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_j = pid_j * BJ + tl.arange(0, BJ)
     mmask = offs_m < MROWS
-    x_base = x_ptr + lim * MROWS * C
+    d_base = d_ptr + lim * MROWS * 4 * C
     b_base = b_ptr + lim * 16 * C * C
     acc0 = tl.zeros((BM, BJ), dtype=tl.int32)
     acc1 = tl.zeros((BM, BJ), dtype=tl.int32)
     acc2 = tl.zeros((BM, BJ), dtype=tl.int32)
     acc3 = tl.zeros((BM, BJ), dtype=tl.int32)
-    for k0 in range(0, C, BK):
+    for k0 in range(0, 4 * C, BK):
         offs_k = k0 + tl.arange(0, BK)
-        x = tl.load(x_base + offs_m[:, None] * C + offs_k[None, :], mask=mmask[:, None], other=0).to(tl.int32)
-        xc = tl.where(x > q32 // 2, x - q32, x)
-        b_off = offs_k[:, None] * C + offs_j[None, :]
-        for s in tl.static_range(4):
-            d = _digit(xc, s)
-            acc0 = tl.dot(d, tl.load(b_base + (s * 4 + 0) * C * C + b_off), acc0, out_dtype=tl.int32)
-            acc1 = tl.dot(d, tl.load(b_base + (s * 4 + 1) * C * C + b_off), acc1, out_dtype=tl.int32)
-            acc2 = tl.dot(d, tl.load(b_base + (s * 4 + 2) * C * C + b_off), acc2, out_dtype=tl.int32)
-            acc3 = tl.dot(d, tl.load(b_base + (s * 4 + 3) * C * C + b_off), acc3, out_dtype=tl.int32)
+        d = tl.load(d_base + offs_m[:, None].to(tl.int64) * (4 * C) + offs_k[None, :], mask=mmask[:, None], other=0)
+        b_off = offs_k[:, None] * (4 * C) + offs_j[None, :]
+        acc0 = tl.dot(d, tl.load(b_base + b_off), acc0, out_dtype=tl.int32)
+        acc1 = tl.dot(d, tl.load(b_base + C + b_off), acc1, out_dtype=tl.int32)
+        acc2 = tl.dot(d, tl.load(b_base + 2 * C + b_off), acc2, out_dtype=tl.int32)
+        acc3 = tl.dot(d, tl.load(b_base + 3 * C + b_off), acc3, out_dtype=tl.int32)
+    q = tl.load(q_ptr + lim)
     m = tl.load(m_ptr + lim)
     kk = tl.load(k_ptr + lim)
     z = acc0.to(tl.int64) + (acc1.to(tl.int64) << 8) + (acc2.to(tl.int64) << 16) + (acc3.to(tl.int64) << 24)
     y = _barrett(z + tl.load(off_ptr + lim), q, m, kk)
+    rows = offs_m // BATCH  # i
     if HAS_TW:
-        rows = offs_m // BATCH
         tw = tl.load(tw_ptr + lim * (MROWS // BATCH) * C + rows[:, None] * C + offs_j[None, :], mask=mmask[:, None], other=0)
         y = _barrett(y * tw, q, m, kk)
-    tl.store(y_ptr + lim * MROWS * C + offs_m[:, None] * C + offs_j[None, :], y, mask=mmask[:, None])
+    flat = offs_m[:, None].to(tl.int64) * C + offs_j[None, :]
+    mask = mmask[:, None]
+    if MODE == 2:
+        tl.store(out_ptr + lim * MROWS * C + flat, y, mask=mask)
+    else:  # digits of the result as planes (R, 4, B*C) for the left GEMM
+        ncol = BATCH * C
+        plane_off = rows[:, None].to(tl.int64) * 4 * ncol + (offs_m % BATCH)[:, None] * C + offs_j[None, :]
+        _store_digits(out_ptr + lim * MROWS * C * 4, y, q, flat, plane_off, ncol, mask, 0)
 
 
 class TritonMatrixNTT:
-    """Batched negacyclic NTT/INTT for one (N, primes) on CUDA through the fused kernels above."""
+    """Batched negacyclic NTT/INTT for one (N, primes) on CUDA through the kernels above."""
 
     def __init__(self, n: int, primes: Sequence[int], device: torch.device | str = "cuda",
                  tiles: tuple[int, int, int, int, int] | None = None):
@@ -153,7 +192,11 @@ class TritonMatrixNTT:
             arrs = []
             for k in consts:
                 b = bat.expand_constant(getattr(k, name), k.q)  # (row, col, q', p)
-                arrs.append(b.transpose(3, 2, 0, 1) if left else b.transpose(2, 3, 0, 1))
+                rows, cols = b.shape[:2]
+                if left:  # rows (p, i), columns (r, q')
+                    arrs.append(b.transpose(3, 0, 1, 2).reshape(4 * rows, 4 * cols))
+                else:  # rows (c, q'), columns (p, j)
+                    arrs.append(b.transpose(0, 2, 3, 1).reshape(4 * rows, 4 * cols))
             return torch.from_numpy(np.ascontiguousarray(np.stack(arrs))).to(self.device)
 
         self.t1, self.u1 = blocks("t1", True), blocks("u1", True)
@@ -169,33 +212,52 @@ class TritonMatrixNTT:
         self.off_r = vec([bat.reduction_offset(self.r, q) for q in self.primes])
         self.off_c = vec([bat.reduction_offset(self.c, q) for q in self.primes])
 
-    def _left(self, x: torch.Tensor, mats: torch.Tensor, tw: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    def _split(self, x: torch.Tensor, mode: int, x2: torch.Tensor | None = None) -> torch.Tensor:
         lsz, r, b, c = x.shape
-        y = torch.empty((lsz, r, b, c), dtype=out_dtype, device=x.device)
-        bi, bn, bk, warps, stages = min(self.tiles[0], r), self.tiles[1], min(self.tiles[2], r), *self.tiles[3:]
-        grid = (triton.cdiv(b * c, bn), r // bi, lsz)
-        _left_kernel[grid](x, mats, tw if tw is not None else self.t2, y, self.q, self.bm, self.bk, self.off_r,
-                           R=r, C=c, NCOL=b * c, HAS_TW=tw is not None, BI=bi, BN=bn, BK=bk,
-                           num_warps=warps, num_stages=stages)
-        return y
+        out = torch.empty((lsz, r * b * c * 4), dtype=torch.int8, device=x.device)
+        block = 1024
+        _split_kernel[(triton.cdiv(r * b * c, block), lsz)](
+            x, x2 if x2 is not None else x, out, self.q, self.bm, self.bk, r * b, c, b * c,
+            HAS_MUL=x2 is not None, MODE=mode, BLOCK=block)
+        return out
 
-    def _right(self, x: torch.Tensor, mats: torch.Tensor, tw: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
-        lsz, r, b, c = x.shape
-        y = torch.empty((lsz, r, b, c), dtype=out_dtype, device=x.device)
-        bm, bj, bk, warps, stages = self.tiles[1], min(self.tiles[0], c), min(self.tiles[2], c), *self.tiles[3:]
-        grid = (c // bj, triton.cdiv(r * b, bm), lsz)
-        _right_kernel[grid](x, mats, tw if tw is not None else self.t2, y, self.q, self.bm, self.bk, self.off_c,
-                            C=c, MROWS=r * b, BATCH=b, HAS_TW=tw is not None, BM=bm, BJ=bj, BK=bk,
-                            num_warps=warps, num_stages=stages)
-        return y
+    def _left(self, d: torch.Tensor, shape, mats, tw, mode: int, out_dtype) -> torch.Tensor:
+        lsz, r, b, c = shape
+        ti, tn, tk, warps, stages = self.tiles
+        bi, bk = min(ti, r), min(tk, 4 * r)
+        out = (torch.empty((lsz, r * b * c * 4), dtype=torch.int8, device=d.device) if mode != _RESIDUES
+               else torch.empty(shape, dtype=out_dtype, device=d.device))
+        grid = (triton.cdiv(b * c, tn), r // bi, lsz)
+        _gemm_left[grid](d, mats, tw if tw is not None else self.t2, out, self.q, self.bm, self.bk, self.off_r,
+                         R=r, C=c, NCOL=b * c, HAS_TW=tw is not None, MODE=mode, BI=bi, BN=tn, BK=bk,
+                         num_warps=warps, num_stages=stages)
+        return out
+
+    def _right(self, d: torch.Tensor, shape, mats, tw, mode: int, out_dtype) -> torch.Tensor:
+        lsz, r, b, c = shape
+        tj, tm, tk, warps, stages = self.tiles
+        bj, bk = min(tj, c), min(tk, 4 * c)
+        out = (torch.empty((lsz, r * b * c * 4), dtype=torch.int8, device=d.device) if mode != _RESIDUES
+               else torch.empty(shape, dtype=out_dtype, device=d.device))
+        grid = (c // bj, triton.cdiv(r * b, tm), lsz)
+        _gemm_right[grid](d, mats, tw if tw is not None else self.t2, out, self.q, self.bm, self.bk, self.off_c,
+                          C=c, MROWS=r * b, BATCH=b, HAS_TW=tw is not None, MODE=mode, BJ=bj, BM=tm, BK=bk,
+                          num_warps=warps, num_stages=stages)
+        return out
 
     def forward_internal(self, x: torch.Tensor, out_dtype: torch.dtype = torch.int64) -> torch.Tensor:
         """NTT of (L, R, B, C) residues (int32 or int64) -> bit-reversed evaluations, same layout."""
-        return self._right(self._left(x.contiguous(), self.t1, self.t2, torch.int32), self.t3, None, out_dtype)
+        x = x.contiguous()
+        lanes = self._left(self._split(x, _PLANES), x.shape, self.t1, self.t2, _LANES, None)
+        return self._right(lanes, x.shape, self.t3, None, _RESIDUES, out_dtype)
 
-    def inverse_internal(self, x: torch.Tensor, out_dtype: torch.dtype = torch.int64) -> torch.Tensor:
-        """Inverse of :meth:`forward_internal`."""
-        return self._left(self._right(x.contiguous(), self.u3, self.u2, torch.int32), self.u1, None, out_dtype)
+    def inverse_internal(self, x: torch.Tensor, out_dtype: torch.dtype = torch.int64,
+                         times: torch.Tensor | None = None) -> torch.Tensor:
+        """Inverse of :meth:`forward_internal`; with ``times``, the INTT of the pointwise product."""
+        x = x.contiguous()
+        lanes = self._split(x, _LANES, times.contiguous() if times is not None else None)
+        planes = self._right(lanes, x.shape, self.u3, self.u2, _PLANES, None)
+        return self._left(planes, x.shape, self.u1, None, _RESIDUES, out_dtype)
 
     def to_internal(self, a: torch.Tensor) -> torch.Tensor:
         """(..., L, N) -> (L, R, B, C) contiguous."""
@@ -215,16 +277,13 @@ class TritonMatrixNTT:
         return self.from_internal(self.inverse_internal(self.to_internal(a)), a.shape[:-2])
 
     def polymul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Negacyclic products of (..., L, N) residues, limb by limb."""
-        fa = self.forward_internal(self.to_internal(a))
-        fb = self.forward_internal(self.to_internal(b))
-        prod = _mulmod(fa, fb, self.q, self.bm, self.bk)
-        return self.from_internal(self.inverse_internal(prod), a.shape[:-2])
-
-
-def _mulmod(a: torch.Tensor, b: torch.Tensor, q: torch.Tensor, m: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    shape = (-1, 1, 1, 1)
-    return barrett_reduce(a * b, q.view(shape), m.view(shape), k.view(shape))
+        """Negacyclic products of (..., L, N) residues, b broadcasting against a: b is transformed at
+        its own size, and the pointwise product is fused into the INTT's digit split."""
+        fa = self.forward_internal(self.to_internal(a), torch.int32)
+        fb = self.forward_internal(self.to_internal(b), torch.int32)
+        if b.shape != a.shape:
+            fb = self.to_internal(self.from_internal(fb, b.shape[:-2]).expand(a.shape))
+        return self.from_internal(self.inverse_internal(fa, times=fb), a.shape[:-2])
 
 
 @lru_cache(maxsize=32)

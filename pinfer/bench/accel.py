@@ -24,8 +24,8 @@ import torch
 NTT_VARIANTS = ("bat-triton", "bat-compiled", "bat-eager", "butterfly-compiled", "butterfly-eager", "jax-bat")
 # (constant tile, data tile, K tile, warps, stages) candidates for the fused Triton kernels; the
 # best per N is reported and used for that row.
-TRITON_TILES = ((64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 128, 32, 8, 3), (128, 128, 32, 8, 2),
-                (64, 256, 32, 8, 2), (32, 128, 32, 4, 3), (64, 64, 64, 4, 2), (128, 64, 32, 4, 3))
+TRITON_TILES = ((32, 128, 64, 4, 3), (32, 128, 128, 4, 3), (32, 128, 64, 4, 4), (32, 64, 128, 4, 3),
+                (16, 128, 64, 4, 3), (32, 256, 128, 8, 3), (64, 128, 128, 8, 3), (32, 128, 256, 4, 2))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

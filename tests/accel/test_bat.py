@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from pinfer.accel import bat
 from pinfer.accel.barrett import Barrett
-from pinfer.accel.backends.torch_matrix import _digit_lanes, _digit_planes, _recombine, int8_matmul
+from pinfer.accel.backends.torch_matrix import _digit_lanes, _recombine, int8_matmul
 from pinfer.accel.primes import ntt_primes
 
 PRIMES = [ntt_primes(31, 1 << 16, 1)[0], ntt_primes(30, 1024, 1)[0], ntt_primes(28, 1024, 1)[0], 786433]
@@ -40,9 +40,8 @@ def test_bat_right_and_left_products(q, data):
     got = _reduce(_recombine(acc.reshape(rows, cols, 4), dim=2), q, k)
     assert got.tolist() == _modmat(x.tolist(), t.tolist(), q)
     # Left product T^T @ X^T as in the NTT's first step: digit planes on the contraction axis.
-    xt_t = xt.t().contiguous().reshape(1, k, rows)
-    planes = _digit_planes(bat.centered(xt_t, q)).reshape(4 * k, rows)
-    acc = int8_matmul(torch.from_numpy(bat.left_operand(t.T.copy(), q)), planes)
+    digits_t = _digit_lanes(bat.centered(xt, q)).reshape(rows, 4 * k)  # (n, (r, q')): column-major operand
+    acc = int8_matmul(torch.from_numpy(bat.left_operand(t.T.copy(), q)), digits_t.t())
     got = _reduce(_recombine(acc.reshape(cols, 4, rows), dim=1), q, k)
     assert got.tolist() == [list(r) for r in zip(*_modmat(x.tolist(), t.tolist(), q))]
 

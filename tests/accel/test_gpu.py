@@ -43,7 +43,14 @@ def test_cuda_butterfly_and_polymul(logn):
         assert out[1, li].tolist() == negacyclic_mul(a[1, li].tolist(), b[1, li].tolist(), primes[li])
 
 
-@pytest.mark.parametrize("logn", [8, 10, 12, 13, 14, 15, 16])
+def test_triton_rejects_tiny_rings():
+    from pinfer.accel.backends import triton_matrix
+
+    with pytest.raises(ValueError):
+        triton_matrix.TritonMatrixNTT(256, tuple(primes_for(256)), "cuda")
+
+
+@pytest.mark.parametrize("logn", [10, 11, 12, 13, 14, 15, 16])
 def test_cuda_triton_ntt_exact(logn):
     from pinfer.accel.backends import triton_matrix
 
@@ -57,3 +64,21 @@ def test_cuda_triton_ntt_exact(logn):
     b = torch.stack([torch.randint(0, q, (5, n)) for q in primes], dim=-2)
     out = accel.polymul(a.cuda(), b.cuda(), primes, backend="matrix-triton").cpu()
     assert out[4, 0].tolist() == negacyclic_mul(a[4, 0].tolist(), b[4, 0].tolist(), primes[0])
+    bcast = accel.polymul(a.cuda(), b[:1].cuda(), primes, backend="matrix-triton").cpu()  # b broadcast
+    assert bcast[3, 1].tolist() == negacyclic_mul(a[3, 1].tolist(), b[0, 1].tolist(), primes[1])
+
+
+def test_cuda_bfv_ptxt_mul_exact():
+    from pinfer.accel.params import PARAMETER_SETS
+    from pinfer.accel.rlwe import BFV
+
+    params = PARAMETER_SETS["bfv-8192"]
+    scheme = BFV(params, device="cuda")
+    sk, pk = scheme.keygen()
+    m = torch.randint(-(2**63), 2**63 - 1, (2, params.n))
+    p = torch.randint(-(2**63), 2**63 - 1, (params.n,))
+    ct = scheme.multiply_plain(scheme.encrypt(m.cuda(), pk), p.cuda())
+    dec = scheme.decrypt(ct, sk)
+    t = params.t
+    want = negacyclic_mul([int(x) % t for x in m[1].tolist()], [int(x) % t for x in p.tolist()], t)
+    assert [int(x) % t for x in dec[1].tolist()] == want

@@ -74,3 +74,16 @@ def test_rejects_bad_inputs():
         accel.ntt(torch.zeros(2, 64, dtype=torch.int64), primes_for(64))  # limb axis mismatch
     with pytest.raises(TypeError):
         accel.ntt(torch.zeros(64, dtype=torch.int32), primes_for(64)[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_polymul_broadcasts_b(backend):
+    n = 256
+    primes = primes_for(n)[:2]
+    a = torch.stack([torch.randint(0, q, (3, 2, n)) for q in primes], dim=-2)  # (3, 2, L, N)
+    b = torch.stack([torch.randint(0, q, (3, 1, n)) for q in primes], dim=-2)  # (3, 1, L, N)
+    out = accel.polymul(a, b, primes, backend=backend)
+    assert torch.equal(out, accel.polymul(a, b.expand(a.shape).contiguous(), primes, backend=backend))
+    assert out[2, 1, 0].tolist() == negacyclic_mul(a[2, 1, 0].tolist(), b[2, 0, 0].tolist(), primes[0])
+    with pytest.raises(ValueError):
+        accel.polymul(b, a, primes, backend=backend)
