@@ -11,8 +11,8 @@ function                  documented domain                      method
 ========================  =====================================  ==========================================
 ``exp``                   x <= 0 (any magnitude)                 bits of -x: q(frac) * prod e^-2^i per bit,
                                                                  gated to 0 below -16
-``softmax``               |score| < 1008; a row needs one        tournament max, ``exp``, ``reciprocal``
-                          unmasked entry
+``softmax``               row spread < 2^11; a row needs one     tournament max, ``exp``, ``reciprocal``;
+                          unmasked entry                         masked entries skipped
 ``reciprocal``            [lo, hi], default [2^-8, 2^16]         MSB range reduction + 2 Newton steps
 ``rsqrt``                 [lo, hi], default [2^-12, 2^24]        MSB range reduction (base 4) + 3 Newton steps
 ``silu``                  any (bound measured on [-64, 64])      relu(x) - |x| e^-|x| / (1 + e^-|x|)
@@ -64,9 +64,9 @@ EXP_CUTOFF = 16.0
 _EXP_FRAC_POLY = (0.99999949, -0.99995286, 0.49927567, -0.16267087, 0.03236559)
 """Degree-4 minimax fit (relative error) of e^-f on [0, 0.5], coefficients of f^0..f^4: max rel. error 5.1e-7."""
 
-SOFTMAX_MASK_OFFSET = 1024.0
-"""Masked scores are replaced by ``-SOFTMAX_MASK_OFFSET`` before the max; real scores must satisfy
-|score| < SOFTMAX_MASK_OFFSET - EXP_CUTOFF (measured SmolLM2 scores: [-73, 28])."""
+SOFTMAX_SPREAD_LOG2 = 11
+"""Within a softmax row, max - min over unmasked scores must be below 2^11 (measured SmolLM2: 82);
+``exp`` then folds only 7 high bits for its w >= 16 test (3 rounds instead of 6)."""
 
 RECIPROCAL_RANGE = (2.0**-8, 2.0**16)
 """Default ``reciprocal`` domain: covers softmax denominators [1, T] for T <= 65536."""
@@ -129,10 +129,13 @@ def _binary(x: MPCTensor) -> BinarySharedTensor:
     return convert(x._tensor, Ptype.binary)
 
 
-def _prefix_or(b: BinarySharedTensor) -> BinarySharedTensor:
-    """Every bit at or below the most significant set bit becomes 1 (needs a non-negative value)."""
-    for shift in (1, 2, 4, 8, 16, 32):
+def _prefix_or(b: BinarySharedTensor, width: int = 64) -> BinarySharedTensor:
+    """Every bit at or below the most significant set bit becomes 1, for a value below 2^width
+    (non-negative; a set sign bit needs the full width). ceil(log2 width) rounds of one AND each."""
+    shift = 1
+    while shift < width:
         b = b | (b >> shift)
+        shift *= 2
     return b
 
 
@@ -316,9 +319,18 @@ def _mul_const(x: MPCTensor, c: float) -> MPCTensor:
     return out
 
 
-def _exp_bit_sources(wb: BinarySharedTensor) -> list[BinarySharedTensor]:
-    """The six single bits ``_exp_from_bits`` needs from the binary sharing of w's encoding."""
-    high = _prefix_or(wb) >> (FRAC_BITS + 4)  # bit 0: w >= 16 (a negative w sets it too)
+def _exp_bit_sources(wb: BinarySharedTensor, w_bits: int = 63) -> list[BinarySharedTensor]:
+    """The six single bits ``_exp_from_bits`` needs from the binary sharing of w's encoding.
+
+    The sixth is [w >= 16]: an OR over bits 20 .. 16 + w_bits of the encoding. By default that is
+    every higher bit (so a negative w, with its sign bit set, counts as w >= 16); a caller that knows
+    0 <= w < 2^w_bits publicly folds fewer bits (softmax: w < 2^11, 3 rounds instead of 6).
+    """
+    above = wb >> (FRAC_BITS + 4)
+    width = w_bits - 4
+    if FRAC_BITS + w_bits < 64:
+        above = above & ((1 << width) - 1)
+    high = _prefix_or(above, width)
     return [wb >> (FRAC_BITS - 1 + i) for i in range(5)] + [high]
 
 
@@ -345,9 +357,9 @@ def _exp_from_bits(w: MPCTensor, bits: MPCTensor, scale: MPCTensor | None = None
     return [r] if scale is None else [r[0], r[1]]
 
 
-def _exp_neg(w: MPCTensor) -> MPCTensor:
-    """e^-w via ``_exp_from_bits``, with w's bits from one A2B conversion."""
-    return _exp_from_bits(w, _bits_to_arithmetic(w, _exp_bit_sources(_binary(w))))[0]
+def _exp_neg(w: MPCTensor, w_bits: int = 63) -> MPCTensor:
+    """e^-w via ``_exp_from_bits``, with w's bits from one A2B conversion (see ``_exp_bit_sources``)."""
+    return _exp_from_bits(w, _bits_to_arithmetic(w, _exp_bit_sources(_binary(w), w_bits)))[0]
 
 
 def _sign_and_magnitude(x: MPCTensor) -> tuple[BinarySharedTensor, BinarySharedTensor]:
@@ -372,45 +384,68 @@ def exp(x: MPCTensor) -> MPCTensor:
 def softmax(x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTensor:
     """Softmax along ``dim`` with max subtraction; ``mask`` (public 0/1, broadcastable to x) drops entries.
 
-    Masked entries are set to -SOFTMAX_MASK_OFFSET by multiplying the shares by the mask (exact), so
-    they can neither win the max nor contribute to the sum, and their outputs are exactly 0. Every row
-    must keep at least one unmasked entry. The denominator lies in [1, n] for rows of n entries, which
-    fixes the reciprocal's domain publicly.
+    The mask is public, so masked entries are skipped rather than computed: the tournament compares
+    only pairs of unmasked entries (an unmasked entry beats a masked one by a public decision), and
+    ``exp`` runs only on the unmasked entries; masked outputs are exactly 0. A causal mask thus halves
+    the comparisons and exponentials of a prefill. Every row must keep at least one unmasked entry,
+    and within a row max - min over unmasked scores must stay below 2^11 (measured SmolLM2 spread: 82).
+    The denominator lies in [1, n] for rows of n entries, which fixes the reciprocal's domain publicly.
     """
     _require_default_encoding(x)
     moved = dim not in (-1, x.dim() - 1)
-    keep: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
     if mask is not None:
-        keep = torch.broadcast_to(mask, x.size()).to(torch.long)
+        valid = torch.broadcast_to(torch.as_tensor(mask) != 0, x.size())
     if moved:
         x = x.transpose(dim, -1)
-        keep = None if keep is None else keep.transpose(dim, -1)
-    if keep is not None:
-        x = _with_share(x, x.share * keep) - (1 - keep).to(torch.float) * SOFTMAX_MASK_OFFSET
-    top, _ = _tournament(x)
-    e = exp(x - top)
-    if keep is not None:
-        e = _with_share(e, e.share * keep)
+        valid = None if valid is None else valid.transpose(dim, -1)
+    top, _ = _tournament(x, valid)
+    w = top - x  # 0 <= w < 2^11 on unmasked entries
+    if valid is None:
+        e = _exp_neg(w, w_bits=SOFTMAX_SPREAD_LOG2)
+    else:
+        e = _with_share(w, torch.zeros_like(w.share))
+        if bool(valid.any()):
+            e._tensor.share[valid] = _exp_neg(w[valid], w_bits=SOFTMAX_SPREAD_LOG2).share
     n = x.size(-1)
     denom = e.sum(dim=-1, keepdim=True)
     out = e * reciprocal(denom, lo=0.5, hi=float(max(n, 1)))
+    if valid is not None:
+        out = _with_share(out, out.share * valid.long())
     return out.transpose(dim, -1) if moved else out
 
 
-def _tournament(x: MPCTensor) -> tuple[MPCTensor, list[MPCTensor]]:
-    """Max over the last dim by pairwise knockout (log2 n comparison rounds).
+def _ge_bits(a: MPCTensor, b: MPCTensor, compare: torch.Tensor | None, default: torch.Tensor | None) -> MPCTensor:
+    """[a >= b] as scale-1 bits; where the public ``compare`` is False, the public ``default`` instead,
+    and only the compared entries pay for a comparison."""
+    if compare is None:
+        return 1 - (a - b)._ltz()
+    bits = _with_share(a, torch.zeros_like(a.share), scale_bits=0) + default.long()
+    if bool(compare.any()):
+        bits._tensor.share[compare] = (1 - (a - b)[compare]._ltz()).share
+    return bits
+
+
+def _tournament(x: MPCTensor, valid: torch.Tensor | None = None) -> tuple[MPCTensor, list[MPCTensor]]:
+    """Max over the last dim by pairwise knockout (ceil(log2 n) comparison rounds).
 
     Returns the max (keepdim) and, per round, the scale-1 decision bits c = [a >= b] for the pairs
-    (a, b) = (x[2j], x[2j+1]); ties go to the lower index, so the winner is the first maximum.
+    (a, b) = (x[2j], x[2j+1]); ties go to the lower index, so the winner is the first maximum. With a
+    public ``valid`` mask, invalid entries lose to valid ones without a comparison (the max is that of
+    the valid entries; each row needs one).
     """
     decisions: list[MPCTensor] = []
     while x.size(-1) > 1:
         n = x.size(-1)
         half = n // 2
         a, b = x[..., 0 : 2 * half : 2], x[..., 1 : 2 * half : 2]
-        diff = a - b
-        c = 1 - diff._ltz()
-        win = b + c * diff
+        if valid is None:
+            c = _ge_bits(a, b, None, None)
+        else:
+            va, vb = valid[..., 0 : 2 * half : 2], valid[..., 1 : 2 * half : 2]
+            c = _ge_bits(a, b, va & vb, va & ~vb)
+            valid = torch.cat([va | vb, valid[..., 2 * half :]], dim=-1)
+        win = b + c * (a - b)
         x = crypten.cat([win, x[..., 2 * half :]], dim=-1) if n % 2 else win
         decisions.append(c)
     return x, decisions
