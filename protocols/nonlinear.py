@@ -236,6 +236,9 @@ def reciprocal(
     ``iters`` steps, and the result is shifted back by 2^-e. Outside [lo, hi] the start is poor and
     the result is not guaranteed. Output resolution is absolute (2^-16), so 1/x has relative error
     ~ 2^-16 * x for large x.
+
+    Measured (2 parties): max abs error 6.8e-3 at 1/x = 254 (2.7e-5 relative) on [2^-8, 2^16], 4.4e-5
+    on [0.5, 128]; 20 rounds, ~1.4 KB per element sent (A2B, prefix OR, one B2A bit per power of two).
     """
     _require_default_encoding(x)
     onehot, exps = _buckets(x, lo, hi, log2_base=1)
@@ -259,7 +262,12 @@ def rsqrt(
     0.006 .. 1.3e6 (the 1.3e6 belongs to SmolLM2's attention-sink token), far beyond any fixed
     starting guess. The output has absolute resolution 2^-16: rsqrt(1.3e6) = 8.8e-4 is then only
     good to 1.7% relative, so for such inputs ask for ``out_scale_log2`` > 0 (a public power of two the
-    caller divides back out after multiplying by x).
+    caller divides back out after multiplying by x). For norms prefer ``rms_normalize``, which also
+    keeps the squares from failing truncation.
+
+    Measured (2 parties): within 1e-4 + 1e-4 |f| on [2^-12, 2^24] (max abs 1.8e-3 at f = 44, i.e.
+    4e-5 relative; 7e-5 relative with ``out_scale_log2=8`` on SmolLM2's [0.006, 1.4e6]); 22 rounds,
+    ~2.4 KB per element sent.
     """
     _require_default_encoding(x)
     onehot, exps = _buckets(x, lo, hi, log2_base=2)
@@ -289,6 +297,9 @@ def rms_normalize(
     are bounded by sqrt(d). A good s keeps mean(xs^2) in about [0.05, 2^12 / d]: large enough for 16
     fractional bits, small enough for the truncation; ``pinfer.calibration.norm_shifts`` derives
     per-layer shifts (separately for position 0) from measured ranges.
+
+    Measured (2 parties): max abs error 6.6e-4 (4e-5 relative) on SmolLM2-like rows including a
+    first-token row with |x| up to 2.7e4, where the naive formula fails; 24 rounds for 600 rows of 576.
     """
     _require_default_encoding(x)
     if center:
@@ -376,6 +387,9 @@ def exp(x: MPCTensor) -> MPCTensor:
 
     Unlike CrypTen's (1 + x/2^n)^(2^n), which drops n input bits and blows up below -2^(n+1), the bit
     decomposition keeps every input bit and cannot overflow for any input.
+
+    Measured (2 parties): max abs error 2.2e-5 on [-16, 0], outputs <= 2^-14 on [-1e6, -16];
+    22 rounds, 990 B per element sent (A2B 416, prefix OR 192, B2A 96, 8 products).
     """
     _require_default_encoding(x)
     return _exp_neg(-x)
@@ -390,6 +404,9 @@ def softmax(x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTens
     the comparisons and exponentials of a prefill. Every row must keep at least one unmasked entry,
     and within a row max - min over unmasked scores must stay below 2^11 (measured SmolLM2 spread: 82).
     The denominator lies in [1, n] for rows of n entries, which fixes the reciprocal's domain publicly.
+
+    Measured (2 parties): max abs error 9.7e-5 on 9x128x128 causal scores in [-80, 40]; 103 rounds for
+    n = 128, 102 MiB sent for that causal prefill shape (725 B per entry), 1.4 KB per unmasked entry.
     """
     _require_default_encoding(x)
     moved = dim not in (-1, x.dim() - 1)
@@ -458,6 +475,8 @@ def argmax_onehot(x: MPCTensor, dim: int = -1) -> MPCTensor:
     (child_a = parent * c, child_b = parent - child_a) routes a single 1 to the winning position, so
     exactly one 1 per row holds by construction, whatever the values. The result uses the default
     16-bit encoding.
+
+    Measured (2 parties): exact; 159 rounds and 23 MiB sent for a 49152-entry row (SmolLM2 logits).
     """
     _require_default_encoding(x)
     moved = dim not in (-1, x.dim() - 1)
@@ -500,6 +519,9 @@ def silu(x: MPCTensor) -> MPCTensor:
     One A2B of x gives both the sign and the bits of |x| that ``exp`` needs. The correction term is
     bounded (<= 0.28) and vanishes exactly for |x| >= 16 through exp's cutoff, so large gate
     projections (measured up to 52) come out as exact relu values.
+
+    Measured (2 parties): max abs error 2.8e-5 on [-64, 64], exact relu for |x| >= 63; 29 rounds,
+    1.39 KB per element sent.
     """
     _require_default_encoding(x)
     sign, magnitude = _sign_and_magnitude(x)
@@ -543,6 +565,9 @@ def gelu(x: MPCTensor) -> MPCTensor:
     coefficients of c on [j, j+1) as a public linear combination, and the polynomial in the fraction
     f = |x| - j is summed before a single truncation. Any x is accepted (error measured on [-64, 64]).
     CrypTen's erf-based GeLU diverges beyond |x| ~ 2 and is not used.
+
+    Measured (2 parties): max abs error 3.8e-5 on [-64, 64], exact relu for |x| >= 63; 21 rounds,
+    1.33 KB per element sent.
     """
     _require_default_encoding(x)
     sign, magnitude = _sign_and_magnitude(x)
