@@ -11,6 +11,7 @@ import torch
 from pinfer.decoder import Decoder
 from pinfer.generation import greedy_loop
 from pinfer.models.config import ModelConfig
+from pinfer.norm_plan import NormShifts
 from pinfer.protocols import crypten_compat  # noqa: F401
 from crypten.mpc import MPCTensor
 from pinfer.protocols.fixed_operand import FRACTIONAL_BITS
@@ -20,7 +21,12 @@ from pinfer.protocols.world import PartyContext
 
 
 def generate_on_shares(
-    ctx: PartyContext, config: ModelConfig, max_new_tokens: int, weights: ShareBundle, prompt: ShareBundle
+    ctx: PartyContext,
+    config: ModelConfig,
+    norm_shifts: NormShifts,
+    max_new_tokens: int,
+    weights: ShareBundle,
+    prompt: ShareBundle,
 ) -> dict[str, Any]:
     """Run greedy generation on shares; return this party's shares of the new token ids and its costs.
 
@@ -28,7 +34,7 @@ def generate_on_shares(
     ``id * scale`` for the one-hot row's encoding scale; the client adds the parties' shares and
     divides. Nothing here is ever opened.
     """
-    ops = MpcOps(ctx.provider, ctx.costs, weights)
+    ops = MpcOps(ctx.provider, ctx.costs, weights, norm_shifts)
     decoder = Decoder(config, ops)
     index = torch.arange(config.vocab_size, dtype=torch.int64)
     id_shares: list[torch.Tensor] = []

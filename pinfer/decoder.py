@@ -89,20 +89,17 @@ class Decoder:
             if cfg.family == "gpt2":
                 x = x + ops.weight_rows("pos_embed", positions)
         for i, layer in enumerate(cache):
-            x = x + self._attention(i, self._normalize(x), layer, positions)
-            x = x + self._mlp(i, self._normalize(x))
-        last = self._normalize(x[-1:])
+            x = x + self._attention(i, self._normalize(x, f"L{i}.attn", positions), layer, positions)
+            x = x + self._mlp(i, self._normalize(x, f"L{i}.mlp", positions))
+        last = self._normalize(x[-1:], "final", positions[-1:])
         with ops.section("linear"):
             bias = "lm_head_bias" if cfg.family == "gpt2" else None
             return ops.linear(last, "lm_head", bias)
 
-    def _normalize(self, x: Value) -> Value:
+    def _normalize(self, x: Value, site: str, positions: torch.Tensor) -> Value:
         """RMSNorm (llama) or LayerNorm (gpt2) without gain and bias (folded into the next linear)."""
         with self.ops.section("norm"):
-            if self.config.family == "gpt2":
-                x = x - x.mean(dim=-1, keepdim=True)
-            mean_square = (x * x).mean(dim=-1, keepdim=True)
-            return x * self.ops.rsqrt(mean_square + self.config.norm_eps)
+            return self.ops.normalize(x, self.config.norm_eps, self.config.family == "gpt2", site, positions)
 
     def _attention(self, i: int, h: Value, cache: KVLayer, positions: torch.Tensor) -> Value:
         cfg, ops = self.config, self.ops

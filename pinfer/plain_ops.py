@@ -32,6 +32,9 @@ class PlainKVLayer:
     def mix(self, weights: torch.Tensor) -> torch.Tensor:
         return weights @ self.values
 
+    def release(self) -> None:
+        self.keys = self.values = None
+
 
 class PlainOps:
     """Exact fp32 operations on plaintext tensors."""
@@ -52,8 +55,12 @@ class PlainOps:
     def cat(self, values: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
         return torch.cat(list(values), dim=dim)
 
-    def rsqrt(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.rsqrt(x)
+    def normalize(
+        self, x: torch.Tensor, eps: float, center: bool, site: str, positions: torch.Tensor
+    ) -> torch.Tensor:
+        if center:
+            x = x - x.mean(dim=-1, keepdim=True)
+        return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + eps)
 
     def softmax(self, x: torch.Tensor, dim: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         if mask is not None:
@@ -68,6 +75,10 @@ class PlainOps:
 
     def argmax_onehot(self, x: torch.Tensor) -> torch.Tensor:
         return F.one_hot(x.argmax(dim=-1), x.shape[-1]).to(x.dtype)
+
+    def topk_onehot(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        order = torch.sort(x, dim=-1, descending=True, stable=True).indices[..., :k]
+        return F.one_hot(order, x.shape[-1]).to(x.dtype)
 
     def new_kv_layer(self) -> KVLayer:
         return PlainKVLayer()

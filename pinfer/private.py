@@ -16,6 +16,7 @@ import torch
 from pinfer.decoder import fold_norms
 from pinfer.generation import check_request, one_hot
 from pinfer.models.config import ModelConfig
+from pinfer.norm_plan import NormShifts
 from pinfer.parties.worker import generate_on_shares
 from pinfer.protocols.sharing import share
 from pinfer.protocols.world import run_parties
@@ -43,6 +44,7 @@ def generate_private(
     weights: dict[str, torch.Tensor],
     prompt_ids: list[int],
     max_new_tokens: int,
+    norm_shifts: NormShifts,
     n_parties: int = 2,
 ) -> PrivateGeneration:
     check_request(config, prompt_ids, max_new_tokens)
@@ -50,7 +52,7 @@ def generate_private(
     weight_shares = share(fold_norms(config, weights), n_parties)
     prompt_shares = share({"tokens": one_hot(prompt_ids, config.vocab_size)}, n_parties)
     results = run_parties(
-        generate_on_shares, config, max_new_tokens, n_parties=n_parties,
+        generate_on_shares, config, norm_shifts, max_new_tokens, n_parties=n_parties,
         party_kwargs=[{"weights": w, "prompt": p} for w, p in zip(weight_shares, prompt_shares)],
     )
     total = sum(r["token_id_shares"] for r in results)

@@ -32,6 +32,9 @@ class KVLayer(Protocol):
     def mix(self, weights: Value) -> Value:
         """``weights @ values``: ``(n_kv, rows, length)`` -> ``(n_kv, rows, head_dim)``."""
 
+    def release(self) -> None:
+        """Let go of backend resources (the dealer's masks) once a KV policy drops this layer."""
+
 
 class TensorOps(Protocol):
     def linear(self, x: Value, weight: str, bias: str | None = None) -> Value:
@@ -45,7 +48,12 @@ class TensorOps(Protocol):
 
     def cat(self, values: Sequence[Value], dim: int) -> Value: ...
 
-    def rsqrt(self, x: Value) -> Value: ...
+    def normalize(self, x: Value, eps: float, center: bool, site: str, positions: torch.Tensor) -> Value:
+        """``x / sqrt(mean(x^2) + eps)`` over the last dim (centred first for LayerNorm).
+
+        ``site`` names the norm and ``positions`` are the rows' public positions; a backend may use
+        them to pick public fixed-point scales (see ``pinfer.norm_plan``).
+        """
 
     def softmax(self, x: Value, dim: int, mask: torch.Tensor | None = None) -> Value:
         """Softmax where ``mask`` (public 0/1, broadcastable) removes entries entirely."""
@@ -56,6 +64,11 @@ class TensorOps(Protocol):
 
     def argmax_onehot(self, x: Value) -> Value:
         """One-hot of the last dimension's maximum (exactly one 1 per row)."""
+
+    def topk_onehot(self, x: Value, k: int) -> Value:
+        """``(..., n)`` -> ``(..., k, n)``: row r is the one-hot of the r-th largest entry (ties to the
+        lower index), in the default value encoding. KV policies select tokens or clusters with it and
+        gather them by a product with the cache, so which entries win never leaves the backend."""
 
     def new_kv_layer(self) -> KVLayer: ...
 

@@ -15,7 +15,9 @@ from . import crypten_compat  # noqa: F401
 import crypten
 from crypten.mpc import MPCTensor
 
-from . import nonlinear
+from . import nonlinear, oblivious
+from pinfer.norm_plan import NormShifts, row_shifts
+
 from .costs import CostMeter
 from .dealer import DealerProvider
 from .fixed_operand import FRACTIONAL_BITS, FixedOperand
@@ -63,11 +65,15 @@ class MpcKVLayer:
 
 
 class MpcOps:
-    """Operations on shares; ``weights`` are this party's shares of the folded model weights."""
+    """Operations on shares; ``weights`` are this party's shares of the folded model weights and
+    ``norm_shifts`` the model's public norm scales (``pinfer.norm_plan``)."""
 
-    def __init__(self, provider: DealerProvider, costs: CostMeter, weights: ShareBundle) -> None:
+    def __init__(
+        self, provider: DealerProvider, costs: CostMeter, weights: ShareBundle, norm_shifts: NormShifts
+    ) -> None:
         self._provider = provider
         self._costs = costs
+        self._norm_shifts = norm_shifts
         self.matrices: dict[str, FixedOperand] = {}
         self.vectors: dict[str, MPCTensor] = {}
         with costs.in_phase("setup"):
@@ -91,8 +97,11 @@ class MpcOps:
     def cat(self, values: Sequence[MPCTensor], dim: int) -> MPCTensor:
         return crypten.cat(list(values), dim=dim)
 
-    def rsqrt(self, x: MPCTensor) -> MPCTensor:
-        return nonlinear.rsqrt(x)
+    def normalize(
+        self, x: MPCTensor, eps: float, center: bool, site: str, positions: torch.Tensor
+    ) -> MPCTensor:
+        shift = row_shifts(self._norm_shifts, site, positions)
+        return nonlinear.rms_normalize(x, eps, shift=shift, center=center)
 
     def softmax(self, x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTensor:
         return nonlinear.softmax(x, dim, mask=mask)
@@ -105,6 +114,9 @@ class MpcOps:
 
     def argmax_onehot(self, x: MPCTensor) -> MPCTensor:
         return nonlinear.argmax_onehot(x, dim=-1)
+
+    def topk_onehot(self, x: MPCTensor, k: int) -> MPCTensor:
+        return oblivious.topk_onehot(x, k)
 
     def new_kv_layer(self) -> MpcKVLayer:
         return MpcKVLayer(self._provider)

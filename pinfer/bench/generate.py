@@ -46,12 +46,14 @@ def essay_ids(tokenizer: Any, length: int) -> list[int]:
 
 
 def _measure(model: str, length: int, decode_tokens: int) -> dict[str, Any]:
-    from pinfer.models.registry import load_model
+    from pinfer import norm_plan
+    from pinfer.models.registry import load_model, resolve
     from pinfer.private import generate_private
 
     config, weights, tokenizer = load_model(model)
+    shifts = norm_plan.for_model(resolve(model), config, weights, tokenizer)
     ids = [i % config.vocab_size for i in essay_ids(tokenizer, length)]
-    result = generate_private(config, weights, ids, decode_tokens)
+    result = generate_private(config, weights, ids, decode_tokens, shifts)
     by_phase = {}
     for phase in ("setup", "prefill", "decode"):
         ops = result.party_costs[0].get(phase, {})

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from pinfer.models.registry import load_model
+from pinfer.models.registry import load_model, resolve
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,13 +41,15 @@ def until_stop(tokens: list[int], stop_ids: tuple[int, ...]) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pinfer import norm_plan
     from pinfer.generation import generate_plain
     from pinfer.private import generate_private
 
     config, weights, tokenizer = load_model(args.model)
+    shifts = norm_plan.for_model(resolve(args.model), config, weights, tokenizer)
     ids = prompt_ids(tokenizer, args.prompt, args.raw)
     try:
-        result = generate_private(config, weights, ids, args.max_new_tokens, n_parties=args.parties)
+        result = generate_private(config, weights, ids, args.max_new_tokens, shifts, n_parties=args.parties)
     except ValueError as exc:
         print(f"pinfer generate: {exc}", file=sys.stderr)
         return 2

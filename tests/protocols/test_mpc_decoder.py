@@ -11,7 +11,8 @@ import torch
 
 from pinfer.decoder import Decoder, fold_norms
 from pinfer.generation import generate_plain, one_hot
-from pinfer.models.registry import load_model
+from pinfer import norm_plan
+from pinfer.models.registry import load_model, resolve
 from pinfer.plain_ops import PlainOps
 from pinfer.private import generate_private
 from pinfer.protocols.sharing import share
@@ -20,18 +21,23 @@ from pinfer.protocols.world import LocalWorld
 PROMPT = [5, 17, 42, 99, 3, 250, 7]
 
 
-def job_logits(ctx, config, weights, prompt, n_prompt):
+def job_logits(ctx, config, shifts, weights, prompt, n_prompt):
     """Prefill all but the last prompt token, then decode it: logits of both steps, opened."""
     from crypten.mpc import MPCTensor
 
     from pinfer.protocols.mpc_ops import MpcOps
 
-    decoder = Decoder(config, MpcOps(ctx.provider, ctx.costs, weights))
+    decoder = Decoder(config, MpcOps(ctx.provider, ctx.costs, weights, shifts))
     tokens = MPCTensor.from_shares(prompt.expand()["tokens"], precision=16)
     cache = decoder.new_cache()
     prefill = decoder.forward(tokens[: n_prompt - 1], cache, 0).get_plain_text()
     decode = decoder.forward(tokens[n_prompt - 1 :], cache, n_prompt - 1).get_plain_text()
     return prefill, decode
+
+
+def load(model: str):
+    config, weights, tokenizer = load_model(model)
+    return config, weights, norm_plan.for_model(resolve(model), config, weights, tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +49,7 @@ def world():
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
 def test_logits_on_shares_match_plaintext(world, model):
-    config, weights, _ = load_model(model)
+    config, weights, shifts = load(model)
     folded = fold_norms(config, weights)
     tokens = one_hot(PROMPT, config.vocab_size)
     plain = Decoder(config, PlainOps(folded))
@@ -53,7 +59,7 @@ def test_logits_on_shares_match_plaintext(world, model):
     bundles = share(folded, 2)
     prompts = share({"tokens": tokens}, 2)
     prefill, decode = world.run(
-        job_logits, config, party_kwargs=[{"weights": w, "prompt": p, "n_prompt": len(PROMPT)}
+        job_logits, config, shifts, party_kwargs=[{"weights": w, "prompt": p, "n_prompt": len(PROMPT)}
                                           for w, p in zip(bundles, prompts)],
     )[0]
     assert (prefill - expected_prefill).abs().max() < 0.05
@@ -63,8 +69,8 @@ def test_logits_on_shares_match_plaintext(world, model):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
 def test_private_greedy_tokens_equal_plaintext(model):
-    config, weights, _ = load_model(model)
-    private = generate_private(config, weights, PROMPT, max_new_tokens=4)
+    config, weights, shifts = load(model)
+    private = generate_private(config, weights, PROMPT, 4, shifts)
     assert private.tokens == generate_plain(config, weights, PROMPT, 4)
     decode = private.phase_totals("decode")
     assert decode[0]["bytes"] == decode[1]["bytes"] > 0
@@ -72,10 +78,10 @@ def test_private_greedy_tokens_equal_plaintext(model):
 
 
 def test_requests_beyond_the_context_are_rejected_before_any_work():
-    config, weights, _ = load_model("tiny-llama")
+    config, weights, shifts = load("tiny-llama")
     with pytest.raises(ValueError, match="context"):
-        generate_private(config, weights, PROMPT, max_new_tokens=config.max_positions)
+        generate_private(config, weights, PROMPT, config.max_positions, shifts)
     with pytest.raises(ValueError, match="vocabulary"):
-        generate_private(config, weights, [config.vocab_size], max_new_tokens=1)
+        generate_private(config, weights, [config.vocab_size], 1, shifts)
     with pytest.raises(ValueError, match="empty"):
-        generate_private(config, weights, [], max_new_tokens=1)
+        generate_private(config, weights, [], 1, shifts)

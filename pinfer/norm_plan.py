@@ -1,0 +1,93 @@
+"""Public per-norm shifts that keep RMSNorm/LayerNorm on shares inside the fixed-point budget.
+
+On shares a norm truncates each row's sum of squares once, and a truncation of a value V fails with
+probability about |V| / 2^64; SmolLM2's first token carries activations of 2.5e4 from layer 11 on,
+which would make that failure likely. ``nonlinear.rms_normalize`` therefore scales a row by a public
+power of two first. The shifts are part of the model's public description: the model owner derives
+them once, in plaintext, from the same decoder run on a fixed calibration set (never from a client's
+prompt), separately for position 0 and for the other positions, with a margin.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pinfer.calibration import default_prompts, norm_shift
+from pinfer.decoder import Decoder, fold_norms
+from pinfer.generation import one_hot
+from pinfer.models.config import ModelConfig
+from pinfer.plain_ops import PlainOps
+
+NormShifts = dict[str, dict[str, int]]
+"""Norm site (``L{i}.attn``, ``L{i}.mlp``, ``final``) -> {"first": shift at position 0, "rest": ...}."""
+
+MARGIN_LOG2 = 2
+"""Head-room over the calibration maxima: mean squares up to 4x larger keep the same failure bound."""
+
+_CACHE_FILE = "norm_shifts.json"
+
+
+def row_shifts(shifts: Mapping[str, Mapping[str, int]], site: str, positions: torch.Tensor) -> torch.Tensor:
+    """One shift per row of a norm's input, from the rows' public positions."""
+    entry = shifts[site]
+    return torch.where(positions == 0, entry["first"], entry["rest"]).to(torch.long)
+
+
+class _RecordingOps(PlainOps):
+    """The plaintext backend, noting each norm's largest mean square per position class."""
+
+    def __init__(self, weights: Mapping[str, torch.Tensor]) -> None:
+        super().__init__(weights)
+        self.maxima: dict[str, dict[str, float]] = {}
+
+    def normalize(self, x, eps, center, site, positions):  # type: ignore[override]
+        centered = x - x.mean(dim=-1, keepdim=True) if center else x
+        mean_square = (centered * centered).mean(dim=-1)
+        seen = self.maxima.setdefault(site, {"first": 0.0, "rest": 0.0})
+        for part, rows in (("first", positions == 0), ("rest", positions != 0)):
+            if bool(rows.any()):
+                seen[part] = max(seen[part], float(mean_square[rows].max()))
+        return super().normalize(x, eps, center, site, positions)
+
+
+def calibrate(config: ModelConfig, folded_weights: Mapping[str, torch.Tensor], prompts: Sequence[Sequence[int]]) -> NormShifts:
+    """Shifts from the plaintext decoder's norm inputs over ``prompts`` (token id lists)."""
+    ops = _RecordingOps(folded_weights)
+    decoder = Decoder(config, ops)
+    with torch.no_grad():
+        for ids in prompts:
+            ids = list(ids)[: config.max_positions]
+            decoder.forward(one_hot(ids, config.vocab_size), decoder.new_cache(), 0)
+    shifts: NormShifts = {}
+    for site, maxima in ops.maxima.items():
+        # A class the calibration never reached (the final norm sees only last positions) takes the
+        # other class's maximum.
+        first = maxima["first"] or maxima["rest"]
+        rest = maxima["rest"] or maxima["first"]
+        shifts[site] = {
+            part: norm_shift(value * 2**MARGIN_LOG2, config.hidden_size)
+            for part, value in (("first", first), ("rest", rest))
+        }
+    return shifts
+
+
+def for_model(model_dir: Path, config: ModelConfig, weights: Mapping[str, torch.Tensor], tokenizer: Any) -> NormShifts:
+    """The model's shifts, calibrated once on the standard prompt set and kept next to its weights."""
+    cache = Path(model_dir) / _CACHE_FILE
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in default_prompts(tokenizer)]
+    shifts = calibrate(config, fold_norms(config, weights), prompts)
+    try:
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(shifts, indent=1, sort_keys=True))
+        tmp.replace(cache)
+    except OSError:
+        pass  # a read-only model directory: recalibrate next time
+    return shifts
