@@ -276,6 +276,9 @@ def rsqrt(
     return _select(onehot, _scale_pow2(y, out_scale_log2 - exps))
 
 
+NORM_EXTRA_BITS = 8
+"""Extra fractional bits ``rms_normalize`` keeps in the mean square it hands to ``rsqrt`` (even)."""
+
 NORM_BUDGET_LOG2 = 12
 """``rms_normalize`` keeps d * mean((x 2^-shift)^2) <= 2^NORM_BUDGET_LOG2 when ``shift`` is chosen as
 ``pinfer.calibration.norm_shifts`` does: the one truncation of the sum of squares then fails with
@@ -294,9 +297,11 @@ def rms_normalize(
     public ``shift`` s (an int, or a long tensor broadcastable to x without its last dim, e.g. one value
     per row; negative shifts scale up), this computes xs = x 2^-s (local), squares xs exactly (no
     truncation), sums, truncates once, and returns xs * rsqrt(mean(xs^2) + eps 4^-s), whose products
-    are bounded by sqrt(d). A good s keeps mean(xs^2) in about [0.05, 2^12 / d]: large enough for 16
-    fractional bits, small enough for the truncation; ``pinfer.calibration.norm_shifts`` derives
-    per-layer shifts (separately for position 0) from measured ranges.
+    are bounded by sqrt(d). The truncation keeps NORM_EXTRA_BITS more fractional bits of the mean
+    (read as 2^8 * mean by ``rsqrt``, whose ``out_scale_log2`` undoes it), so small scaled statistics
+    keep their precision. A good s keeps mean(xs^2) in about [2^-10, 2^12 / d]: the upper end bounds the
+    truncation, the lower end keeps 2^14 units; ``pinfer.calibration.norm_shifts`` derives per-layer
+    shifts (separately for position 0) from measured ranges.
 
     Measured (2 parties): max abs error 6.6e-4 (4e-5 relative) on SmolLM2-like rows including a
     first-token row with |x| up to 2.7e4, where the naive formula fails; 24 rounds for 600 rows of 576.
@@ -312,10 +317,12 @@ def rms_normalize(
         xs._tensor.div_(down)
     squares = beaver.square(xs._tensor).share  # shares of (xs 2^16)^2, not truncated
     total = _with_share(xs, squares.sum(dim=-1, keepdim=True), scale_bits=2 * FRAC_BITS)
-    total._tensor.div_(x.size(-1) * _SCALE)  # the single truncation: mean at 16 fractional bits
+    # the single truncation: the mean at FRAC_BITS + NORM_EXTRA_BITS fractional bits, read at
+    # FRAC_BITS, i.e. as 2^NORM_EXTRA_BITS * mean
+    total._tensor.div_(x.size(-1) * (_SCALE >> NORM_EXTRA_BITS))
     total._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
-    eps_scaled = eps * torch.pow(4.0, -shifts.to(torch.float64)).to(torch.float32)
-    return xs * rsqrt(total + eps_scaled)
+    eps_scaled = eps * torch.pow(4.0, -shifts.to(torch.float64)).to(torch.float32) * 2**NORM_EXTRA_BITS
+    return xs * rsqrt(total + eps_scaled, out_scale_log2=NORM_EXTRA_BITS // 2)
 
 
 def _mul_const(x: MPCTensor, c: float) -> MPCTensor:

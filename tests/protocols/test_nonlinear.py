@@ -144,6 +144,9 @@ SWEEP: dict[str, tuple[str, torch.Tensor, dict[str, Any]]] = {
     "softmax decode row": ("softmax", _scores(2, 3, 64)[:, -1:, :], {"dim": -1, "mask": torch.ones(1, 64)}),
     "softmax single entry": ("softmax", torch.tensor([[3.5], [-70.0]]), {"dim": -1}),
     "rms_normalize per-row shifts": ("rms_normalize", HIDDEN, {"eps": 1e-5, "shift": _shifts(HIDDEN)}),
+    "rms_normalize over-shifted (mean squares 64x smaller)": (
+        "rms_normalize", HIDDEN, {"eps": 1e-5, "shift": _shifts(HIDDEN) + 3}
+    ),
     "rms_normalize centered (LayerNorm)": (
         "rms_normalize", HIDDEN[1:] + 3.0, {"eps": 1e-5, "shift": _shifts(CENTERED), "center": True}
     ),
