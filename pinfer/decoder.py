@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
 from pinfer.models.config import ModelConfig
 from pinfer.tensor_ops import KVLayer, TensorOps, Value
+
+if TYPE_CHECKING:
+    from pinfer.kvcache import KVPolicy
 
 
 def fold_norms(config: ModelConfig, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -72,11 +76,15 @@ def causal_mask(n_queries: int, start: int, n_keys: int) -> torch.Tensor | None:
 class Decoder:
     """A decoder-only transformer over a backend; the KV cache is explicit and owned by the caller."""
 
-    def __init__(self, config: ModelConfig, ops: TensorOps) -> None:
+    def __init__(self, config: ModelConfig, ops: TensorOps, kv_policy: KVPolicy | None = None) -> None:
         self.config = config
         self.ops = ops
+        self.kv_policy = kv_policy
 
     def new_cache(self) -> list[KVLayer]:
+        """One cache layer per decoder layer: the backend's own, or a KV policy's wrappers of them."""
+        if self.kv_policy is not None:
+            return self.kv_policy.new_cache(self.config, self.ops)
         return [self.ops.new_kv_layer() for _ in range(self.config.n_layers)]
 
     def forward(self, tokens: Value, cache: list[KVLayer], start: int) -> Value:

@@ -1,0 +1,176 @@
+"""Contiguous clusters of cached tokens, summarised by per-channel key extremes, and the cache layer
+that attends only to selected clusters (the shared mechanism of Quest and MPCache).
+
+A cluster's summary is its keys' per-channel maximum and minimum, ``[max | min]``, computed once when
+the cluster is complete. Completed clusters live in a backend cache layer whose *keys* are the
+summaries and whose *values* are the clusters' flattened keys, values and keep bits. So one backend
+layer serves both steps of a selection on shares: ``scores(query)`` gives every cluster's score with
+a product that costs only the query's size, and ``mix(onehot)`` with a secret one-hot over clusters
+gathers the chosen clusters, at a cost that grows with the number of clusters, not tokens. Tokens of
+the newest, incomplete cluster (the "tail") are always attended.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from pinfer.tensor_ops import TensorOps, Value
+
+from .base import EVICTED_PENALTY, Geometry, budget_tokens, zeros_like
+
+
+def extremes(ops: TensorOps, x: Value) -> tuple[Value, Value]:
+    """Max and min over the last dim through the backend's arg-max (a comparison tournament on shares)."""
+    both = ops.cat([x.unsqueeze(0), (-x).unsqueeze(0)], dim=0)
+    best = (ops.argmax_onehot(both) * both).sum(dim=-1)
+    return best[0], -best[1]
+
+
+def summarise(ops: TensorOps, keys: Value, size: int) -> Value:
+    """``(n_kv, c * size, hd)`` keys -> ``(n_kv, c, 2 hd)`` per-cluster ``[max | min]`` per channel."""
+    n_kv, n, hd = keys.shape
+    blocks = keys.reshape(n_kv, n // size, size, hd).transpose(2, 3)
+    top, bottom = extremes(ops, blocks)
+    return ops.cat([top, bottom], dim=-1)
+
+
+def stack(ops: TensorOps, values: list[Value], dim: int) -> Value:
+    return ops.cat([v.unsqueeze(dim) for v in values], dim=dim)
+
+
+class ClusterStore:
+    """Completed clusters: summaries as a backend layer's keys, payloads as its values."""
+
+    def __init__(self, ops: TensorOps) -> None:
+        self._layer = ops.new_kv_layer()
+
+    @property
+    def count(self) -> int:
+        return self._layer.length
+
+    def add(self, summaries: Value, payload: Value) -> None:
+        self._layer.append(summaries, payload)
+
+    def scores(self, query: Value) -> Value:
+        """``(n_kv, 1, w)`` query against ``(n_kv, C, w)`` summaries -> ``(n_kv, C)``."""
+        return self._layer.scores(query)[:, 0, :]
+
+    def gather(self, onehot: Value) -> Value:
+        """``(n_kv, k, C)`` one-hot rows -> ``(n_kv, k, payload)``."""
+        return self._layer.mix(onehot)
+
+    def release(self) -> None:
+        self._layer.release()
+
+
+class ClusteredLayer(ABC):
+    """A layer that attends to selected fine clusters plus the tail, under a public token budget.
+
+    The prompt is attended in full; when its attention is known the subclass decides each prompt
+    token's keep bit (a secret 0/1: an evicted token stays in its cluster but its score is pushed
+    below the softmax's reach), and complete blocks of ``block`` tokens move into the stores. During
+    decoding, ``_select`` returns a one-hot ``(n_kv, k, C)`` over fine clusters each step.
+    """
+
+    def __init__(self, ops: TensorOps, geometry: Geometry, budget: float, block: int, fine: int) -> None:
+        if block % fine:
+            raise ValueError(f"block {block} must be a multiple of the fine cluster size {fine}")
+        self.ops = ops
+        self.geometry = geometry
+        self.fine_size = fine
+        self.block = block
+        self.fine = ClusterStore(ops)
+        self.budget = 0
+        self._fraction = budget
+        self._prompt_layer = ops.new_kv_layer()
+        self._prompt: tuple[Value, Value] | None = None
+        self._tail: tuple[Value, Value, Value] | None = None  # keys, values, keep (n_kv, t, 1)
+        self._values: Value | None = None
+        self._length = 0
+        self.decoding = False
+
+    @property
+    def length(self) -> int:
+        return self._length if self.decoding else self._prompt_layer.length
+
+    @property
+    def tail_length(self) -> int:
+        return 0 if self._tail is None else self._tail[0].shape[1]
+
+    def append(self, keys: Value, values: Value) -> None:
+        if not self.decoding:
+            if self._prompt is not None:
+                raise ValueError("the prompt must arrive in one piece")
+            self._prompt = (keys, values)
+            self.budget = budget_tokens(self._fraction, keys.shape[1], floor=self.fine_size)
+            self._prompt_layer.append(keys, values)
+            return
+        if keys.shape[1] != 1:
+            raise ValueError("after the prompt, tokens are appended one at a time")
+        keep = zeros_like(keys[..., :1]) + 1.0
+        self._extend_tail(keys, values, keep)
+
+    def scores(self, queries: Value) -> Value:
+        if not self.decoding:
+            return self._prompt_layer.scores(queries)
+        parts = [] if self._tail is None else [self._tail]
+        onehot = self._select(queries)
+        if onehot is not None:
+            n_kv, k, _ = onehot.shape
+            hd = self.geometry.head_dim
+            blocks, span = self.fine.gather(onehot), self.fine_size * hd
+            parts.insert(0, (blocks[..., :span].reshape(n_kv, -1, hd), blocks[..., span : 2 * span].reshape(n_kv, -1, hd),
+                             blocks[..., 2 * span :].reshape(n_kv, -1, 1)))
+        keys, values, keep = (self.ops.cat([p[i] for p in parts], dim=1) for i in range(3))
+        self._values = values
+        self._length = keys.shape[1]
+        penalty = (keep - 1.0) * EVICTED_PENALTY
+        return queries.matmul(keys.transpose(1, 2)) + penalty.transpose(1, 2)
+
+    def mix(self, weights: Value) -> Value:
+        if self.decoding:
+            return weights.matmul(self._values)
+        out = self._prompt_layer.mix(weights)
+        keys, values = self._prompt
+        self._extend_tail(keys, values, self._prompt_keep(weights))
+        self._prompt = None
+        self._prompt_layer.release()
+        self.decoding = True
+        return out
+
+    def release(self) -> None:
+        self.fine.release()
+
+    def _extend_tail(self, keys: Value, values: Value, keep: Value) -> None:
+        """Add tokens to the tail and move its complete blocks into the stores."""
+        if self._tail is not None:
+            keys, values, keep = (self.ops.cat([t, x], dim=1) for t, x in zip(self._tail, (keys, values, keep)))
+        complete = keys.shape[1] // self.block * self.block
+        if complete:
+            self._add_blocks(keys[:, :complete], values[:, :complete], keep[:, :complete])
+        n = keys.shape[1]
+        self._tail = None if complete == n else (keys[:, complete:], values[:, complete:], keep[:, complete:])
+
+    def _add_blocks(self, keys: Value, values: Value, keep: Value) -> None:
+        n_kv, n, hd = keys.shape
+        count, size = n // self.fine_size, self.fine_size
+        payload = self.ops.cat([keys.reshape(n_kv, count, size * hd), values.reshape(n_kv, count, size * hd),
+                                keep.reshape(n_kv, count, size)], dim=-1)
+        summaries = summarise(self.ops, keys, size)
+        self.fine.add(summaries, payload)
+        self._on_fine_clusters(summaries)
+
+    def fine_budget(self) -> int:
+        """Fine clusters to select this step: what the budget leaves after the tail, at least one."""
+        return min(self.fine.count, max(1, (self.budget - self.tail_length) // self.fine_size))
+
+    def _on_fine_clusters(self, summaries: Value) -> None:
+        """Hook for stores above the fine level (coarse clusters)."""
+
+    @abstractmethod
+    def _prompt_keep(self, weights: Value) -> Value:
+        """Keep bits ``(n_kv, T, 1)`` for the prompt's tokens from its attention weights."""
+
+    @abstractmethod
+    def _select(self, queries: Value) -> Value | None:
+        """One-hot ``(n_kv, k, C)`` over fine clusters for this step, or None when there are none."""

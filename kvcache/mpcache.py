@@ -1,0 +1,176 @@
+"""MPCache (Zeng et al., NeurIPS'25): look-once static eviction plus query-aware cluster selection,
+built for secret shares (``specs/mpcache.md``).
+
+* Static, once after the prompt: each token's importance is the highest head-averaged attention it
+  gets from the last 20% of prompt queries (10% beyond 24k tokens). Threshold mode keeps tokens at or
+  above ``tau`` (the authors' code); budget mode keeps the top ``static_keep`` fraction. One keep set
+  per layer, for all heads. On shares the keep bits stay secret: an evicted token is not moved out of
+  the cache (oblivious compaction would need a secret shuffle) but masked inside every gathered cluster.
+* Dynamic, each decode step, one selection per KV head from the sum of its query heads: clusters of
+  ``coarse`` (32) and ``fine`` (16) contiguous tokens with per-channel key max/min kept incrementally;
+  similarity ``q . (alpha max + (1 - alpha) min)``, alpha = 0.6, computed as ``[alpha q | (1-alpha) q]``
+  against the stored ``[max | min]``; the top ``ratio1`` of coarse clusters, then among their children
+  the fine clusters the budget allows; the first cluster always, and the incomplete last block (the
+  tail) always. The fine one-hot is built from the two levels' one-hots by a product, so only the
+  children of kept coarse clusters are ever scored.
+* Cross-layer sharing: the first ``own_first`` and last ``own_last`` layers select on their own; in
+  between, each odd layer reuses the previous layer's static keep bits and dynamic selection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from pinfer.models.config import ModelConfig
+from pinfer.tensor_ops import KVLayer, TensorOps, Value
+
+from .base import Geometry, KVPolicy, per_head
+from .clusters import ClusteredLayer, ClusterStore, extremes, stack
+
+FIRST_CLUSTER_BONUS = 4096.0
+"""Added to the first cluster's score so that it always ranks first (public: it is always kept)."""
+
+
+@dataclass(frozen=True)
+class MPCacheParams:
+    coarse: int = 32
+    fine: int = 16
+    ratio1: float = 0.5
+    alpha: float = 0.6
+    static: str = "budget"  # or "threshold"
+    static_keep: float = 0.5
+    tau: float = 1e-3
+    window: float = 0.2
+    own_first: int = 2
+    own_last: int = 2
+
+
+@dataclass
+class _Board:
+    """What a layer publishes for the next layer to reuse within one forward."""
+
+    keeps: dict[int, Value]
+    selections: dict[int, Value | None]
+
+
+def sharing_source(index: int, n_layers: int, own_first: int, own_last: int) -> int | None:
+    """The layer whose selection layer ``index`` reuses, or None when it selects on its own."""
+    if index < own_first or index >= n_layers - own_last:
+        return None
+    return index - 1 if (index - own_first) % 2 == 1 else None
+
+
+class MPCacheLayer(ClusteredLayer):
+    def __init__(self, ops: TensorOps, geometry: Geometry, budget: float, params: MPCacheParams,
+                 index: int, source: int | None, board: _Board, trace: list[tuple[int, Value]] | None) -> None:
+        super().__init__(ops, geometry, budget, block=params.coarse, fine=params.fine)
+        self.params = params
+        self.coarse = ClusterStore(ops)
+        self._index = index
+        self._source = source
+        self._board = board
+        self._trace = trace
+
+    def release(self) -> None:
+        super().release()
+        self.coarse.release()
+
+    def _prompt_keep(self, weights: Value) -> Value:
+        if self._source is not None:
+            keep = self._board.keeps[self._source]
+        else:
+            keep = self._static_keep(weights)
+        self._board.keeps[self._index] = keep
+        return keep
+
+    def _static_keep(self, weights: Value) -> Value:
+        p, g = self.params, self.geometry
+        n = weights.shape[-1]
+        share = p.window if n <= 24000 else p.window / 2
+        window = max(1, math.floor(share * n))
+        heads = g.n_kv * g.group
+        # Head-summed attention of the window queries; importance = its maximum over the window.
+        received = per_head(weights, g.group)[:, :, n - window :, :].sum(dim=0).sum(dim=0)  # (window, n)
+        importance, _ = extremes(self.ops, received.transpose(0, 1))  # (n,)
+        if p.static == "threshold":
+            margin = importance - p.tau * heads  # mean >= tau  <=>  sum >= tau * heads
+            keep = self.ops.argmax_onehot(stack(self.ops, [margin, -margin], dim=-1))[..., 0]
+        elif p.static == "budget":
+            kept = min(n, max(1, math.ceil(p.static_keep * n)))
+            keep = self.ops.topk_onehot(importance.unsqueeze(0), kept).sum(dim=-2)[0]
+        else:
+            raise ValueError(f"unknown static mode {p.static!r}")
+        return self.ops.cat([keep.unsqueeze(0)] * g.n_kv, dim=0).unsqueeze(-1)
+
+    def _on_fine_clusters(self, summaries: Value) -> None:
+        """Complete coarse clusters: extremes over their children, and the children's summaries."""
+        n_kv, count, width = summaries.shape
+        hd, ratio = width // 2, self.params.coarse // self.params.fine
+        children = summaries.reshape(n_kv, count // ratio, ratio, width)
+        top, bottom = extremes(self.ops, children.transpose(2, 3))
+        coarse = self.ops.cat([top[..., :hd], bottom[..., hd:]], dim=-1)
+        self.coarse.add(coarse, children.reshape(n_kv, count // ratio, ratio * width))
+
+    def _select(self, queries: Value) -> Value | None:
+        if self._source is not None:
+            onehot = self._board.selections[self._source]
+        else:
+            onehot = self._hierarchical(queries)
+        self._board.selections[self._index] = onehot
+        if self._trace is not None and onehot is not None:
+            self._trace.append((self._index, onehot))
+        return onehot
+
+    def _hierarchical(self, queries: Value) -> Value | None:
+        c1 = self.coarse.count
+        if c1 == 0:
+            return None
+        p, ops = self.params, self.ops
+        ratio = p.coarse // p.fine
+        k2 = self.fine_budget()
+        k1 = min(c1, max(math.ceil(k2 / ratio), math.floor(p.ratio1 * c1)))
+        total = queries.sum(dim=1, keepdim=True)
+        query = ops.cat([total * p.alpha, total * (1 - p.alpha)], dim=-1)  # (n_kv, 1, 2 hd)
+        coarse_pick = ops.topk_onehot(self.coarse.scores(query) + _first(c1), k1)  # (n_kv, k1, c1)
+        n_kv = coarse_pick.shape[0]
+        children = self.coarse.gather(coarse_pick).reshape(n_kv, k1 * ratio, -1)  # (n_kv, k1 r, 2 hd)
+        child_scores = query.matmul(children.transpose(1, 2))[:, 0, :]
+        # The first coarse cluster ranks first, so its first child is child row 0.
+        child_pick = ops.topk_onehot(child_scores + _first(k1 * ratio), k2)  # (n_kv, k2, k1 r)
+        return child_pick.matmul(_children_onehot(ops, coarse_pick, ratio))
+
+
+def _first(n: int) -> torch.Tensor:
+    bonus = torch.zeros(n)
+    bonus[0] = FIRST_CLUSTER_BONUS
+    return bonus
+
+
+def _children_onehot(ops: TensorOps, coarse_pick: Value, ratio: int) -> Value:
+    """``(n_kv, k1, C1)`` coarse one-hot -> ``(n_kv, k1 r, C1 r)``: child c of row i is fine cluster
+    ``g r + c`` where g is row i's coarse cluster (exact: a rearrangement with exact zeros)."""
+    n_kv, k1, c1 = coarse_pick.shape
+    zero = coarse_pick - coarse_pick
+    rows = [stack(ops, [coarse_pick if c == d else zero for d in range(ratio)], dim=-1).reshape(n_kv, k1, c1 * ratio)
+            for c in range(ratio)]
+    return stack(ops, rows, dim=2).reshape(n_kv, k1 * ratio, c1 * ratio)
+
+
+class MPCachePolicy(KVPolicy):
+    name = "mpcache"
+
+    def __init__(self, budget: float, params: MPCacheParams | None = None) -> None:
+        super().__init__(budget)
+        self.params = params or MPCacheParams()
+        self.trace: list[tuple[int, Value]] | None = None
+
+    def new_cache(self, config: ModelConfig, ops: TensorOps) -> list[KVLayer]:
+        geometry = Geometry.of(config)
+        board = _Board({}, {})
+        p = self.params
+        return [MPCacheLayer(ops, geometry, self.budget, p, i,
+                             sharing_source(i, config.n_layers, p.own_first, p.own_last), board, self.trace)
+                for i in range(config.n_layers)]

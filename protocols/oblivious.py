@@ -1,0 +1,58 @@
+"""Oblivious selection on shares: top-k as one-hot rows, for KV-cache eviction and cluster selection.
+
+Which entries win stays secret: the result is a secret one-hot matrix, and callers gather with a
+product (one-hot times cache), never with an index. Only ``n`` and ``k`` are public.
+
+Top-k by ranks, in a constant number of rounds: one batch of comparisons over all pairs gives each
+entry's rank (how many entries beat it, ties broken towards the lower index so ranks are a
+permutation of 0..n-1), and a second batch compares each rank with 1..k. Row r of the result is
+``[rank < r+1] - [rank < r]``, exactly one 1 per row. Cost: n(n-1)/2 + k*n comparisons in two
+comparison rounds, against k*log2(n) rounds for k successive arg-maxes; the policies call it on
+cluster scores (n = cached tokens / cluster size), where the pairs stay cheap and the rounds matter
+on a LAN or WAN.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import crypten_compat  # noqa: F401  (must precede every crypten import)
+from crypten.encoder import FixedPointEncoder
+from crypten.mpc import MPCTensor
+
+FRAC_BITS = 16
+
+
+def _with_share(like: MPCTensor, share: torch.Tensor, scale_bits: int) -> MPCTensor:
+    out = like.shallow_copy()
+    out._tensor = like._tensor.shallow_copy()
+    out._tensor.share = share
+    out._tensor.encoder = FixedPointEncoder(precision_bits=scale_bits)
+    return out
+
+
+def ranks(x: MPCTensor) -> MPCTensor:
+    """Scale-1 shares of each entry's rank along the last dim (0 = largest; ties: lower index first)."""
+    n = x.size(-1)
+    first, second = torch.triu_indices(n, n, offset=1)
+    # beaten[p] = [x_first < x_second]: the later entry beats the earlier one only when strictly larger.
+    beaten = (x[..., first] - x[..., second])._ltz()
+    share = torch.zeros(*beaten.share.shape[:-1], n, dtype=torch.int64)
+    share.index_add_(-1, first, beaten.share)
+    share.index_add_(-1, second, -beaten.share)
+    rank = _with_share(x, share, scale_bits=0)
+    # Each entry m is the second of m pairs, and loses those unless beaten: + m, public.
+    return rank + torch.arange(n, dtype=torch.int64).expand(share.shape)
+
+
+def topk_onehot(x: MPCTensor, k: int) -> MPCTensor:
+    """``(..., n)`` -> ``(..., k, n)`` one-hot rows of the k largest entries, largest first, at 16 bits."""
+    n = x.size(-1)
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must lie in 1..{n}")
+    rank = ranks(x).unsqueeze(-2)
+    thresholds = torch.arange(1, k + 1, dtype=torch.int64)[:, None].expand(k, n)
+    below = (rank - thresholds)._ltz()  # below[r] = [rank < r + 1], scale 1
+    onehot = below.share.clone()
+    onehot[..., 1:, :] -= below.share[..., :-1, :]
+    return _with_share(below, onehot << FRAC_BITS, scale_bits=FRAC_BITS)
