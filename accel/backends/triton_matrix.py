@@ -36,7 +36,10 @@ MIN_DIM = 32  # int8 tl.dot needs K >= 32 (one wgmma k-step), so R = sqrt(N) >= 
 # (constant-side tile, data-side tile, K tile, warps, stages): best of ``pinfer bench accel``'s
 # sweep on an H100 80GB HBM3 (docs/accel.md); other N use the fallback.
 FALLBACK_TILES = (32, 128, 64, 4, 3)
-DEFAULT_TILES: dict[int, tuple[int, int, int, int, int]] = {1 << k: (32, 128, 64, 4, 3) for k in range(12, 17)}
+DEFAULT_TILES: dict[int, tuple[int, int, int, int, int]] = {
+    1 << 12: (32, 128, 256, 4, 2), 1 << 13: (32, 128, 128, 4, 3), 1 << 14: (32, 128, 256, 4, 2),
+    1 << 15: (32, 256, 128, 8, 3), 1 << 16: (32, 128, 128, 4, 3),
+}
 
 _PLANES, _LANES, _RESIDUES = 0, 1, 2
 
