@@ -14,11 +14,14 @@ open ``W - B`` once, and each later product ``X @ W`` needs only a fresh ``A`` a
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 
 from . import crypten_compat  # noqa: F401
 import crypten.communicator as comm
 from crypten.common.util import count_wraps
+from crypten.encoder import FixedPointEncoder
 from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
 from crypten.mpc.provider.provider import TupleProvider
 
@@ -144,6 +147,93 @@ class DealerServer:
             raise DealerProtocolError(f"unknown fixed operand {handle}") from None
 
 
+class Correction:
+    """Party 0's correction share for one request, read from the dealer only when first needed.
+
+    Party 0 sends each request at once and keeps computing: a Beaver product needs its correction
+    only after the masked operands are opened, so the dealer's answer arrives during that round
+    instead of costing a round trip of its own. Replies come in request order.
+    """
+
+    def __init__(self, queue: _ReplyQueue | None = None, value: torch.Tensor | None = None) -> None:
+        self._queue = queue
+        self._value = value
+
+    def get(self) -> torch.Tensor:
+        if self._value is None:
+            assert self._queue is not None
+            self._queue.fill_until(self)
+        return self._value  # type: ignore[return-value]
+
+    def fill(self, value: torch.Tensor) -> None:
+        self._value = value
+
+
+class _ReplyQueue:
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._waiting: deque[Correction] = deque()
+
+    def expect(self) -> Correction:
+        correction = Correction(self)
+        self._waiting.append(correction)
+        return correction
+
+    def fill_until(self, correction: Correction) -> None:
+        while self._waiting:
+            head = self._waiting.popleft()
+            head.fill(self._channel.recv().tensors[0])
+            if head is correction:
+                return
+
+    def drain(self) -> None:
+        while self._waiting:
+            self._waiting.popleft().fill(self._channel.recv().tensors[0])
+
+
+class _DeferredShare:
+    """A shared tensor whose share is a :class:`Correction`, resolved on first access."""
+
+    @property
+    def _tensor(self) -> torch.Tensor:
+        value = self.__dict__.get("_resolved")
+        if value is None:
+            value = self.__dict__.pop("_correction").get()
+            self.__dict__["_resolved"] = value
+        return value
+
+    @_tensor.setter
+    def _tensor(self, value: torch.Tensor) -> None:
+        self.__dict__.pop("_correction", None)
+        self.__dict__["_resolved"] = value
+
+
+class _DeferredArithmetic(_DeferredShare, ArithmeticSharedTensor):
+    pass
+
+
+class _DeferredBinary(_DeferredShare, BinarySharedTensor):
+    pass
+
+
+def _arithmetic(share: torch.Tensor | Correction) -> ArithmeticSharedTensor:
+    if isinstance(share, torch.Tensor):
+        return ArithmeticSharedTensor.from_shares(share, precision=0)
+    result = _DeferredArithmetic(src=-1)
+    result.__dict__["_correction"] = share
+    result.encoder = FixedPointEncoder(precision_bits=0)
+    return result
+
+
+def _binary(share: torch.Tensor | Correction) -> BinarySharedTensor:
+    if isinstance(share, torch.Tensor):
+        return BinarySharedTensor.from_shares(share)
+    result = _DeferredBinary(src=-1)
+    result.__dict__["_correction"] = share
+    result.encoder = FixedPointEncoder(precision_bits=None)
+    return result
+
+
 class DealerProvider(TupleProvider):
     """CrypTen's tuple-provider interface backed by a :class:`DealerServer`."""
 
@@ -154,22 +244,23 @@ class DealerProvider(TupleProvider):
         self.channel = channel
         self.stream = AesCtrStream(seed)
         self._next_handle = 0
+        self._replies = _ReplyQueue(channel)
 
     @property
     def is_requester(self) -> bool:
         return comm.get().get_rank() == 0
 
-    def request(self, kind: str, **params: object) -> torch.Tensor | None:
-        """Party 0 asks the dealer; returns the correction share, if the request has one."""
+    def request(self, kind: str, **params: object) -> Correction | None:
+        """Party 0 asks the dealer; returns the pending correction share, if the request has one."""
         self.channel.send(Message(kind, params=params))
         if kind in ("fixed_new", "fixed_extend", "fixed_drop"):
             return None
-        return self.channel.recv().tensors[0]
+        return self._replies.expect()
 
     def _ring(self, shape: tuple[int, ...]) -> torch.Tensor:
         return self.stream.ring_elements(shape)
 
-    def _correlated(self, kind: str, shape: tuple[int, ...], **params: object) -> torch.Tensor:
+    def _correlated(self, kind: str, shape: tuple[int, ...], **params: object) -> torch.Tensor | Correction:
         if self.is_requester:
             return self.request(kind, **params)  # type: ignore[return-value]
         return self._ring(shape)
@@ -181,20 +272,13 @@ class DealerProvider(TupleProvider):
         a = self._ring(size0)
         b = self._ring(size1)
         c = self._correlated("triple", output_shape(op, size0, size1), op=op, size0=size0, size1=size1)
-        return (
-            ArithmeticSharedTensor.from_shares(a, precision=0),
-            ArithmeticSharedTensor.from_shares(b, precision=0),
-            ArithmeticSharedTensor.from_shares(c, precision=0),
-        )
+        return _arithmetic(a), _arithmetic(b), _arithmetic(c)
 
     def square(self, size, device=None):
         size = _shape(size)
         r = self._ring(size)
         r2 = self._correlated("square", size, size=size)
-        return (
-            ArithmeticSharedTensor.from_shares(r, precision=0),
-            ArithmeticSharedTensor.from_shares(r2, precision=0),
-        )
+        return _arithmetic(r), _arithmetic(r2)
 
     def generate_binary_triple(self, size0, size1, device=None):
         size0, size1 = _shape(size0), _shape(size1)
@@ -205,29 +289,19 @@ class DealerProvider(TupleProvider):
             c = self.request("binary", size0=size0, size1=size1)
         else:
             c = self.stream.bits(c_shape, 64)
-        return (
-            BinarySharedTensor.from_shares(a),
-            BinarySharedTensor.from_shares(b),
-            BinarySharedTensor.from_shares(c),
-        )
+        return _binary(a), _binary(b), _binary(c)
 
     def wrap_rng(self, size, device=None):
         size = _shape(size)
         r = self._ring(size)
         theta = self._correlated("wraps", size, size=size)
-        return (
-            ArithmeticSharedTensor.from_shares(r, precision=0),
-            ArithmeticSharedTensor.from_shares(theta, precision=0),
-        )
+        return _arithmetic(r), _arithmetic(theta)
 
     def B2A_rng(self, size, device=None):
         size = _shape(size)
         bit = self.stream.bits(size, 1)
         arithmetic = self._correlated("b2a", size, size=size)
-        return (
-            ArithmeticSharedTensor.from_shares(arithmetic, precision=0),
-            BinarySharedTensor.from_shares(bit),
-        )
+        return _arithmetic(arithmetic), _binary(bit)
 
     # Fixed operands: see pinfer.protocols.fixed_operand.
     def new_fixed_mask(self, shape: tuple[int, ...]) -> tuple[int, torch.Tensor]:
@@ -246,11 +320,11 @@ class DealerProvider(TupleProvider):
 
     def fixed_product_tuple(
         self, handle: int, size: tuple[int, ...], out_shape: tuple[int, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fresh ``a`` share and the share of ``a @ B`` for the fixed operand's mask ``B``."""
+    ) -> tuple[torch.Tensor, Correction]:
+        """Fresh ``a`` share and the (possibly pending) share of ``a @ B`` for the operand's mask ``B``."""
         a = self._ring(size)
         c = self._correlated("fixed_matmul", out_shape, handle=handle, size=list(size))
-        return a, c
+        return a, c if isinstance(c, Correction) else Correction(value=c)
 
     def drop_fixed_mask(self, handle: int) -> None:
         if self.is_requester:
@@ -258,4 +332,5 @@ class DealerProvider(TupleProvider):
 
     def close(self) -> None:
         if self.is_requester:
+            self._replies.drain()
             self.channel.send(Message("close"))

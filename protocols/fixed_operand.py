@@ -66,7 +66,7 @@ class FixedOperand:
                                        torch.empty(self.shape, device="meta")).shape)
         a, c = self._provider.fixed_product_tuple(self.handle, tuple(x.share.shape), out_shape)
         e = _open(x.share - a)
-        z = torch.matmul(e, self._own) + torch.matmul(a, self._opened) + c
+        z = torch.matmul(e, self._own) + torch.matmul(a, self._opened) + c.get()
         result = MPCTensor.from_shares(z, precision=FRACTIONAL_BITS)
         excess = x.encoder.scale * self.scale // SCALE
         if excess > 1:
