@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 import torch.nn.functional as F
 
-from pinfer.decoder import Decoder, fold_norms
+from pinfer.decoder import Decoder, prepare_weights
 from pinfer.models.config import ModelConfig
 from pinfer.plain_ops import PlainOps
 from pinfer.tensor_ops import Value
@@ -69,7 +69,7 @@ def generate_plain(
 ) -> list[int]:
     """The plaintext reference: greedy tokens of the same forward the parties run."""
     check_request(config, prompt_ids, max_new_tokens)
-    decoder = Decoder(config, PlainOps(fold_norms(config, weights)))
+    decoder = Decoder(config, PlainOps(prepare_weights(config, weights)))
     tokens: list[int] = []
     with torch.no_grad():
         greedy_loop(decoder, one_hot(prompt_ids, config.vocab_size), max_new_tokens,

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from pinfer.calibration import default_prompts, norm_shift
-from pinfer.decoder import Decoder, fold_norms
+from pinfer.decoder import Decoder, prepare_weights
 from pinfer.generation import one_hot
 from pinfer.models.config import ModelConfig
 from pinfer.plain_ops import PlainOps
@@ -83,7 +83,7 @@ def for_model(model_dir: Path, config: ModelConfig, weights: Mapping[str, torch.
     if cache.is_file():
         return json.loads(cache.read_text())
     prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in default_prompts(tokenizer)]
-    shifts = calibrate(config, fold_norms(config, weights), prompts)
+    shifts = calibrate(config, prepare_weights(config, weights), prompts)
     try:
         tmp = cache.with_suffix(".tmp")
         tmp.write_text(json.dumps(shifts, indent=1, sort_keys=True))

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pinfer.decoder import fold_norms
+from pinfer.decoder import prepare_weights
 from pinfer.generation import check_request, one_hot
 from pinfer.models.config import ModelConfig
 from pinfer.norm_plan import NormShifts
@@ -49,7 +49,7 @@ def generate_private(
 ) -> PrivateGeneration:
     check_request(config, prompt_ids, max_new_tokens)
     started = time.perf_counter()
-    weight_shares = share(fold_norms(config, weights), n_parties)
+    weight_shares = share(prepare_weights(config, weights), n_parties)
     prompt_shares = share({"tokens": one_hot(prompt_ids, config.vocab_size)}, n_parties)
     results = run_parties(
         generate_on_shares, config, norm_shifts, max_new_tokens, n_parties=n_parties,

@@ -24,7 +24,7 @@ from .fixed_operand import FRACTIONAL_BITS, FixedOperand
 from .sharing import ShareBundle
 
 # Shared tensors used as right operands of products; every other weight is added or indexed.
-_MATRIX_SUFFIXES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "w_fc", "w_proj")
+_MATRIX_SUFFIXES = ("wqkv", "wo", "w_gate_up", "w_down", "w_fc", "w_proj")
 
 
 def _is_matrix(name: str) -> bool:

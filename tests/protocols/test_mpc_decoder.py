@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pinfer.decoder import Decoder, fold_norms
+from pinfer.decoder import Decoder, prepare_weights
 from pinfer.generation import generate_plain, one_hot
 from pinfer import norm_plan
 from pinfer.models.registry import load_model, resolve
@@ -50,7 +50,7 @@ def world():
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
 def test_logits_on_shares_match_plaintext(world, model):
     config, weights, shifts = load(model)
-    folded = fold_norms(config, weights)
+    folded = prepare_weights(config, weights)
     tokens = one_hot(PROMPT, config.vocab_size)
     plain = Decoder(config, PlainOps(folded))
     cache = plain.new_cache()
