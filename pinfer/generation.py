@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pinfer.decoder import Decoder, prepare_weights
 from pinfer.models.config import ModelConfig
 from pinfer.plain_ops import PlainOps
-from pinfer.tensor_ops import Value
+from pinfer.tensor_ops import KVLayer, Value
 
 
 def greedy_loop(
@@ -26,8 +26,8 @@ def greedy_loop(
     max_new_tokens: int,
     emit: Callable[[Value], None],
     phase: Callable[[str], AbstractContextManager[None]] = lambda name: nullcontext(),
-) -> None:
-    """Prefill ``prompt`` (one-hot rows), then decode ``max_new_tokens`` greedy tokens."""
+) -> list[KVLayer]:
+    """Prefill ``prompt`` (one-hot rows), decode ``max_new_tokens`` greedy tokens; return the cache."""
     cache = decoder.new_cache()
     position = prompt.shape[0]
     with phase("prefill"):
@@ -38,6 +38,7 @@ def greedy_loop(
             token = _next_token(decoder, decoder.forward(token, cache, position))
         position += 1
         emit(token)
+    return cache
 
 
 def _next_token(decoder: Decoder, logits: Value) -> Value:

@@ -35,6 +35,9 @@ class PlainKVLayer:
     def release(self) -> None:
         self.keys = self.values = None
 
+    def release(self) -> None:
+        self.keys = self.values = None
+
 
 class PlainOps:
     """Exact fp32 operations on plaintext tensors."""

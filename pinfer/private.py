@@ -1,7 +1,7 @@
 """Private generation on local processes: this process is the client and the model owner.
 
-It shares the (norm-folded) weights and the one-hot prompt, launches the parties and the dealer,
-and reconstructs only the new token ids from the parties' shares.
+It shares the prepared weights once, launches the parties and the dealer, sends each prompt as
+one-hot shares and reconstructs only the new token ids from the parties' shares.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pinfer.decoder import prepare_weights
 from pinfer.generation import check_request, one_hot
 from pinfer.models.config import ModelConfig
 from pinfer.norm_plan import NormShifts
-from pinfer.parties.worker import generate_on_shares
+from pinfer.parties.worker import generate_on_shares, load_model_shares
 from pinfer.protocols.sharing import share
-from pinfer.protocols.world import run_parties
+from pinfer.protocols.world import LocalWorld
 
 
 @dataclass
@@ -39,6 +39,55 @@ class PrivateGeneration:
         return totals
 
 
+class PrivateModel:
+    """A model shared across local parties; serves any number of private generations."""
+
+    def __init__(
+        self, config: ModelConfig, weights: dict[str, torch.Tensor], norm_shifts: NormShifts, n_parties: int = 2
+    ) -> None:
+        self.config = config
+        self.n_parties = n_parties
+        started = time.perf_counter()
+        self._world = LocalWorld(n_parties)
+        try:
+            bundles = share(prepare_weights(config, weights), n_parties)
+            results = self._world.run(
+                load_model_shares, "model", config, norm_shifts, party_kwargs=[{"weights": b} for b in bundles]
+            )
+        except BaseException:
+            self._world.close()
+            raise
+        self.setup_seconds = time.perf_counter() - started
+        self.setup_costs = [r["costs"] for r in results]
+
+    def __enter__(self) -> PrivateModel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._world.close()
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> PrivateGeneration:
+        check_request(self.config, prompt_ids, max_new_tokens)
+        started = time.perf_counter()
+        prompts = share({"tokens": one_hot(prompt_ids, self.config.vocab_size)}, self.n_parties)
+        results = self._world.run(
+            generate_on_shares, "model", max_new_tokens, party_kwargs=[{"prompt": p} for p in prompts]
+        )
+        total = sum(r["token_id_shares"] for r in results)
+        tokens = [int(v) for v in torch.round(total.double() / results[0]["token_id_scales"]).long()]
+        steps = results[0]["step_seconds"]
+        return PrivateGeneration(
+            tokens=tokens,
+            wall_seconds=time.perf_counter() - started,
+            prefill_seconds=steps["prefill"][0],
+            decode_seconds_per_token=statistics.median(steps["decode"]) if steps["decode"] else None,
+            party_costs=[r["costs"] for r in results],
+        )
+
+
 def generate_private(
     config: ModelConfig,
     weights: dict[str, torch.Tensor],
@@ -47,22 +96,10 @@ def generate_private(
     norm_shifts: NormShifts,
     n_parties: int = 2,
 ) -> PrivateGeneration:
+    """One private generation in a fresh local world; its costs include the model's set-up phase."""
     check_request(config, prompt_ids, max_new_tokens)
-    started = time.perf_counter()
-    weight_shares = share(prepare_weights(config, weights), n_parties)
-    prompt_shares = share({"tokens": one_hot(prompt_ids, config.vocab_size)}, n_parties)
-    results = run_parties(
-        generate_on_shares, config, norm_shifts, max_new_tokens, n_parties=n_parties,
-        party_kwargs=[{"weights": w, "prompt": p} for w, p in zip(weight_shares, prompt_shares)],
-    )
-    total = sum(r["token_id_shares"] for r in results)
-    tokens = [int(v) for v in torch.round(total.double() / results[0]["token_id_scales"]).long()]
-    steps = results[0]["step_seconds"]
-    decode = steps["decode"]
-    return PrivateGeneration(
-        tokens=tokens,
-        wall_seconds=time.perf_counter() - started,
-        prefill_seconds=steps["prefill"][0],
-        decode_seconds_per_token=statistics.median(decode) if decode else None,
-        party_costs=[r["costs"] for r in results],
-    )
+    with PrivateModel(config, weights, norm_shifts, n_parties) as model:
+        result = model.generate(prompt_ids, max_new_tokens)
+    result.wall_seconds += model.setup_seconds
+    result.party_costs = [{**setup, **run} for setup, run in zip(model.setup_costs, result.party_costs)]
+    return result

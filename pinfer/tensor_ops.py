@@ -33,6 +33,9 @@ class KVLayer(Protocol):
         """``weights @ values``: ``(n_kv, rows, length)`` -> ``(n_kv, rows, head_dim)``."""
 
     def release(self) -> None:
+        """Free what the cache holds outside this process (the dealer's masks on shares)."""
+
+    def release(self) -> None:
         """Let go of backend resources (the dealer's masks) once a KV policy drops this layer."""
 
 

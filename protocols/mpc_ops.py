@@ -123,3 +123,7 @@ class MpcOps:
 
     def section(self, operator: str) -> AbstractContextManager[None]:
         return self._costs.section(operator)
+
+    def use_costs(self, costs: CostMeter) -> None:
+        """Charge later work to ``costs`` (each session has its own meter)."""
+        self._costs = costs
