@@ -15,10 +15,12 @@ from collections.abc import Sequence
 _COMMAND_MODULES = (
     "pinfer.commands.generate",
     "pinfer.commands.keys",
+    "pinfer.commands.eval_kv",
 )
 _BENCH_MODULES = (
     "pinfer.bench.accel",
     "pinfer.bench.generate",
+    "pinfer.bench.agreement",
 )
 
 
