@@ -37,9 +37,14 @@ def bitrev(i: int, bits: int) -> int:
     return int(format(i, f"0{bits}b")[::-1], 2) if bits else 0
 
 
-def _pow_table(base: int, exps: np.ndarray, q: int) -> np.ndarray:
-    flat = [pow(base, int(e), q) for e in exps.ravel()]
-    return np.array(flat, dtype=np.int64).reshape(exps.shape)
+def _powers(base: int, count: int, q: int) -> np.ndarray:
+    """[base^0, ..., base^(count-1)] mod q: every table below is a gather from this one."""
+    out = np.empty(count, dtype=np.int64)
+    acc = 1
+    for e in range(count):
+        out[e] = acc
+        acc = acc * base % q
+    return out
 
 
 @dataclass(frozen=True)
@@ -70,10 +75,11 @@ def matrix_ntt_constants(n: int, q: int) -> MatrixNTTConstants:
     order = 2 * n  # exponents of psi live mod 2N
 
     # All tables are powers of psi (or psi^-1): w^e = psi^(2e), exponents taken mod 2N.
-    t1 = _pow_table(psi, (2 * c * np.outer(br_r, rr) + c * rr[None, :]) % order, q)
-    t2 = _pow_table(psi, (2 * np.outer(br_r, cc) + cc[None, :]) % order, q)
-    t3 = _pow_table(psi, (2 * r * np.outer(cc, br_c)) % order, q)
-    u3 = _pow_table(psi_inv, (2 * r * np.outer(br_c, cc)) % order, q) * pow(c, -1, q) % q
-    u2 = _pow_table(psi_inv, (2 * np.outer(br_r, cc) + cc[None, :]) % order, q)
-    u1 = _pow_table(psi_inv, (2 * c * np.outer(rr, br_r) + c * rr[:, None]) % order, q) * pow(r, -1, q) % q
+    fwd, inv = _powers(psi, order, q), _powers(psi_inv, order, q)
+    t1 = fwd[(2 * c * np.outer(br_r, rr) + c * rr[None, :]) % order]
+    t2 = fwd[(2 * np.outer(br_r, cc) + cc[None, :]) % order]
+    t3 = fwd[(2 * r * np.outer(cc, br_c)) % order]
+    u3 = inv[(2 * r * np.outer(br_c, cc)) % order] * pow(c, -1, q) % q
+    u2 = inv[(2 * np.outer(br_r, cc) + cc[None, :]) % order]
+    u1 = inv[(2 * c * np.outer(rr, br_r) + c * rr[:, None]) % order] * pow(r, -1, q) % q
     return MatrixNTTConstants(n, q, r, c, t1, t2, t3, u3, u2, u1)

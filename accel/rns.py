@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from math import prod
 
 import numpy as np
@@ -21,7 +22,10 @@ def _mulmod(a: torch.Tensor, b: torch.Tensor, q: torch.Tensor, m: torch.Tensor, 
     return barrett_reduce(a * b, q, m, k)
 
 
-_mulmod_fused = torch.compile(_mulmod, dynamic=True)
+@lru_cache(maxsize=1)
+def _mulmod_compiled():
+    """Inductor-fused product + Barrett, built on first CUDA use (keeps Dynamo out of CPU imports)."""
+    return torch.compile(_mulmod, dynamic=True)
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class RNSBasis:
         """
         brs = [Barrett.for_modulus(q) for q in self.primes]
         dev = a.device
-        fn = _mulmod_fused if dev.type == "cuda" else _mulmod
+        fn = _mulmod_compiled() if dev.type == "cuda" else _mulmod
         return fn(a, b, self.column(self.primes, dev), self.column([x.m for x in brs], dev),
                   self.column([x.k for x in brs], dev))
 
