@@ -100,6 +100,17 @@ def test_stream_is_deterministic_per_seed_and_differs_across_seeds():
     assert not torch.equal(AesCtrStream(seed).ring_elements((64,)), AesCtrStream(fresh_seed()).ring_elements((64,)))
 
 
+@given(st.lists(st.integers(0, 300_000), max_size=12))
+@settings(max_examples=40, deadline=None)
+def test_stream_is_the_aes_ctr_keystream_however_draws_are_split(sizes):
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    seed = fresh_seed()
+    keystream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update(bytes(sum(sizes)))
+    stream = AesCtrStream(seed)
+    assert b"".join(stream.random_bytes(size) for size in sizes) == keystream
+
+
 def test_stream_bits_are_in_range_and_balanced():
     bits = AesCtrStream(fresh_seed()).bits((20000,), 1)
     assert set(bits.unique().tolist()) == {0, 1}
