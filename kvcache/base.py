@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from pinfer.models.config import ModelConfig
 from pinfer.tensor_ops import KVLayer, TensorOps, Value
@@ -57,6 +58,17 @@ def zeros_like(x: Value) -> Value:
 def release(layer: KVLayer | None) -> None:
     if layer is not None:
         layer.release()
+
+
+@runtime_checkable
+class PromptObserver(Protocol):
+    """A policy layer that decides what to keep once it has seen the prompt's attention weights.
+
+    ``mix`` calls ``end_prompt`` itself after the prompt's attention; the accuracy harness calls it
+    directly to let several policies share one prefill (every policy attends in full to the prompt).
+    """
+
+    def end_prompt(self, weights: Value) -> None: ...
 
 
 class KVPolicy(ABC):

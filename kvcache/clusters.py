@@ -114,13 +114,15 @@ class ClusteredLayer(ABC):
         if not self.decoding:
             return self._prompt_layer.scores(queries)
         parts = [] if self._tail is None else [self._tail]
-        onehot = self._select(queries)
-        if onehot is not None:
-            n_kv, k, _ = onehot.shape
-            hd = self.geometry.head_dim
-            blocks, span = self.fine.gather(onehot), self.fine_size * hd
-            parts.insert(0, (blocks[..., :span].reshape(n_kv, -1, hd), blocks[..., span : 2 * span].reshape(n_kv, -1, hd),
-                             blocks[..., 2 * span :].reshape(n_kv, -1, 1)))
+        with self.ops.section("kv-select"):
+            onehot = self._select(queries)
+            if onehot is not None:
+                n_kv, k, _ = onehot.shape
+                hd = self.geometry.head_dim
+                blocks, span = self.fine.gather(onehot), self.fine_size * hd
+                parts.insert(0, (blocks[..., :span].reshape(n_kv, -1, hd),
+                                 blocks[..., span : 2 * span].reshape(n_kv, -1, hd),
+                                 blocks[..., 2 * span :].reshape(n_kv, -1, 1)))
         keys, values, keep = (self.ops.cat([p[i] for p in parts], dim=1) for i in range(3))
         self._values = values
         self._length = keys.shape[1]
@@ -131,12 +133,17 @@ class ClusteredLayer(ABC):
         if self.decoding:
             return weights.matmul(self._values)
         out = self._prompt_layer.mix(weights)
+        self.end_prompt(weights)
+        return out
+
+    def end_prompt(self, weights: Value) -> None:
         keys, values = self._prompt
-        self._extend_tail(keys, values, self._prompt_keep(weights))
+        with self.ops.section("kv-select"):
+            keep = self._prompt_keep(weights)
+        self._extend_tail(keys, values, keep)
         self._prompt = None
         self._prompt_layer.release()
         self.decoding = True
-        return out
 
     def release(self) -> None:
         self.fine.release()
@@ -147,7 +154,8 @@ class ClusteredLayer(ABC):
             keys, values, keep = (self.ops.cat([t, x], dim=1) for t, x in zip(self._tail, (keys, values, keep)))
         complete = keys.shape[1] // self.block * self.block
         if complete:
-            self._add_blocks(keys[:, :complete], values[:, :complete], keep[:, :complete])
+            with self.ops.section("kv-select"):
+                self._add_blocks(keys[:, :complete], values[:, :complete], keep[:, :complete])
         n = keys.shape[1]
         self._tail = None if complete == n else (keys[:, complete:], values[:, complete:], keep[:, complete:])
 

@@ -56,15 +56,20 @@ class SlotLayer:
 
     def mix(self, weights: Value) -> Value:
         out = weights.matmul(self._values)
-        attention = self._attention_received(weights)
         if self._scores is None:
-            self._keep_prompt(attention)
-        else:
+            self.end_prompt(weights)
+            return out
+        with self._ops.section("kv-select"):
+            attention = self._attention_received(weights)
             if self._accumulate:
                 attention = attention + self._ops.cat([self._scores, zeros_like(attention[:, -1:])], dim=1)
             self._scores = attention
             self._admit_oldest_recent()
         return out
+
+    def end_prompt(self, weights: Value) -> None:
+        with self._ops.section("kv-select"):
+            self._keep_prompt(self._attention_received(weights))
 
     def release(self) -> None:
         self._keys = self._values = self._scores = None

@@ -49,9 +49,13 @@ class SnapKVLayer:
     def mix(self, weights: Value) -> Value:
         out = self._inner.mix(weights)
         if not self._compressed:
-            self._compress(weights)
-            self._compressed = True
+            self.end_prompt(weights)
         return out
+
+    def end_prompt(self, weights: Value) -> None:
+        with self._ops.section("kv-select"):
+            self._compress(weights)
+        self._compressed = True
 
     def release(self) -> None:
         self._inner.release()

@@ -18,7 +18,8 @@ from .base import KVPolicy, budget_tokens
 
 
 class StreamingLayer:
-    def __init__(self, inner: KVLayer, budget: float, sinks: int) -> None:
+    def __init__(self, ops: TensorOps, inner: KVLayer, budget: float, sinks: int) -> None:
+        self._ops = ops
         self._inner = inner
         self._fraction = budget
         self._sinks = sinks
@@ -54,9 +55,15 @@ class StreamingLayer:
         else:
             scatter = torch.zeros(len(index), self._inner.length)
             scatter[torch.arange(len(index)), index] = 1.0
-            out = self._inner.mix(weights.matmul(scatter))
-        self._decoding = True
+            with self._ops.section("kv-select"):
+                weights = weights.matmul(scatter)
+            out = self._inner.mix(weights)
+        if not self._decoding:
+            self.end_prompt(weights)
         return out
+
+    def end_prompt(self, weights: Value) -> None:
+        self._decoding = True
 
     def release(self) -> None:
         self._inner.release()
@@ -70,4 +77,4 @@ class StreamingPolicy(KVPolicy):
         self.sinks = sinks
 
     def new_cache(self, config: ModelConfig, ops: TensorOps) -> list[KVLayer]:
-        return [StreamingLayer(ops.new_kv_layer(), self.budget, self.sinks) for _ in range(config.n_layers)]
+        return [StreamingLayer(ops, ops.new_kv_layer(), self.budget, self.sinks) for _ in range(config.n_layers)]

