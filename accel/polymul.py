@@ -9,13 +9,15 @@ Backends (``backend=``):
 * ``"butterfly"`` -- radix-2 NTT on torch int64 vector ops (:mod:`.ntt_butterfly`), CPU or CUDA;
 * ``"jax"`` -- the 3-step BAT NTT in JAX/XLA (:mod:`.backends.jax_matrix`), CPU, GPU or TPU.
 
-``None`` picks :data:`DEFAULT_BACKEND` for the tensor's device: the matrix path, which was the faster
-one both on this project's CPU runners and on H100 (numbers in docs/accel.md; ``pinfer bench accel``
-re-measures them).
+``None`` picks :data:`DEFAULT_BACKEND` for the tensor's device, the fastest path measured by
+``pinfer bench accel`` (docs/accel.md): on CUDA the fused Triton kernels (2.6-5x the compiled
+butterfly, 1.5-2.9x ``torch._int_mm``), on CPU the XLA-compiled JAX path when JAX is installed
+(10-40x the torch paths, whose int64 glue runs unfused), else the torch matrix path.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 
 import torch
@@ -24,7 +26,7 @@ from . import ntt_butterfly
 from .backends import torch_matrix
 from .ntt_matrix import split_dims
 
-DEFAULT_BACKEND = {"cpu": "matrix", "cuda": "matrix"}
+DEFAULT_BACKEND = {"cpu": "jax" if importlib.util.find_spec("jax") else "matrix", "cuda": "matrix"}
 BACKENDS = ("matrix", "matrix-torch", "matrix-triton", "butterfly", "jax")
 
 Modulus = int | Sequence[int]

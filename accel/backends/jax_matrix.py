@@ -33,6 +33,37 @@ def _recombine(acc):
     return a[..., 0] + (a[..., 1] << 8) + (a[..., 2] << 16) + (a[..., 3] << 24)
 
 
+# The transforms are pure functions of (constants, data): the constants travel as jit arguments, so
+# XLA compiles one program per shape instead of folding megabytes of literals into it.
+def _red(k, z):
+    return barrett_reduce(z, k["q"], k["bm"], k["bk"])
+
+
+def _ein(k, spec: str, x, mats):
+    d = _digits(bat.centered(x, k["q"]))
+    return _recombine(jnp.einsum(spec, d, mats, preferred_element_type=jnp.int32))
+
+
+def _forward(k, x):
+    """(B, L, R, C) residues -> bit-reversed evaluations, same layout."""
+    y = _red(k, _ein(k, "blrcq,lirqp->blicp", x, k["t1"]) + k["off_r"])
+    y = _red(k, y * k["t2"])
+    return _red(k, _ein(k, "blicq,lcjqp->blijp", y, k["t3"]) + k["off_c"])
+
+
+def _inverse(k, x):
+    y = _red(k, _ein(k, "blijq,ljcqp->blicp", x, k["u3"]) + k["off_c"])
+    y = _red(k, y * k["u2"])
+    return _red(k, _ein(k, "blicq,lriqp->blrcp", y, k["u1"]) + k["off_r"])
+
+
+def _polymul(k, x, y):
+    return _inverse(k, _red(k, _forward(k, x) * _forward(k, y)))
+
+
+_FWD, _INV, _MUL = jax.jit(_forward), jax.jit(_inverse), jax.jit(_polymul)
+
+
 class JaxMatrixNTT:
     """Batched negacyclic NTT/INTT for one (N, primes) on a JAX device."""
 
@@ -47,64 +78,39 @@ class JaxMatrixNTT:
         with _x64(True):
             put = lambda a: jax.device_put(np.ascontiguousarray(a), self.device)  # noqa: E731
             blocks = lambda name: put(np.stack([bat.expand_constant(getattr(k, name), k.q) for k in consts]))  # noqa: E731
-            self.t1, self.t3, self.u3, self.u1 = (blocks(x) for x in ("t1", "t3", "u3", "u1"))
-            self.t2 = put(np.stack([k.t2 for k in consts]))
-            self.u2 = put(np.stack([k.u2 for k in consts]))
             col = lambda v: put(np.array(v, dtype=np.int64).reshape(lsz, 1, 1))  # noqa: E731
-            self.q = col(self.primes)
-            self.bm = col([b.m for b in brs])
-            self.bk = col([b.k for b in brs])
-            self.off_r = col([bat.reduction_offset(self.r, q) for q in self.primes])
-            self.off_c = col([bat.reduction_offset(self.c, q) for q in self.primes])
-        self._fwd = jax.jit(self._forward)
-        self._inv = jax.jit(self._inverse)
-        self._mul = jax.jit(self._polymul)
-
-    def _red(self, z):
-        return barrett_reduce(z, self.q, self.bm, self.bk)
-
-    def _ein(self, spec: str, x, mats):
-        d = _digits(bat.centered(x, self.q))
-        return _recombine(jnp.einsum(spec, d, mats, preferred_element_type=jnp.int32))
-
-    def _forward(self, x):
-        """(B, L, R, C) residues -> bit-reversed evaluations, same layout."""
-        y = self._red(self._ein("blrcq,lirqp->blicp", x, self.t1) + self.off_r)
-        y = self._red(y * self.t2)
-        return self._red(self._ein("blicq,lcjqp->blijp", y, self.t3) + self.off_c)
-
-    def _inverse(self, x):
-        y = self._red(self._ein("blijq,ljcqp->blicp", x, self.u3) + self.off_c)
-        y = self._red(y * self.u2)
-        return self._red(self._ein("blicq,lriqp->blrcp", y, self.u1) + self.off_r)
-
-    def _polymul(self, x, y):
-        return self._inverse(self._red(self._forward(x) * self._forward(y)))
+            self.consts = {name: blocks(name) for name in ("t1", "t3", "u3", "u1")}
+            self.consts.update(
+                t2=put(np.stack([k.t2 for k in consts])), u2=put(np.stack([k.u2 for k in consts])),
+                q=col(self.primes), bm=col([b.m for b in brs]), bk=col([b.k for b in brs]),
+                off_r=col([bat.reduction_offset(self.r, q) for q in self.primes]),
+                off_c=col([bat.reduction_offset(self.c, q) for q in self.primes]),
+            )
 
     def _run(self, fn, *tensors: torch.Tensor) -> torch.Tensor:
         lead = tensors[0].shape[:-2]
         shape = (-1, len(self.primes), self.r, self.c)
         with _x64(True):
             args = [jax.device_put(t.detach().cpu().numpy().reshape(shape), self.device) for t in tensors]
-            out = np.array(fn(*args))
+            out = np.array(fn(self.consts, *args))
         return torch.from_numpy(out).reshape(*lead, len(self.primes), self.n).to(tensors[0].device)
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         """NTT of (..., L, N) int64 residues (torch in, torch out)."""
-        return self._run(self._fwd, a)
+        return self._run(_FWD, a)
 
     def inverse(self, a: torch.Tensor) -> torch.Tensor:
         """INTT of (..., L, N) bit-reversed evaluations."""
-        return self._run(self._inv, a)
+        return self._run(_INV, a)
 
     def polymul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Negacyclic products of (..., L, N) residues, b broadcasting against a, limb by limb."""
-        return self._run(self._mul, a, b.expand(a.shape))
+        return self._run(_MUL, a, b.expand(a.shape))
 
     def forward_device(self, x):
         """NTT on a JAX array already on the device, (B, L, R, C) layout (no host round trip)."""
         with _x64(True):
-            return self._fwd(x)
+            return _FWD(self.consts, x)
 
 
 @lru_cache(maxsize=32)
