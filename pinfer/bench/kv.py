@@ -96,7 +96,18 @@ def _measure_model(world: Any, model: str, args: argparse.Namespace, progress) -
                               for k in ("seconds", "bytes", "rounds")}
             row["vs_full_layers"] = {k: (base["measured"][k] - outside[k]) / (row["measured"][k] - outside[k])
                                      for k in ("seconds", "bytes")}
+            row["vs_full_attention"] = {k: _attention_side(base, k) / _attention_side(row, k)
+                                        for k in ("seconds", "bytes", "rounds")}
     return [{"outside": outside, "model": model}] + rows
+
+
+ATTENTION_SIDE = ("attention", "softmax", "kv-select")
+"""The operator classes a KV policy changes; the rest of a token (projections, MLP, norms, arg-max)
+costs the same under every policy."""
+
+
+def _attention_side(row: dict[str, Any], key: str) -> float:
+    return sum(row["by_operator"].get(op, {}).get(key, 0) for op in ATTENTION_SIDE)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,20 +127,22 @@ def run(args: argparse.Namespace) -> int:
     rows = [r for r in results if "policy" in r]
     MiB = 2**20
     headers = ["model", "cached", "policy", f"s/step ({args.layers} L)", "MiB/step", "rounds/step",
-               "kv-sel MiB", "kv-sel rounds", "est s/token", "est MiB/token", "latency x", "comm x", "layers lat x", "layers comm x"]
+               "kv-sel MiB", "kv-sel rounds", "est s/token", "est MiB/token", "latency x", "comm x", "layers lat x", "layers comm x",
+               "attn lat x", "attn comm x", "attn rounds x"]
     body = []
     for r in rows:
         m, e, sel = r["measured"], r["full_depth_estimate"], r["by_operator"].get("kv-select", {})
-        vs, vsl = r.get("vs_full", {}), r.get("vs_full_layers", {})
+        vs, vsl, vsa = r.get("vs_full", {}), r.get("vs_full_layers", {}), r.get("vs_full_attention", {})
         body.append([r["model"], r["length"], r["policy"], m["seconds"], m["bytes"] / MiB, int(m["rounds"]),
                      sel.get("bytes", 0) / MiB, int(sel.get("rounds", 0)), e["seconds"], e["bytes"] / MiB,
                      vs.get("seconds", float("nan")), vs.get("bytes", float("nan")),
-                     vsl.get("seconds", float("nan")), vsl.get("bytes", float("nan"))])
+                     vsl.get("seconds", float("nan")), vsl.get("bytes", float("nan")),
+                     vsa.get("seconds", float("nan")), vsa.get("bytes", float("nan")), vsa.get("rounds", float("nan"))])
     info = machine()
     print(f"\nmachine: {info['cpu']}, {info['cores']} cores; 2 parties + dealer, net {args.net}; budget {args.budget:g}; "
           f"cache built by a plaintext prefill, then shared (no MPC prefill); {args.layers} decoder layers run, "
           f"'est' = full depth extrapolated from a 0-layer run; 'x' = full cache / policy (token); "
-          f"'layers x' = the same over the decoder layers only")
+          f"'layers x' = the same over the decoder layers only; 'attn x' = over attention + softmax + kv-select")
     print(table(headers, body))
     ops_rows = [[r["model"], r["length"], r["policy"], op, c["seconds"], c["bytes"] / MiB, int(c["rounds"])]
                 for r in rows for op, c in sorted(r["by_operator"].items())]
