@@ -82,7 +82,7 @@ def world():
         yield w
 
 
-def job_topk(ctx, x, k):
+def job_topk(ctx, k, x):
     from crypten.mpc import MPCTensor
 
     from pinfer.protocols.oblivious import topk_onehot
