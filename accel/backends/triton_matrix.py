@@ -4,8 +4,8 @@ Measured on H100 (docs/accel.md): ``torch._int_mm`` runs these shapes well only 
 operand column-major, and the torch path still moves ~96 bytes per coefficient between its GEMMs
 and the elementwise glue.  Here one transform is three kernels:
 
-1. a split kernel turns residues into balanced int8 digits, laid out so the first GEMM reads its
-   contraction axis (r, q') contiguously (for an INTT of a product it also does the pointwise
+1. a split kernel turns residues into balanced int8 digits, as planes (R, 4, B*C) whose rows (r, q')
+   are the first GEMM's contraction axis (for an INTT of a product it also does the pointwise
    product and its Barrett first);
 2. a GEMM kernel computes the four byte-plane partial sums of the BAT product as four int32
    accumulators (A_p @ D for p = 0..3, each a plain int8 ``tl.dot`` over K = 4R), shift-adds them,
@@ -14,7 +14,10 @@ and the elementwise glue.  Here one transform is three kernels:
 3. the second GEMM kernel does the same over the other axis and writes residues.
 
 Per coefficient that is about 8 + 4 + 4 + 4 + 4 + 8 bytes of memory traffic instead of ~96.
-Layout is (L, R, B, C) as in the torch path; the limb is the grid's third axis.
+Layout is (L, R, B, C) as in the torch path; the limb is the grid's third axis.  Constant operands
+are stored with their contraction axis contiguous, as Hopper's 8-bit tensor-core instructions want
+(+35% at N = 2^16 for the right GEMM's constant); making the *data* digits K-contiguous too was
+measured slower below N = 2^16 (the transposed digit writes cost more than they save), so not done.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ MIN_DIM = 32  # int8 tl.dot needs K >= 32 (one wgmma k-step), so R = sqrt(N) >= 
 # sweep on an H100 80GB HBM3 (docs/accel.md); other N use the fallback.
 FALLBACK_TILES = (32, 128, 64, 4, 3)
 DEFAULT_TILES: dict[int, tuple[int, int, int, int, int]] = {
-    1 << 12: (32, 128, 256, 4, 2), 1 << 13: (32, 128, 128, 4, 3), 1 << 14: (32, 128, 256, 4, 2),
-    1 << 15: (32, 256, 128, 8, 3), 1 << 16: (32, 128, 128, 4, 3),
+    1 << 12: (32, 128, 64, 4, 3), 1 << 13: (32, 64, 128, 4, 3), 1 << 14: (32, 128, 64, 4, 4),
+    1 << 15: (32, 128, 64, 4, 4), 1 << 16: (32, 128, 64, 4, 4),
 }
 
 _PLANES, _LANES, _RESIDUES = 0, 1, 2
