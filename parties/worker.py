@@ -6,9 +6,9 @@ as long as it lives, so later sessions pay only for their own prompt and tokens.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from pinfer.models.config import ModelConfig
 from pinfer.norm_plan import NormShifts
 from pinfer.protocols import crypten_compat  # noqa: F401
 from crypten.mpc import MPCTensor
+from pinfer.protocols.costs import Cost
 from pinfer.protocols.fixed_operand import FRACTIONAL_BITS
 from pinfer.protocols.mpc_ops import MpcOps
 from pinfer.protocols.sharing import ShareBundle
@@ -35,39 +36,62 @@ def load_model_shares(
     return {"costs": ctx.costs.report()}
 
 
-def generate_on_shares(ctx: PartyContext, model_key: str, max_new_tokens: int, prompt: ShareBundle) -> dict[str, Any]:
-    """Run greedy generation on shares; return this party's shares of the new token ids and its costs.
+@dataclass(frozen=True)
+class TokenShareStep:
+    """One generated token as this party holds it: its share of ``id * scale`` and the step's cost."""
+
+    step: int
+    phase: str
+    id_share: int
+    scale: int
+    cost: Cost
+
+
+def stream_on_shares(
+    ctx: PartyContext, model_key: str, max_new_tokens: int, prompt: ShareBundle, on_token: Callable[[TokenShareStep], None]
+) -> dict[str, list[float]]:
+    """Run greedy generation on shares, handing each new token's id share to ``on_token`` at once.
 
     A token id share is the one-hot share dotted with the public index vector, so it is a share of
     ``id * scale`` for the one-hot row's encoding scale; the client adds the parties' shares and
-    divides. Nothing here is ever opened.
+    divides. Nothing here is ever opened. Returns the wall seconds of every prefill/decode step.
     """
     config, ops = _LOADED[model_key]
     ops.use_costs(ctx.costs)
     decoder = Decoder(config, ops)
     index = torch.arange(config.vocab_size, dtype=torch.int64)
-    id_shares: list[torch.Tensor] = []
-    id_scales: list[int] = []
     step_seconds: dict[str, list[float]] = {"prefill": [], "decode": []}
+    last: list[tuple[str, Cost]] = []
 
     def emit(row: MPCTensor) -> None:
-        id_shares.append(row.share[0] @ index)
-        id_scales.append(int(row.encoder.scale))
+        name, cost = last.pop()
+        share = int(row.share[0] @ index)
+        on_token(TokenShareStep(len(step_seconds["prefill"]) + len(step_seconds["decode"]) - 1, name, share,
+                                int(row.encoder.scale), cost))
 
     @contextmanager
     def phase(name: str) -> Iterator[None]:
-        started = time.perf_counter()
+        before = ctx.costs.reading()
         with ctx.costs.in_phase(name):
             yield
-        step_seconds[name].append(time.perf_counter() - started)
+        cost = ctx.costs.reading().minus(before)
+        step_seconds[name].append(cost.seconds)
+        last.append((name, cost))
 
     tokens = MPCTensor.from_shares(prompt.expand()["tokens"], precision=FRACTIONAL_BITS)
     cache = greedy_loop(decoder, tokens, max_new_tokens, emit=emit, phase=phase)
     for layer in cache:
         layer.release()
+    return step_seconds
+
+
+def generate_on_shares(ctx: PartyContext, model_key: str, max_new_tokens: int, prompt: ShareBundle) -> dict[str, Any]:
+    """Run greedy generation on shares; return this party's shares of the new token ids and its costs."""
+    steps: list[TokenShareStep] = []
+    step_seconds = stream_on_shares(ctx, model_key, max_new_tokens, prompt, steps.append)
     return {
-        "token_id_shares": torch.stack(id_shares),
-        "token_id_scales": torch.tensor(id_scales, dtype=torch.float64),
+        "token_id_shares": torch.tensor([s.id_share for s in steps], dtype=torch.int64),
+        "token_id_scales": torch.tensor([s.scale for s in steps], dtype=torch.float64),
         "costs": ctx.costs.report(),
         "step_seconds": step_seconds,
     }

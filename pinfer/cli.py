@@ -15,6 +15,10 @@ from collections.abc import Sequence
 _COMMAND_MODULES = (
     "pinfer.commands.generate",
     "pinfer.commands.keys",
+    "pinfer.commands.provision",
+    "pinfer.commands.node",
+    "pinfer.commands.orchestrator",
+    "pinfer.commands.up",
     "pinfer.commands.eval_kv",
 )
 _BENCH_MODULES = (

@@ -62,6 +62,10 @@ class CostMeter:
         self.phase = "setup"
         self.buckets: dict[str, dict[str, Cost]] = defaultdict(lambda: defaultdict(Cost))
 
+    def reading(self) -> Cost:
+        """The cumulative counters now (subtract two readings for the cost of what ran between)."""
+        return self._reading()
+
     @contextmanager
     def section(self, operator: str) -> Iterator[None]:
         if operator not in OPERATOR_CLASSES:

@@ -82,17 +82,52 @@ class MeshPlan:
         return tc.TlsCommunicator.connect(config)
 
 
-def _join_communicator(plan: MeshPlan, rank: int):
+def activate_communicator(communicator: Any) -> None:
+    """Make a connected TLS communicator CrypTen's, with pinfer's fixed-point settings and counters on."""
     from . import crypten_compat  # noqa: F401
     import crypten
 
     from . import crypten_config, tls_communicator
 
-    communicator = plan.connect(rank, recv_timeout_s=PARTY_TIMEOUT_S)
     tls_communicator.install(communicator)
     crypten_config.install()
     crypten.cfg["communicator.verbose"] = True
-    return communicator
+
+
+def start_party_protocol(communicator: Any, rank: int, world_size: int) -> tuple[Any, Callable[[], Any]]:
+    """After :func:`activate_communicator`: take the dealer seed, agree the party seeds, install the dealer.
+
+    Returns the :class:`~pinfer.protocols.dealer.DealerProvider` (close it when the world ends) and
+    a cost ``reading`` for a :class:`~pinfer.protocols.costs.CostMeter`. Every seed travels over the
+    mesh's TLS links and comes from ``os.urandom``, so this is the one place a party's CrypTen state
+    is keyed, whoever launched the process (a local world or a party node's session worker).
+    """
+    import crypten
+    import crypten.communicator as comm
+    import crypten.mpc
+
+    from . import crypten_rng
+    from .channel import Channel
+    from .costs import Cost
+    from .dealer import DealerProvider
+
+    dealer = Channel(communicator.transport(world_size))
+    seed = dealer.recv().tensors[0].numpy().tobytes()
+    crypten_rng.install(_agree_party_seeds(rank, world_size))
+    provider = DealerProvider(dealer, seed)
+    providers = vars(crypten.mpc)["__SUPPORTED_PROVIDERS"]
+    # Only the dealer remains: a stray reference to TFP (party 0 knows every triple) or to
+    # CrypTen's own TTP client fails loudly instead of silently weakening the protocol.
+    providers.clear()
+    providers[DealerProvider.NAME] = provider
+    crypten.cfg["mpc.provider"] = DealerProvider.NAME
+
+    def reading() -> Cost:
+        stats = comm.get()
+        return Cost(time.perf_counter(), stats.comm_bytes, stats.comm_rounds,
+                    dealer.stats.bytes_sent + dealer.stats.bytes_received)
+
+    return provider, reading
 
 
 def _agree_party_seeds(rank: int, world_size: int):
@@ -133,32 +168,11 @@ def _party_main(plan: MeshPlan, rank: int, control: Connection) -> None:
     torch.set_num_threads(1)
     world_size = plan.n_parties
     try:
-        communicator = _join_communicator(plan, rank)
-        import crypten
-        import crypten.communicator as comm
-        import crypten.mpc
+        communicator = plan.connect(rank, recv_timeout_s=PARTY_TIMEOUT_S)
+        activate_communicator(communicator)
+        from .costs import CostMeter
 
-        from . import crypten_rng
-        from .channel import Channel
-        from .costs import Cost, CostMeter
-        from .dealer import DealerProvider
-
-        dealer = Channel(communicator.transport(world_size))
-        seed = dealer.recv().tensors[0].numpy().tobytes()
-        crypten_rng.install(_agree_party_seeds(rank, world_size))
-        provider = DealerProvider(dealer, seed)
-        providers = vars(crypten.mpc)["__SUPPORTED_PROVIDERS"]
-        # Only the dealer remains: a stray reference to TFP (party 0 knows every triple) or to
-        # CrypTen's own TTP client fails loudly instead of silently weakening the protocol.
-        providers.clear()
-        providers[DealerProvider.NAME] = provider
-        crypten.cfg["mpc.provider"] = DealerProvider.NAME
-
-        def reading() -> Cost:
-            stats = comm.get()
-            return Cost(time.perf_counter(), stats.comm_bytes, stats.comm_rounds,
-                        dealer.stats.bytes_sent + dealer.stats.bytes_received)
-
+        provider, reading = start_party_protocol(communicator, rank, world_size)
         _report(control, "ready", None)
     except BaseException as exc:
         _report(control, "error", f"party {rank} start-up: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")

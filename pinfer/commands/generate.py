@@ -1,4 +1,9 @@
-"""``pinfer generate``: one private generation on local processes (two parties and a dealer)."""
+"""``pinfer generate``: one private generation, on fresh local processes or against a running service.
+
+Without ``--endpoint`` this process is client and model owner at once and launches its own parties
+and dealer. With ``--endpoint`` it is only a client of a running pinfer service (``pinfer up`` or
+docker-compose): the prompt leaves this process only as sealed shares.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
     parser.add_argument("--check", action="store_true", help="also run the plaintext reference and compare")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    service = parser.add_argument_group("running service (client SDK)")
+    service.add_argument("--endpoint", help="orchestrator host:port; generate through the service")
+    service.add_argument("--token", help="bearer token (prefer --token-file or PINFER_TOKEN)")
+    service.add_argument("--token-file", help="file holding the bearer token")
+    service.add_argument("--ca", help="deployment CA certificate the orchestrator's certificate chains to")
     parser.set_defaults(func=run)
 
 
@@ -40,7 +50,40 @@ def until_stop(tokens: list[int], stop_ids: tuple[int, ...]) -> list[int]:
     return tokens
 
 
+def run_remote(args: argparse.Namespace) -> int:
+    """Generate through a running service with the client SDK; the text streams as tokens arrive."""
+    import os
+
+    import grpc
+
+    from pinfer.client import Client
+
+    token = args.token or os.environ.get("PINFER_TOKEN")
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    if not token or not args.ca:
+        print("pinfer generate: --endpoint needs a token (--token-file, --token or PINFER_TOKEN) and --ca",
+              file=sys.stderr)
+        return 2
+    try:
+        with Client(args.endpoint, token, args.ca) as client:
+            if args.json:
+                text = client.generate(args.prompt, args.max_new_tokens, model=args.model, raw=args.raw)
+                print(json.dumps({"model": args.model, "endpoint": args.endpoint, "text": text}))
+            else:
+                for piece in client.stream(args.prompt, args.max_new_tokens, model=args.model, raw=args.raw):
+                    print(piece, end="", flush=True)
+                print()
+    except grpc.RpcError as exc:
+        print(f"pinfer generate: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.endpoint:
+        return run_remote(args)
     from pinfer import norm_plan
     from pinfer.generation import generate_plain
     from pinfer.private import generate_private

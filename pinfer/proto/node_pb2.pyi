@@ -11,14 +11,16 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeDescription(_message.Message):
-    __slots__ = ("role", "models", "slots")
+    __slots__ = ("role", "models", "slots", "active_sessions")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     role: str
     models: _containers.RepeatedScalarFieldContainer[str]
     slots: int
-    def __init__(self, role: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ...) -> None: ...
+    active_sessions: int
+    def __init__(self, role: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., active_sessions: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("rank", "host", "port")

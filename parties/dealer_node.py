@@ -1,0 +1,52 @@
+"""The dealer's session worker: correlated randomness for one session's parties over its TLS mesh.
+
+Why a worker per session, like the parties': a dealer's streams are keyed to one session's seeds, and
+the dealer must die with the session when a party vanishes. The dealer node is the same control
+service as a party node (:mod:`pinfer.parties.node`) run with the ``dealer`` role; this module is
+what differs, the worker. The dealer joins the mesh as rank ``n`` (CrypTen's TTP slot), hands each
+party its seed and answers party 0's requests (:class:`~pinfer.protocols.dealer.DealerServer`). It
+never receives an input, weight or activation share.
+"""
+
+from __future__ import annotations
+
+from multiprocessing.connection import Connection
+
+import torch
+
+from pinfer.parties.session_worker import WorkerSpec, mesh_config, read_start
+
+DEALER_RECV_TIMEOUT_S = 600.0
+
+
+def dealer_worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    """Entry point of the dealer's session worker (run in a child process of the dealer node)."""
+    torch.set_num_threads(1)
+    try:
+        _serve_dealer_session(spec, conn)
+    except BaseException as exc:  # reported by type only
+        conn.send(("error", type(exc).__name__))
+    finally:
+        conn.close()
+
+
+def _serve_dealer_session(spec: WorkerSpec, conn: Connection) -> None:
+    from dataclasses import replace
+
+    from pinfer.protocols import tls_communicator as tc
+    from pinfer.protocols.channel import Channel
+    from pinfer.protocols.dealer import DealerServer
+
+    listener = tc.bind_listener(spec.listen_host, 0)
+    conn.send(("ready", listener.getsockname()[1]))
+    start = read_start(conn.recv())
+    # The dealer idles while party 0 computes between requests, so it waits longer than a party.
+    config = replace(mesh_config(spec, spec.parties, start.endpoints), recv_timeout_s=DEALER_RECV_TIMEOUT_S)
+    mesh = tc.TlsCommunicator.connect(config, listener=listener)
+    try:
+        server = DealerServer([Channel(mesh.transport(rank)) for rank in range(spec.parties)])
+        server.distribute_seeds()
+        server.serve()
+    finally:
+        mesh.close()
+    conn.send(("done",))

@@ -1,0 +1,158 @@
+"""One session's worker process on a party node: one CrypTen world, torn down with the process.
+
+Why a process per session: CrypTen keeps its communicator, generators and provider in module
+globals, so two sessions cannot share a process; and killing the process is the one clean way to
+stop a session whose peer vanished. The worker talks to its node over a local pipe (a child of the
+node, never a network link) and to the other party's worker and the dealer over the session's
+mutual-TLS mesh. The node's messages and the worker's replies are tuples of plain values
+(``str``/``int``/``bytes``/``dict``); shares only ever leave the worker sealed.
+
+Sequence: bind a free data-plane port and report it; open this party's weight shares (only its own
+file); wait for the session's endpoints and sealed input share; open the input share (a bad
+envelope is reported as ``invalid`` before any peer is contacted); join the mesh; run greedy
+generation on shares; report every new token's id share sealed to the client's ephemeral key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import torch
+
+from pinfer import envelope
+
+WORKER_RECV_TIMEOUT_S = 300.0
+MESH_CONNECT_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a node tells a new worker: who it is and where its material lives (no secrets)."""
+
+    role: str
+    key_root: str
+    session_id: str
+    parties: int
+    listen_host: str
+    model_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class SessionStart:
+    """The orchestrator's start message as plain values: every rank's endpoint and this party's input."""
+
+    endpoints: dict[int, tuple[str, int]]
+    input_share: bytes
+    client_public_key: bytes
+    prompt_tokens: int
+    max_new_tokens: int
+
+
+def input_context(session_id: str, party: int) -> envelope.EnvelopeContext:
+    """Context of party ``party``'s sealed one-hot prompt share (the client seals under the same one)."""
+    return envelope.EnvelopeContext(session_id, party, "input-share")
+
+
+def token_context(session_id: str, party: int, step: int) -> envelope.EnvelopeContext:
+    """Context of party ``party``'s sealed share of token ``step``: replays and reorders fail to open."""
+    return envelope.EnvelopeContext(session_id, party, f"token-share/{step}")
+
+
+def mesh_config(spec: WorkerSpec, rank: int, endpoints: dict[int, tuple[str, int]]):
+    """The TLS communicator configuration of this session's mesh (parties 0..n-1, dealer as rank n)."""
+    from pinfer import keys
+    from pinfer.protocols import tls_communicator as tc
+
+    return tc.TlsCommConfig(
+        rank=rank, world_size=spec.parties, endpoints=endpoints,
+        credentials=keys.load_node_credentials(spec.key_root, spec.role), session_id=spec.session_id,
+        with_dealer=True, connect_timeout_s=MESH_CONNECT_TIMEOUT_S, recv_timeout_s=WORKER_RECV_TIMEOUT_S,
+    )
+
+
+def read_start(message: tuple) -> SessionStart:
+    kind, endpoints, input_share, client_public_key, prompt_tokens, max_new_tokens = message
+    if kind != "start":
+        raise ValueError(f"expected a start message, got {kind!r}")
+    return SessionStart({int(r): (str(h), int(p)) for r, (h, p) in endpoints.items()}, bytes(input_share),
+                        bytes(client_public_key), int(prompt_tokens), int(max_new_tokens))
+
+
+def _open_prompt(spec: WorkerSpec, party: int, start: SessionStart, vocab_size: int, private_key):
+    from pinfer.protocols.csprng import SEED_BYTES
+    from pinfer.protocols.sharing import ShareBundle
+
+    shapes = {"tokens": (start.prompt_tokens, vocab_size)}
+    context = input_context(spec.session_id, party)
+    if party == 0:
+        dense = envelope.open_tensor(start.input_share, private_key, context, expected_shape=shapes["tokens"])
+        return ShareBundle(shapes, dense={"tokens": dense})
+    seed = envelope.open_tensor(start.input_share, private_key, context, expected_dtype=torch.uint8,
+                                expected_shape=(SEED_BYTES,))
+    return ShareBundle(shapes, seed=seed.numpy().tobytes())
+
+
+def party_worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    """Entry point of a party's session worker (run in a child process of the party node)."""
+    torch.set_num_threads(1)
+    try:
+        _serve_party_session(spec, conn)
+    except BaseException as exc:  # reported by type only: messages may name sizes, never secrets
+        conn.send(("error", type(exc).__name__))
+    finally:
+        conn.close()
+
+
+def _serve_party_session(spec: WorkerSpec, conn: Connection) -> None:
+    from pinfer import keys
+    from pinfer.parties.share_store import ShareFileError, load_party_model
+    from pinfer.protocols import tls_communicator as tc
+
+    party = keys.party_index(spec.role)
+    assert party is not None and spec.model_dir is not None
+    listener = tc.bind_listener(spec.listen_host, 0)
+    conn.send(("ready", listener.getsockname()[1]))
+    private_key = keys.load_envelope_private_key(spec.key_root, spec.role)
+    try:
+        card, weights = load_party_model(spec.model_dir, party, private_key)
+    except ShareFileError as exc:
+        conn.send(("error", f"weight shares: {exc}"))
+        return
+    config = card.config()
+    start = read_start(conn.recv())
+    try:
+        prompt = _open_prompt(spec, party, start, config.vocab_size, private_key)
+        client_key = envelope.load_public_key(start.client_public_key)
+    except (envelope.EnvelopeError, ValueError) as exc:
+        conn.send(("invalid", f"input share for party {party}: {type(exc).__name__}"))
+        return
+    _run_generation(spec, conn, party, start, listener, card, weights, prompt, client_key)
+
+
+def _run_generation(spec, conn, party, start, listener, card, weights, prompt, client_key) -> None:
+    from pinfer.parties.worker import TokenShareStep, load_model_shares, stream_on_shares
+    from pinfer.protocols import tls_communicator as tc
+    from pinfer.protocols.costs import CostMeter
+    from pinfer.protocols.world import PartyContext, activate_communicator, start_party_protocol
+
+    import crypten
+
+    communicator = tc.TlsCommunicator.connect(mesh_config(spec, party, start.endpoints), listener=listener)
+    activate_communicator(communicator)
+    provider, reading = start_party_protocol(communicator, party, spec.parties)
+    context = PartyContext(party, spec.parties, provider, CostMeter(reading))
+    load_model_shares(context, spec.session_id, card.config(), card.norm_shifts, weights)
+
+    def send_token(step: TokenShareStep) -> None:
+        share = torch.tensor([step.id_share], dtype=torch.int64)
+        sealed = envelope.seal_tensor(share, client_key, token_context(spec.session_id, party, step.step))
+        cost = step.cost
+        conn.send(("token", step.step, step.phase, sealed, step.scale, cost.seconds, cost.bytes_sent,
+                   cost.rounds, cost.dealer_bytes))
+
+    stream_on_shares(context, spec.session_id, start.max_new_tokens, prompt, send_token)
+    provider.close()
+    crypten.uninit()
+    conn.send(("done",))
+

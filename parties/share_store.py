@@ -1,0 +1,217 @@
+"""Weight provisioning: a model's prepared weights split into per-party share files sealed to each party.
+
+Why: no single party may ever see the weights, and a party's share file crosses disks, images and
+volumes that are not trusted with it, so each file is sealed (X25519 + HKDF + ChaCha20-Poly1305,
+:mod:`pinfer.envelope`) to its party's envelope key. The model owner runs ``pinfer provision`` once;
+each party node then loads only its own file.
+
+Layout of ``OUT/<model>/``:
+
+* ``model.json`` - the public model card: name, tokenizer, the Hugging Face ``config.json``, the
+  public per-norm shifts, the party count, and the SHA-256 of each party's envelope key.
+* ``party<i>.shares`` - party *i*'s sealed shares.
+
+As in :mod:`pinfer.protocols.sharing`, party 0 holds dense shares while every other party holds only
+a 32-byte seed that expands to its shares, so party 1's file is a few hundred bytes whatever the
+model size. A share file is ``PSHR | u8 version | u32 header length | header (JSON, public: model,
+party, provisioning id, tensor names and shapes) | (u64 length | envelope)*``. Each envelope's
+context binds the provisioning id, the party and the tensor name, so envelopes cannot be swapped
+between tensors, parties or provisioning runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from pinfer import envelope
+from pinfer.protocols.sharing import ShareBundle, share
+
+SHARE_MAGIC = b"PSHR"
+SHARE_VERSION = 1
+CARD_FILE = "model.json"
+_HEAD = struct.Struct(">4sBI")
+_LENGTH = struct.Struct(">Q")
+_MAX_HEADER = 1 << 24
+_SEED_PURPOSE = "weight-seed"
+
+
+class ShareFileError(ValueError):
+    """A share file that is not one, belongs to another party or model, or fails authentication."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The public description of a provisioned model (``model.json``)."""
+
+    name: str
+    tokenizer: str
+    hf_config: dict[str, Any]
+    norm_shifts: dict[str, dict[str, int]]
+    parties: int
+    provision_id: str
+    party_key_sha256: tuple[str, ...]
+
+    def config(self) -> Any:
+        """The :class:`~pinfer.models.config.ModelConfig` the forward needs."""
+        from pinfer.models.config import ModelConfig
+
+        return ModelConfig.from_hf_dict(self.hf_config)
+
+    def to_json(self) -> str:
+        data = dict(vars(self))
+        data["party_key_sha256"] = list(self.party_key_sha256)
+        return json.dumps(data, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        data = json.loads(text)
+        data["party_key_sha256"] = tuple(data["party_key_sha256"])
+        return cls(**data)
+
+
+def load_card(model_dir: Path | str) -> ModelCard:
+    """Read ``model.json`` of a provisioned model directory."""
+    return ModelCard.from_json((Path(model_dir) / CARD_FILE).read_text(encoding="utf-8"))
+
+
+def share_file(model_dir: Path | str, party: int) -> Path:
+    return Path(model_dir) / f"party{party}.shares"
+
+
+def key_fingerprint(key: X25519PublicKey) -> str:
+    return hashlib.sha256(envelope.public_key_bytes(key)).hexdigest()
+
+
+def _context(provision_id: str, party: int, purpose: str) -> envelope.EnvelopeContext:
+    return envelope.EnvelopeContext(session_id=f"provision/{provision_id}", party=party, purpose=purpose)
+
+
+def _write_private(path: Path, chunks: list[bytes]) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+    tmp.replace(path)
+
+
+def write_share_file(path: Path, bundle: ShareBundle, party: int, model: str, provision_id: str,
+                     recipient: X25519PublicKey) -> None:
+    """Seal one party's bundle to ``recipient``: per tensor for dense shares, one envelope for a seed."""
+    names = sorted(bundle.shapes)
+    header = {
+        "model": model, "party": party, "provision_id": provision_id,
+        "kind": "seed" if bundle.seed is not None else "dense",
+        "tensors": [[name, list(bundle.shapes[name])] for name in names],
+    }
+    head = json.dumps(header, sort_keys=True).encode()
+    chunks = [_HEAD.pack(SHARE_MAGIC, SHARE_VERSION, len(head)), head]
+    if bundle.seed is not None:
+        sealed = [envelope.seal(bundle.seed, recipient, _context(provision_id, party, _SEED_PURPOSE))]
+    else:
+        sealed = [envelope.seal_tensor(bundle.dense[name], recipient, _context(provision_id, party, f"weights/{name}"))
+                  for name in names]
+    for item in sealed:
+        chunks += [_LENGTH.pack(len(item)), item]
+    _write_private(path, chunks)
+
+
+def read_share_file(path: Path | str, party: int, private_key: X25519PrivateKey, card: ModelCard) -> ShareBundle:
+    """Open party ``party``'s share file of ``card``'s model; the bundle it returns is ready to expand."""
+    data = Path(path).read_bytes()
+    if len(data) < _HEAD.size:
+        raise ShareFileError("share file is truncated")
+    magic, version, head_len = _HEAD.unpack_from(data)
+    if magic != SHARE_MAGIC or version != SHARE_VERSION or head_len > _MAX_HEADER:
+        raise ShareFileError("not a pinfer share file of a known version")
+    offset = _HEAD.size + head_len
+    try:
+        header = json.loads(data[_HEAD.size:offset])
+        shapes = {str(name): tuple(int(d) for d in shape) for name, shape in header["tensors"]}
+        kind = header["kind"]
+    except (ValueError, KeyError, TypeError):
+        raise ShareFileError("share file header is malformed") from None
+    if (header.get("model"), header.get("party"), header.get("provision_id")) != (card.name, party, card.provision_id):
+        raise ShareFileError(f"share file is not party {party}'s share of model {card.name!r} from this provisioning")
+    envelopes: list[bytes] = []
+    while offset < len(data):
+        if offset + _LENGTH.size > len(data):
+            raise ShareFileError("share file is truncated")
+        (length,) = _LENGTH.unpack_from(data, offset)
+        offset += _LENGTH.size
+        if offset + length > len(data):
+            raise ShareFileError("share file is truncated")
+        envelopes.append(data[offset:offset + length])
+        offset += length
+    try:
+        if kind == "seed":
+            if len(envelopes) != 1:
+                raise ShareFileError("a seed share file holds exactly one envelope")
+            seed = envelope.open_envelope(envelopes[0], private_key, _context(card.provision_id, party, _SEED_PURPOSE))
+            return ShareBundle(shapes, seed=seed)
+        if kind != "dense" or len(envelopes) != len(shapes):
+            raise ShareFileError("share file lists other tensors than it holds")
+        dense = {
+            name: envelope.open_tensor(item, private_key, _context(card.provision_id, party, f"weights/{name}"),
+                                       expected_shape=shapes[name])
+            for name, item in zip(sorted(shapes), envelopes)
+        }
+    except envelope.EnvelopeError as exc:
+        raise ShareFileError(f"share file does not open with this party's key ({type(exc).__name__})") from None
+    return ShareBundle(shapes, dense=dense)
+
+
+def provision(model: str, out: Path | str, party_keys: Mapping[int, X25519PublicKey], name: str | None = None) -> Path:
+    """Split ``model``'s prepared weights into sealed per-party share files; return the model directory.
+
+    ``model`` is a registry name or checkpoint directory; ``name`` (default: ``model``) is what
+    clients ask for. The public card records each party key's fingerprint, so a node given the
+    wrong key directory fails clearly instead of with an authentication error.
+    """
+    from pinfer import norm_plan
+    from pinfer.decoder import prepare_weights
+    from pinfer.models.registry import load_model, resolve
+
+    parties = len(party_keys)
+    if sorted(party_keys) != list(range(parties)) or parties not in (2, 3):
+        raise ValueError("provisioning needs the envelope keys of parties 0..n-1, n = 2 or 3")
+    name = name or str(model)
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ValueError(f"model name {name!r} must be letters, digits, '-', '_' or '.'")
+    model_dir = resolve(model)
+    config, weights, tokenizer = load_model(model)
+    shifts = norm_plan.for_model(model_dir, config, weights, tokenizer)
+    hf_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    card = ModelCard(
+        name=name, tokenizer=str(model), hf_config=hf_config, norm_shifts=shifts, parties=parties,
+        provision_id=secrets.token_hex(16),
+        party_key_sha256=tuple(key_fingerprint(party_keys[i]) for i in range(parties)),
+    )
+    target = Path(out) / name
+    target.mkdir(parents=True, exist_ok=True)
+    bundles = share(prepare_weights(config, weights), parties)
+    for party, bundle in enumerate(bundles):
+        write_share_file(share_file(target, party), bundle, party, name, card.provision_id, party_keys[party])
+    (target / CARD_FILE).write_text(card.to_json() + "\n", encoding="utf-8")
+    return target
+
+
+def load_party_model(model_dir: Path | str, party: int, private_key: X25519PrivateKey) -> tuple[ModelCard, ShareBundle]:
+    """The public card and this party's opened weight shares (only this party's file is read)."""
+    card = load_card(model_dir)
+    if party >= card.parties:
+        raise ShareFileError(f"model {card.name!r} was provisioned for {card.parties} parties")
+    if key_fingerprint(private_key.public_key()) != card.party_key_sha256[party]:
+        raise ShareFileError(f"model {card.name!r} was provisioned for another party{party} key")
+    return card, read_share_file(share_file(model_dir, party), party, private_key, card)
+

@@ -1,0 +1,44 @@
+"""``pinfer up``: the embedded default deployment - orchestrator, parties and dealer as local processes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("up", help="start orchestrator, parties and dealer locally; print the endpoint")
+    parser.add_argument("--model", default="smollm2-135m", help="registry name or checkpoint directory to serve")
+    parser.add_argument("--dir", help="state directory: keys, shares, token, logs (default: a fresh temporary one)")
+    parser.add_argument("--parties", type=int, choices=(2, 3), default=2)
+    parser.add_argument("--slots", type=int, default=1, help="sessions run at once")
+    parser.add_argument("--queue", type=int, default=4, help="sessions that may wait for a slot")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pinfer.commands.node import wait_for_signal
+    from pinfer.local_service import LocalService, ServiceError
+
+    root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="pinfer-up-"))
+    service = LocalService(root, model=args.model, parties=args.parties, slots=args.slots, queue=args.queue)
+    try:
+        endpoint = service.start()
+    except ServiceError as exc:
+        print(f"pinfer up: {exc}", file=sys.stderr)
+        return 1
+    token_file = root / "client.token"
+    print(f"endpoint : {endpoint}")
+    print(f"ca       : {service.ca_path}")
+    print(f"token    : {token_file}  (bearer token, keep it private)")
+    print(f"logs     : {root}/<role>.log")
+    print(f"try      : pinfer generate --endpoint {endpoint} --token-file {token_file} --ca {service.ca_path} "
+          f"--model {args.model} --prompt 'Hello'")
+    print("Ctrl-C stops every process.", flush=True)
+    try:
+        wait_for_signal()
+    finally:
+        service.stop()
+    return 0

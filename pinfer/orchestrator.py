@@ -1,0 +1,386 @@
+"""The orchestrator: pinfer's client-facing gRPC service, which coordinates parties and the dealer.
+
+Why it can be untrusted: it holds no key that opens an envelope. It authenticates clients (bearer
+token), validates what is public (model, sizes, parameters, envelope framing), admits sessions into
+a bounded number of worker slots with a bounded queue behind them, opens one control stream per
+node for each session, forwards each party its sealed input share, and relays the parties' sealed
+token shares to the client as they arrive, with each step's public cost. Whatever goes wrong on a
+node ends the session on every node (its control streams are cancelled, which kills the workers).
+
+Status codes: ``UNAUTHENTICATED`` (no or wrong token), ``NOT_FOUND`` (unknown model),
+``INVALID_ARGUMENT`` (bad sizes or parameters, a prompt over the context, an envelope that is
+malformed here or does not open at its party), ``RESOURCE_EXHAUSTED`` (slots and queue full),
+``UNAVAILABLE`` (a node down or lost mid-session), ``CANCELLED`` (``Cancel`` or client gone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from pinfer import envelope, keys
+from pinfer.parties.share_store import ModelCard, load_card
+from pinfer.proto import inference_pb2, inference_pb2_grpc, node_pb2, node_pb2_grpc
+
+log = logging.getLogger("pinfer.orchestrator")
+
+REQUEST_ID = re.compile(r"^[0-9a-f]{16,64}$")
+_TENSOR_OVERHEAD = 4 + 1 + 1 + 8 * 2  # PTEN, dtype, ndim, two dims (pinfer.envelope.encode_tensor)
+NODE_READY_TIMEOUT_S = 120.0
+MAX_MESSAGE_BYTES = 256 << 20
+
+
+class _SessionFailed(Exception):
+    def __init__(self, code: grpc.StatusCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class OrchestratorConfig:
+    """Where nodes are, which models are served, who may call, and how many sessions run at once.
+
+    ``nodes`` maps each role (``party0``, ``party1``, ``dealer``) to its control address.
+    ``models_root`` holds the public ``<model>/model.json`` cards from ``pinfer provision`` (the
+    orchestrator needs no share file). ``token_sha256`` holds the SHA-256 of each accepted bearer
+    token, so the orchestrator's configuration never contains a token itself.
+    """
+
+    key_root: str
+    nodes: Mapping[str, str]
+    models_root: str
+    token_sha256: frozenset[str]
+    slots: int = 1
+    queue: int = 4
+    max_new_tokens: int = 256
+    parties: int = 2
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Admission:
+    """Worker slots with a bounded queue: ``enter`` blocks in the queue, or refuses when it is full."""
+
+    def __init__(self, slots: int, queue_size: int) -> None:
+        self._slots = slots
+        self._queue_size = queue_size
+        self._running = 0
+        self._waiting = 0
+        self._cond = threading.Condition()
+
+    def enter(self, still_wanted: Callable[[], bool]) -> bool:
+        """Take a slot (True), or False if the queue is full or the caller left while queued."""
+        with self._cond:
+            if self._running >= self._slots:
+                if self._waiting >= self._queue_size:
+                    return False
+                self._waiting += 1
+                try:
+                    while self._running >= self._slots:
+                        self._cond.wait(timeout=0.5)
+                        if not still_wanted():
+                            return False
+                finally:
+                    self._waiting -= 1
+            self._running += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._running -= 1
+            self._cond.notify()
+
+
+@dataclass
+class _NodeStream:
+    """One node's control stream of one session: requests go in through a queue."""
+
+    role: str
+    call: grpc.Call
+    requests: queue.Queue = field(default_factory=queue.Queue)
+
+
+class _Session:
+    """One generation across the nodes; ``cancel`` ends every node's stream (and so its worker)."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.streams: list[_NodeStream] = []
+        self.cancelled = threading.Event()
+        self._lock = threading.Lock()
+
+    def add(self, stream: _NodeStream) -> None:
+        with self._lock:
+            self.streams.append(stream)
+            if self.cancelled.is_set():
+                stream.call.cancel()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        with self._lock:
+            for stream in self.streams:
+                stream.requests.put(None)
+                stream.call.cancel()
+
+
+def _requests(q: queue.Queue) -> Iterator[node_pb2.SessionControl]:
+    while True:
+        item = q.get()
+        if item is None:
+            return
+        yield item
+
+
+class Orchestrator(inference_pb2_grpc.InferenceServicer):
+    """The ``pinfer.v1.Inference`` service."""
+
+    def __init__(self, config: OrchestratorConfig) -> None:
+        self.config = config
+        creds = keys.load_node_credentials(config.key_root, keys.ORCHESTRATOR)
+        self._channels = {}
+        for role, address in config.nodes.items():
+            channel_creds = grpc.ssl_channel_credentials(
+                root_certificates=creds.ca_pem(), private_key=creds.private_key_pem(),
+                certificate_chain=creds.certificate_pem())
+            # The node's certificate must carry its role as a DNS name (only the CA can grant it).
+            self._channels[role] = grpc.secure_channel(address, channel_creds, options=[
+                ("grpc.ssl_target_name_override", role),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ])
+        self._stubs = {role: node_pb2_grpc.NodeStub(ch) for role, ch in self._channels.items()}
+        self._admission = Admission(config.slots, config.queue)
+        self._sessions: dict[str, _Session] = {}
+        self._lock = threading.Lock()
+
+    # -- model catalogue ---------------------------------------------------------------------------
+    def _cards(self) -> dict[str, ModelCard]:
+        root = Path(self.config.models_root)
+        return {card.name: card for card in (load_card(p.parent) for p in sorted(root.glob("*/model.json")))}
+
+    def _info(self, card: ModelCard) -> inference_pb2.ModelInfo:
+        from pinfer.protocols.sharing import SCALE
+
+        config = card.config()
+        party_keys = [
+            inference_pb2.PartyKey(party=i, x25519_public_key=envelope.public_key_bytes(
+                keys.load_envelope_public_key(self.config.key_root, keys.party_role(i))))
+            for i in range(card.parties)
+        ]
+        return inference_pb2.ModelInfo(
+            name=card.name, architecture=config.family, tokenizer=card.tokenizer, vocab_size=config.vocab_size,
+            context_length=config.max_positions, max_new_tokens=min(self.config.max_new_tokens, config.max_positions - 1),
+            kv_policy="full", kv_budget=config.max_positions, parties=card.parties, party_keys=party_keys,
+            eos_token_ids=list(config.eos_token_ids), input_scale=SCALE,
+        )
+
+    def _authenticate(self, context: grpc.ServicerContext) -> None:
+        supplied = dict(context.invocation_metadata()).get("authorization", "")
+        scheme, _, token = supplied.partition(" ")
+        digest = token_digest(token) if scheme.lower() == "bearer" and token else ""
+        if not any(hmac.compare_digest(digest, known) for known in self.config.token_sha256):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+
+    def _card(self, name: str, context: grpc.ServicerContext) -> ModelCard:
+        card = self._cards().get(name)
+        if card is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}")
+        return card
+
+    def ListModels(self, request, context):
+        self._authenticate(context)
+        return inference_pb2.ListModelsResponse(models=[self._info(c) for c in self._cards().values()])
+
+    def GetModel(self, request, context):
+        self._authenticate(context)
+        return self._info(self._card(request.model, context))
+
+    def Cancel(self, request, context):
+        self._authenticate(context)
+        with self._lock:
+            session = self._sessions.get(request.request_id)
+        if session is not None:
+            session.cancel()
+        return inference_pb2.CancelResponse(cancelled=session is not None)
+
+    # -- generation --------------------------------------------------------------------------------
+    def _validate(self, request: inference_pb2.GenerateRequest, card: ModelCard, context: grpc.ServicerContext) -> None:
+        config = card.config()
+        info = self._info(card)
+
+        def invalid(detail: str) -> None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail)
+
+        if not REQUEST_ID.match(request.request_id):
+            invalid("request_id must be 16 to 64 lowercase hex characters")
+        if len(request.client_public_key) != envelope.PUBLIC_KEY_SIZE:
+            invalid("client_public_key must be a raw 32-byte X25519 key")
+        if not 1 <= request.max_new_tokens <= info.max_new_tokens:
+            invalid(f"max_new_tokens must be in [1, {info.max_new_tokens}]")
+        if request.prompt_tokens < 1:
+            invalid("the prompt is empty")
+        if request.prompt_tokens + request.max_new_tokens > config.max_positions:
+            invalid(f"prompt ({request.prompt_tokens} tokens) plus {request.max_new_tokens} new tokens exceeds "
+                    f"the model's context of {config.max_positions}")
+        if len(request.input_shares) != card.parties:
+            invalid(f"expected {card.parties} input shares, one per party")
+        # Party 0 holds a dense (prompt x vocab) int64 share; the others a 32-byte seed.
+        limits = [_TENSOR_OVERHEAD + 8 * request.prompt_tokens * config.vocab_size] + [64] * (card.parties - 1)
+        for party, (sealed, limit) in enumerate(zip(request.input_shares, limits)):
+            try:
+                envelope.parse_header(sealed, max_payload=limit)
+            except envelope.EnvelopeError as exc:
+                invalid(f"input share for party {party}: {type(exc).__name__}")
+
+    def Generate(self, request, context):
+        self._authenticate(context)
+        card = self._card(request.model, context)
+        self._validate(request, card, context)
+        session = _Session(request.request_id)
+        with self._lock:
+            if request.request_id in self._sessions:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, "request_id in use")
+            self._sessions[request.request_id] = session
+        context.add_callback(session.cancel)
+        try:
+            if not self._admission.enter(lambda: context.is_active() and not session.cancelled.is_set()):
+                if session.cancelled.is_set() or not context.is_active():
+                    context.abort(grpc.StatusCode.CANCELLED, "cancelled while queued")
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "all worker slots and the queue are full")
+            try:
+                yield from self._run(session, request, card)
+            except _SessionFailed as exc:
+                session.cancel()
+                code = grpc.StatusCode.CANCELLED if session.cancelled.is_set() and exc.code == grpc.StatusCode.CANCELLED else exc.code
+                context.abort(code, exc.detail)
+            finally:
+                session.cancel()
+                self._admission.leave()
+        finally:
+            with self._lock:
+                self._sessions.pop(request.request_id, None)
+
+    def _open(self, session: _Session, role: str, model: str, parties: int) -> _NodeStream:
+        stream = _NodeStream(role, None)  # type: ignore[arg-type]
+        stream.requests.put(node_pb2.SessionControl(open=node_pb2.OpenSession(
+            session_id=session.session_id, model=model, parties=parties)))
+        stream.call = self._stubs[role].Session(_requests(stream.requests))
+        session.add(stream)
+        return stream
+
+    def _run(self, session: _Session, request: inference_pb2.GenerateRequest,
+             card: ModelCard) -> Iterator[inference_pb2.GenerateEvent]:
+        roles = [keys.party_role(i) for i in range(card.parties)] + [keys.DEALER]
+        streams = [self._open(session, role, card.name, card.parties) for role in roles]
+        endpoints = []
+        for rank, stream in enumerate(streams):
+            event = self._next(session, stream)
+            if event is None or event.WhichOneof("event") != "ready":
+                raise _SessionFailed(grpc.StatusCode.UNAVAILABLE, f"{stream.role} did not start a worker")
+            endpoints.append(node_pb2.Endpoint(rank=rank, host=event.ready.host, port=event.ready.port))
+        for rank, stream in enumerate(streams):
+            share = request.input_shares[rank] if rank < card.parties else b""
+            stream.requests.put(node_pb2.SessionControl(start=node_pb2.StartSession(
+                endpoints=endpoints, input_share=share, client_public_key=request.client_public_key,
+                prompt_tokens=request.prompt_tokens, max_new_tokens=request.max_new_tokens)))
+        events: queue.Queue = queue.Queue()
+        readers = [threading.Thread(target=self._pump, args=(session, stream, events), daemon=True) for stream in streams]
+        for reader in readers:
+            reader.start()
+        pending: dict[int, dict[int, node_pb2.TokenShare]] = {}
+        finished: set[str] = set()
+        step = 0
+        while step < request.max_new_tokens or len(finished) < len(streams):
+            role, item = events.get()
+            if isinstance(item, _SessionFailed):
+                raise item
+            if item is None:
+                finished.add(role)
+                continue
+            party = keys.party_index(role)
+            pending.setdefault(item.step, {})[party] = item
+            while len(pending.get(step, {})) == card.parties:
+                shares = pending.pop(step)
+                yield inference_pb2.GenerateEvent(
+                    step=step, phase=shares[0].phase, scale=shares[0].scale,
+                    token_shares=[shares[i].envelope for i in range(card.parties)],
+                    costs=[inference_pb2.StepCost(party=i, seconds=s.seconds, bytes_sent=s.bytes_sent, rounds=s.rounds,
+                                                  dealer_bytes=s.dealer_bytes) for i, s in sorted(shares.items())])
+                step += 1
+
+    def _next(self, session: _Session, stream: _NodeStream) -> node_pb2.SessionEvent | None:
+        try:
+            return next(stream.call, None)
+        except grpc.RpcError as exc:
+            raise _failure(session, stream.role, exc) from None
+
+    def _pump(self, session: _Session, stream: _NodeStream, events: queue.Queue) -> None:
+        try:
+            for event in stream.call:
+                kind = event.WhichOneof("event")
+                if kind == "token":
+                    events.put((stream.role, event.token))
+                elif kind == "done":
+                    stream.requests.put(None)
+                    events.put((stream.role, None))
+                    return
+            events.put((stream.role, _SessionFailed(grpc.StatusCode.UNAVAILABLE, f"{stream.role} ended the session early")))
+        except grpc.RpcError as exc:
+            events.put((stream.role, _failure(session, stream.role, exc)))
+
+    def close(self) -> None:
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.cancel()
+        for channel in self._channels.values():
+            channel.close()
+
+
+def _failure(session: _Session, role: str, exc: grpc.RpcError) -> _SessionFailed:
+    code = exc.code()
+    if code == grpc.StatusCode.CANCELLED or session.cancelled.is_set():
+        return _SessionFailed(grpc.StatusCode.CANCELLED, "session cancelled")
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND):
+        return _SessionFailed(code, f"{role}: {exc.details()}")
+    log.warning("session failed at %s: %s", role, code.name)
+    return _SessionFailed(grpc.StatusCode.UNAVAILABLE, f"{role} is unavailable ({code.name})")
+
+
+def serve(config: OrchestratorConfig, address: str,
+          interceptors: Iterable[grpc.ServerInterceptor] = ()) -> tuple[grpc.Server, int, Orchestrator]:
+    """Start the orchestrator (TLS with its ``orchestrator`` certificate, health, reflection) on ``address``."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    service = Orchestrator(config)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 * (config.slots + config.queue) + 8),
+                         interceptors=list(interceptors),
+                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    inference_pb2_grpc.add_InferenceServicer_to_server(service, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server)
+    creds = keys.load_node_credentials(config.key_root, keys.ORCHESTRATOR)
+    port = server.add_secure_port(address, grpc.ssl_server_credentials([(creds.private_key_pem(), creds.certificate_pem())]))
+    server.start()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("pinfer.v1.Inference", health_pb2.HealthCheckResponse.SERVING)
+    log.info("orchestrator listening on port %d", port)
+    return server, port, service

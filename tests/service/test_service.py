@@ -1,0 +1,350 @@
+"""The service end to end on local processes (tiny-llama): client SDK, orchestrator, parties, dealer.
+
+One :class:`LocalService` serves the whole module; the fault tests kill and restart its processes and
+leave it serving. Generations are short (2-3 tokens) because the point here is the plumbing; the MPC
+numerics are covered in tests/protocols.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import pinfer
+from pinfer import envelope, keys
+from pinfer.client import prepare_request
+from pinfer.generation import generate_plain
+from pinfer.local_service import LocalService
+from pinfer.models.registry import load_model
+from pinfer.orchestrator import Admission, OrchestratorConfig, serve, token_digest
+from pinfer.proto import inference_pb2, inference_pb2_grpc, node_pb2, node_pb2_grpc
+
+PROMPT = [5, 6, 7, 8, 9]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
+    with LocalService(tmp_path_factory.mktemp("service"), model="tiny-llama", slots=2, queue=1) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def client(service: LocalService) -> Iterator[pinfer.Client]:
+    with pinfer.Client(service.endpoint, service.token, service.ca_path, timeout_s=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def plain_tokens() -> list[int]:
+    config, weights, _ = load_model("tiny-llama")
+    return generate_plain(config, weights, PROMPT, 3)
+
+
+def _stub(service: LocalService, token: str | None = None) -> inference_pb2_grpc.InferenceStub:
+    creds = grpc.ssl_channel_credentials(root_certificates=service.ca_path.read_bytes())
+    if token is not None:
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
+    channel = grpc.secure_channel(service.endpoint, creds, options=[("grpc.ssl_target_name_override", "orchestrator")])
+    return inference_pb2_grpc.InferenceStub(channel)
+
+
+def _node_stub(service: LocalService, role: str, as_role: str = keys.ORCHESTRATOR,
+               key_dir: Path | None = None) -> node_pb2_grpc.NodeStub:
+    creds = keys.load_node_credentials(key_dir or service.key_dir, as_role)
+    channel = grpc.secure_channel(
+        f"127.0.0.1:{service.ports[role]}",
+        grpc.ssl_channel_credentials(service.ca_path.read_bytes(), creds.private_key_pem(), creds.certificate_pem()),
+        options=[("grpc.ssl_target_name_override", role)])
+    return node_pb2_grpc.NodeStub(channel)
+
+
+def _active_sessions(service: LocalService) -> dict[str, int]:
+    return {role: _node_stub(service, role).Describe(node_pb2.DescribeRequest(), timeout=10).active_sessions
+            for role in service.node_roles}
+
+
+def _wait_idle(service: LocalService, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (active := _active_sessions(service)) != {role: 0 for role in service.node_roles}:
+        assert time.monotonic() < deadline, f"workers left behind: {active}"
+        time.sleep(0.5)
+
+
+def _code(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()
+
+
+def test_private_generation_matches_plaintext(client: pinfer.Client, plain_tokens: list[int]) -> None:
+    tokens = list(client.generate_ids(PROMPT, 3))
+    assert [t.token_id for t in tokens] == plain_tokens
+    assert [t.phase for t in tokens] == ["prefill", "decode", "decode"]
+    assert all(len(t.costs) == 2 and t.costs[0].bytes_sent > 0 and t.costs[0].rounds > 0 for t in tokens)
+
+
+def test_cli_generate_through_the_endpoint(service: LocalService, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pinfer.cli import main
+    from pinfer.commands.generate import prompt_ids, until_stop
+
+    config, weights, tokenizer = load_model("tiny-llama")
+    expected = generate_plain(config, weights, prompt_ids(tokenizer, "hi", raw=True), 2)
+    argv = ["generate", "--endpoint", service.endpoint, "--token-file", str(service.root / "client.token"),
+            "--ca", str(service.ca_path), "--model", "tiny-llama", "--prompt", "hi", "--raw", "--max-new-tokens", "2",
+            "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["text"] == tokenizer.decode(until_stop(expected, config.eos_token_ids))
+
+
+def test_import_pinfer_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, pinfer; assert not {'grpc', 'torch'} & set(sys.modules), sorted(sys.modules); "
+            "assert pinfer.Client.__module__ == 'pinfer.client'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_model_info_health_and_reflection(service: LocalService, client: pinfer.Client) -> None:
+    info = client.model_info("tiny-llama")
+    manifest = keys.load_manifest(service.key_dir)
+    assert info.architecture == "llama" and info.tokenizer == "tiny-llama" and info.parties == 2
+    assert [k.x25519_public_key for k in info.party_keys] == [manifest.envelope_public_keys[f"party{i}"] for i in range(2)]
+    assert info.context_length > info.max_new_tokens > 0
+    channel = grpc.secure_channel(service.endpoint, grpc.ssl_channel_credentials(service.ca_path.read_bytes()),
+                                  options=[("grpc.ssl_target_name_override", "orchestrator")])
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="pinfer.v1.Inference"))
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    services = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert "pinfer.v1.Inference" in services and "grpc.health.v1.Health" in services
+
+
+def test_unauthenticated_client(service: LocalService, client: pinfer.Client) -> None:
+    info = client.model_info("tiny-llama")
+    for token in (None, "wrong-token"):
+        stub = _stub(service, token)
+        assert _code(lambda: stub.ListModels(inference_pb2.ListModelsRequest())) == grpc.StatusCode.UNAUTHENTICATED
+        request = prepare_request(info, PROMPT, 2).request
+        assert _code(lambda: list(stub.Generate(request))) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_unknown_model_and_invalid_parameters(service: LocalService, client: pinfer.Client) -> None:
+    stub = _stub(service, service.token)
+    info = client.model_info("tiny-llama")
+    assert _code(lambda: stub.GetModel(inference_pb2.GetModelRequest(model="no-such-model"))) == grpc.StatusCode.NOT_FOUND
+    request = prepare_request(info, PROMPT, 2).request
+    request.model = "no-such-model"
+    assert _code(lambda: list(stub.Generate(request))) == grpc.StatusCode.NOT_FOUND
+
+    def variant(**changes) -> inference_pb2.GenerateRequest:
+        request = prepare_request(info, PROMPT, 2).request
+        for name, value in changes.items():
+            setattr(request, name, value)
+        return request
+
+    bad = [
+        variant(max_new_tokens=0),
+        variant(max_new_tokens=info.max_new_tokens + 1),
+        variant(request_id="not hex"),
+        variant(client_public_key=b"short"),
+        variant(prompt_tokens=0),
+        # over the context: a prompt as long as the context leaves no room for a new token
+        variant(prompt_tokens=info.context_length),
+    ]
+    one_share = prepare_request(info, PROMPT, 2).request
+    del one_share.input_shares[1]
+    bad.append(one_share)
+    for request in bad:
+        assert _code(lambda: list(stub.Generate(request))) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_bad_envelopes_then_the_next_request_succeeds(service: LocalService, client: pinfer.Client,
+                                                      plain_tokens: list[int]) -> None:
+    stub = _stub(service, service.token)
+    info = client.model_info("tiny-llama")
+
+    def with_share(party: int, make) -> inference_pb2.GenerateRequest:
+        request = prepare_request(info, PROMPT, 2).request
+        request.input_shares[party] = make(request.input_shares[party])
+        return request
+
+    checked_by_orchestrator = [
+        with_share(0, lambda e: b"XXXX" + e[4:]),                   # malformed magic
+        with_share(0, lambda e: e[: len(e) // 2]),                  # truncated
+        with_share(1, lambda e: e + bytes(200)),                    # trailing bytes
+        with_share(1, lambda e: envelope.seal(bytes(4096), envelope.load_public_key(info.party_keys[1].x25519_public_key),
+                                              envelope.EnvelopeContext("x", 1, "input-share"))),  # oversized
+    ]
+    for request in checked_by_orchestrator:
+        assert _code(lambda: list(stub.Generate(request))) == grpc.StatusCode.INVALID_ARGUMENT
+    # Well-framed envelopes only a party can reject: sealed to the other party, or under another session.
+    swapped = prepare_request(info, PROMPT, 2).request
+    other = prepare_request(info, PROMPT, 2).request
+    swapped.input_shares[1] = other.input_shares[1]
+    assert _code(lambda: list(stub.Generate(swapped))) == grpc.StatusCode.INVALID_ARGUMENT
+    wrong_key = prepare_request(info, PROMPT, 2).request
+    party0 = envelope.load_public_key(info.party_keys[0].x25519_public_key)
+    wrong_key.input_shares[1] = envelope.seal(bytes(46), party0, envelope.EnvelopeContext(wrong_key.request_id, 1, "input-share"))
+    assert _code(lambda: list(stub.Generate(wrong_key))) == grpc.StatusCode.INVALID_ARGUMENT
+    _wait_idle(service)
+    assert [t.token_id for t in client.generate_ids(PROMPT, 3)] == plain_tokens
+
+
+def test_node_refuses_foreign_and_wrong_role_callers(service: LocalService, foreign_key_dir: Path) -> None:
+    foreign = _node_stub(service, "party0", key_dir=foreign_key_dir)
+    assert _code(lambda: foreign.Describe(node_pb2.DescribeRequest(), timeout=10)) == grpc.StatusCode.UNAVAILABLE
+    wrong_role = _node_stub(service, "party0", as_role="party1")
+    assert _code(lambda: wrong_role.Describe(node_pb2.DescribeRequest(), timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
+    client_role = _node_stub(service, "dealer", as_role=keys.CLIENT)
+    assert _code(lambda: list(client_role.Session(iter([]), timeout=10))) == grpc.StatusCode.PERMISSION_DENIED
+
+
+class _Recorder(grpc.ServerInterceptor):
+    """Sees every Generate request and event on the orchestrator, as a compromised orchestrator would."""
+
+    def __init__(self) -> None:
+        self.requests: list[inference_pb2.GenerateRequest] = []
+        self.events: list[inference_pb2.GenerateEvent] = []
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if not handler_call_details.method.endswith("/Generate"):
+            return handler
+
+        def recording(request, context):
+            self.requests.append(request)
+            for event in handler.unary_stream(request, context):
+                self.events.append(event)
+                yield event
+
+        return grpc.unary_stream_rpc_method_handler(recording, handler.request_deserializer, handler.response_serializer)
+
+
+def test_interceptor_on_the_orchestrator_sees_only_ciphertext(service: LocalService, plain_tokens: list[int]) -> None:
+    orchestrator_keys = service.node_keys(keys.ORCHESTRATOR)
+    assert not list(orchestrator_keys.glob("envelope.key")), "the orchestrator must hold no envelope key"
+    recorder = _Recorder()
+    config = OrchestratorConfig(
+        key_root=str(orchestrator_keys), models_root=str(service.root / "models"),
+        nodes={role: f"127.0.0.1:{service.ports[role]}" for role in service.node_roles},
+        token_sha256=frozenset({token_digest(service.token)}))
+    server, port, orchestrator = serve(config, "127.0.0.1:0", interceptors=[recorder])
+    try:
+        with pinfer.Client(f"127.0.0.1:{port}", service.token, service.ca_path, timeout_s=120) as c:
+            info = c.model_info("tiny-llama")
+            prepared = prepare_request(info, PROMPT, 3)
+            events = list(c._stub.Generate(prepared.request))
+            assert [prepared.open(e).token_id for e in events] == plain_tokens
+    finally:
+        orchestrator.close()
+        server.stop(grace=1)
+    assert len(recorder.requests) == 1 and len(recorder.events) == 3
+    sealed = list(recorder.requests[0].input_shares) + [s for e in recorder.events for s in e.token_shares]
+    for item in sealed:
+        envelope.parse_header(item)  # every share it relayed is an envelope...
+    party_keys = {i: keys.load_envelope_private_key(service.key_dir, f"party{i}") for i in range(2)}
+    for i, item in enumerate(recorder.requests[0].input_shares):
+        with pytest.raises(envelope.EnvelopeAuthError):  # ...that opens for its party only
+            envelope.open_envelope(item, party_keys[1 - i], envelope.EnvelopeContext(prepared.request.request_id, i, "input-share"))
+    for event in recorder.events:
+        for field, value in event.ListFields():
+            assert field.name in ("step", "phase", "token_shares", "scale", "costs")
+
+
+def test_party_killed_mid_generation(service: LocalService, client: pinfer.Client, plain_tokens: list[int]) -> None:
+    seen: list[int] = []
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            for token in client.generate_ids(PROMPT, 40):
+                seen.append(token.token_id)
+        except grpc.RpcError as exc:
+            outcome["code"] = exc.code()
+            outcome["detail"] = exc.details()
+        outcome["at"] = time.monotonic()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not seen and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert seen, f"no token arrived before the kill: {outcome}"
+    service.kill("party1")
+    killed_at = time.monotonic()
+    thread.join(timeout=30)
+    assert outcome.get("code") == grpc.StatusCode.UNAVAILABLE
+    assert outcome["at"] - killed_at < 15
+    for role in ("party0", "dealer"):  # the survivors' workers are gone
+        deadline = time.monotonic() + 15
+        while _node_stub(service, role).Describe(node_pb2.DescribeRequest(), timeout=10).active_sessions:
+            assert time.monotonic() < deadline, f"{role} kept its worker"
+            time.sleep(0.5)
+    service.restart("party1")
+    assert [t.token_id for t in client.generate_ids(PROMPT, 3)] == plain_tokens
+
+
+def test_orchestrator_restart_leaves_no_orphan_workers(service: LocalService, plain_tokens: list[int]) -> None:
+    seen: list[int] = []
+    client = pinfer.Client(service.endpoint, service.token, service.ca_path, timeout_s=120)
+
+    def run() -> None:
+        try:
+            for token in client.generate_ids(PROMPT, 40):
+                seen.append(token.token_id)
+        except grpc.RpcError:
+            pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert seen
+    service.kill("orchestrator")
+    _wait_idle(service)
+    thread.join(timeout=30)
+    client.close()
+    service.restart("orchestrator")
+    with pinfer.Client(service.endpoint, service.token, service.ca_path, timeout_s=120) as again:
+        assert [t.token_id for t in again.generate_ids(PROMPT, 3)] == plain_tokens
+
+
+def test_admission_bounds_the_queue() -> None:
+    admission = Admission(slots=1, queue_size=1)
+    assert admission.enter(lambda: True)
+    entered = threading.Event()
+    waiter = threading.Thread(target=lambda: admission.enter(lambda: True) and entered.set())
+    waiter.start()
+    time.sleep(0.3)
+    assert not admission.enter(lambda: True)  # one running, one queued: the next is refused
+    admission.leave()
+    waiter.join(timeout=5)
+    assert entered.is_set()
+    gone = Admission(slots=1, queue_size=1)
+    assert gone.enter(lambda: True)
+    assert not gone.enter(lambda: False)  # a caller that leaves the queue gives up its place
+
+
+def test_cancel_ends_the_stream_and_the_workers(service: LocalService, client: pinfer.Client) -> None:
+    stub = _stub(service, service.token)
+    prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 40)
+    stream = stub.Generate(prepared.request, timeout=120)
+    next(stream)  # the prefill token: the session runs on every node
+    assert stub.Cancel(inference_pb2.CancelRequest(request_id=prepared.request.request_id)).cancelled
+    with pytest.raises(grpc.RpcError) as info:
+        list(stream)
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+    _wait_idle(service)
