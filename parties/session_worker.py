@@ -17,10 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 import torch
 
 from pinfer import envelope
+
+if TYPE_CHECKING:
+    from pinfer.protocols.tls_communicator import TlsCommConfig
 
 WORKER_RECV_TIMEOUT_S = 300.0
 MESH_CONNECT_TIMEOUT_S = 60.0
@@ -59,7 +63,7 @@ def token_context(session_id: str, party: int, step: int) -> envelope.EnvelopeCo
     return envelope.EnvelopeContext(session_id, party, f"token-share/{step}")
 
 
-def mesh_config(spec: WorkerSpec, rank: int, endpoints: dict[int, tuple[str, int]]):
+def mesh_config(spec: WorkerSpec, rank: int, endpoints: dict[int, tuple[str, int]]) -> TlsCommConfig:
     """The TLS communicator configuration of this session's mesh (parties 0..n-1, dealer as rank n)."""
     from pinfer import keys
     from pinfer.protocols import tls_communicator as tc
@@ -72,6 +76,7 @@ def mesh_config(spec: WorkerSpec, rank: int, endpoints: dict[int, tuple[str, int
 
 
 def read_start(message: tuple) -> SessionStart:
+    """Check the node's start message (plain values from its own pipe) and type it."""
     kind, endpoints, input_share, client_public_key, prompt_tokens, max_new_tokens = message
     if kind != "start":
         raise ValueError(f"expected a start message, got {kind!r}")

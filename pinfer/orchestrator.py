@@ -36,7 +36,8 @@ log = logging.getLogger("pinfer.orchestrator")
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{16,64}$")
 _TENSOR_OVERHEAD = 4 + 1 + 1 + 8 * 2  # PTEN, dtype, ndim, two dims (pinfer.envelope.encode_tensor)
-NODE_READY_TIMEOUT_S = 120.0
+STEP_TIMEOUT_S = 600.0
+"""Longest wait for the next event of a running session before it is declared lost (UNAVAILABLE)."""
 MAX_MESSAGE_BYTES = 256 << 20
 
 
@@ -51,7 +52,9 @@ class _SessionFailed(Exception):
 class OrchestratorConfig:
     """Where nodes are, which models are served, who may call, and how many sessions run at once.
 
-    ``nodes`` maps each role (``party0``, ``party1``, ``dealer``) to its control address.
+    ``nodes`` maps each role (``party0``, ``party1``, ``dealer``) to its control address; the
+    orchestrator checks each node's certificate against the CA with the role as the expected host
+    name, which only that node's certificate carries.
     ``models_root`` holds the public ``<model>/model.json`` cards from ``pinfer provision`` (the
     orchestrator needs no share file). ``token_sha256`` holds the SHA-256 of each accepted bearer
     token, so the orchestrator's configuration never contains a token itself.
@@ -169,7 +172,8 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
     # -- model catalogue ---------------------------------------------------------------------------
     def _cards(self) -> dict[str, ModelCard]:
         root = Path(self.config.models_root)
-        return {card.name: card for card in (load_card(p.parent) for p in sorted(root.glob("*/model.json")))}
+        cards = (load_card(p.parent) for p in sorted(root.glob("*/model.json")))
+        return {card.name: card for card in cards if card.parties == self.config.parties}
 
     def _info(self, card: ModelCard) -> inference_pb2.ModelInfo:
         from pinfer.protocols.sharing import SCALE
@@ -304,7 +308,10 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
         finished: set[str] = set()
         step = 0
         while step < request.max_new_tokens or len(finished) < len(streams):
-            role, item = events.get()
+            try:
+                role, item = events.get(timeout=STEP_TIMEOUT_S)
+            except queue.Empty:
+                raise _SessionFailed(grpc.StatusCode.UNAVAILABLE, "the nodes stopped reporting progress") from None
             if isinstance(item, _SessionFailed):
                 raise item
             if item is None:
