@@ -48,6 +48,7 @@ class NodeConfig:
     slots: int = 2
     advertise_host: str = "127.0.0.1"
     mesh_listen_host: str = "127.0.0.1"
+    link: str = "loopback"
 
     @property
     def is_dealer(self) -> bool:
@@ -70,7 +71,8 @@ class _Worker:
         from pinfer.parties.session_worker import WorkerSpec, party_worker_main
 
         model_dir = None if model is None else str(Path(config.shares_root or ".") / model)
-        spec = WorkerSpec(config.role, config.key_root, session_id, config.parties, config.mesh_listen_host, model_dir)
+        spec = WorkerSpec(config.role, config.key_root, session_id, config.parties, config.mesh_listen_host, model_dir,
+                          config.link)
         self.conn, theirs = _MP.Pipe()
         target = dealer_worker_main if config.is_dealer else party_worker_main
         self.process = _MP.Process(target=target, args=(spec, theirs), name=f"pinfer-{config.role}-{session_id[:8]}",

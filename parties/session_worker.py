@@ -24,7 +24,7 @@ import torch
 from pinfer import envelope
 
 if TYPE_CHECKING:
-    from pinfer.protocols.tls_communicator import TlsCommConfig
+    from pinfer.protocols.tls_communicator import LinkEmulation, TlsCommConfig
 
 WORKER_RECV_TIMEOUT_S = 300.0
 MESH_CONNECT_TIMEOUT_S = 60.0
@@ -40,6 +40,7 @@ class WorkerSpec:
     parties: int
     listen_host: str
     model_dir: str | None = None
+    link: str = "loopback"
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,24 @@ def mesh_config(spec: WorkerSpec, rank: int, endpoints: dict[int, tuple[str, int
         rank=rank, world_size=spec.parties, endpoints=endpoints,
         credentials=keys.load_node_credentials(spec.key_root, spec.role), session_id=spec.session_id,
         with_dealer=True, connect_timeout_s=MESH_CONNECT_TIMEOUT_S, recv_timeout_s=WORKER_RECV_TIMEOUT_S,
+        emulation=link_emulation(spec.link),
     )
+
+
+LINKS = ("loopback", "lan", "wan")
+
+
+def link_emulation(link: str) -> LinkEmulation | None:
+    """The data plane's emulated link for benchmarks: none, LAN (3 Gbit/s, 0.1 ms) or WAN (100 Mbit/s, 40 ms).
+
+    Every rank of a mesh must use the same one, so it is a node setting that each worker inherits.
+    """
+    from pinfer.protocols import tls_communicator as tc
+
+    presets = {"loopback": None, "lan": tc.LAN, "wan": tc.WAN}
+    if link not in presets:
+        raise ValueError(f"unknown link {link!r}; one of {', '.join(LINKS)}")
+    return presets[link]
 
 
 def read_start(message: tuple) -> SessionStart:

@@ -35,13 +35,14 @@ class LocalService:
     """Start with :meth:`start` (or as a context manager); :meth:`stop` ends every process it started."""
 
     def __init__(self, root: str | os.PathLike[str], model: str = "tiny-llama", parties: int = 2, slots: int = 1,
-                 queue: int = 4, node_slots: int = 2) -> None:
+                 queue: int = 4, node_slots: int = 2, link: str = "loopback") -> None:
         self.root = Path(root)
         self.model = model
         self.parties = parties
         self.slots = slots
         self.queue = queue
         self.node_slots = node_slots
+        self.link = link
         self.processes: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
         self.token = ""
@@ -124,7 +125,7 @@ class LocalService:
         """Start (or restart, on its previous port) one party or dealer node."""
         port = self.ports.get(role, 0)
         args = ["node", "--role", role, "--keys", str(self.node_keys(role)), "--parties", str(self.parties),
-                "--listen", f"127.0.0.1:{port}", "--slots", str(self.node_slots)]
+                "--listen", f"127.0.0.1:{port}", "--slots", str(self.node_slots), "--link", self.link]
         if role != keys.DEALER:
             args += ["--shares", str(self.root / "models")]
         self._spawn(role, args)

@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--advertise", default="127.0.0.1", help="host name other workers dial for the data plane")
     parser.add_argument("--mesh-listen", default=None, help="data-plane bind host (default: the --listen host)")
     parser.add_argument("--slots", type=int, default=2, help="sessions run at once")
+    parser.add_argument("--link", choices=("loopback", "lan", "wan"), default="loopback",
+                        help="emulate the data plane's link (benchmarks; give every node the same)")
     parser.add_argument("--port-file", help="write the bound control port here once serving")
     parser.set_defaults(func=run)
 
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.role} %(levelname)s %(message)s")
     host = args.listen.rsplit(":", 1)[0]
     config = NodeConfig(role=args.role, key_root=args.keys, parties=args.parties, shares_root=args.shares,
-                        slots=args.slots, advertise_host=args.advertise, mesh_listen_host=args.mesh_listen or host)
+                        slots=args.slots, advertise_host=args.advertise, mesh_listen_host=args.mesh_listen or host,
+                        link=args.link)
     server, port, _ = serve(config, args.listen)
     write_port_file(args.port_file, port)
     wait_for_signal()
