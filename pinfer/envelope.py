@@ -38,11 +38,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from pinfer.tensor_codes import DTYPE_CODES as _DTYPE_CODES
+from pinfer.tensor_codes import DTYPES as _DTYPES
 
 MAGIC = b"PENV"
 VERSION = 1
@@ -61,18 +65,6 @@ _LABEL = b"pinfer envelope v1"
 TENSOR_MAGIC = b"PTEN"
 MAX_TENSOR_DIMS = 8
 _TENSOR_HEAD = struct.Struct(">4sBB")
-_DTYPES: dict[int, tuple[torch.dtype, np.dtype]] = {
-    1: (torch.int64, np.dtype("<i8")),
-    2: (torch.int32, np.dtype("<i4")),
-    3: (torch.int16, np.dtype("<i2")),
-    4: (torch.int8, np.dtype("i1")),
-    5: (torch.uint8, np.dtype("u1")),
-    6: (torch.bool, np.dtype("?")),
-    7: (torch.float64, np.dtype("<f8")),
-    8: (torch.float32, np.dtype("<f4")),
-    9: (torch.float16, np.dtype("<f2")),
-}
-_DTYPE_CODES = {torch_dtype: code for code, (torch_dtype, _) in _DTYPES.items()}
 
 
 class EnvelopeError(Exception):

@@ -50,7 +50,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from torch.distributed import ReduceOp
+
+from pinfer.tensor_codes import DTYPE_CODES as _DTYPE_CODES
+from pinfer.tensor_codes import DTYPES as _DTYPES
 
 from . import crypten_compat  # noqa: F401  (before any crypten import)
 import crypten.communicator as crypten_comm
@@ -79,18 +83,6 @@ _KIND_NAMES = {_KIND_TENSOR: "tensor", _KIND_OBJECT: "object", _KIND_BARRIER: "b
 _HELLO = struct.Struct(">4sBIH")
 _HELLO_MAGIC = b"PMSH"
 
-_DTYPES: dict[int, tuple[torch.dtype, np.dtype]] = {
-    1: (torch.int64, np.dtype("<i8")),
-    2: (torch.int32, np.dtype("<i4")),
-    3: (torch.int16, np.dtype("<i2")),
-    4: (torch.int8, np.dtype("i1")),
-    5: (torch.uint8, np.dtype("u1")),
-    6: (torch.bool, np.dtype("?")),
-    7: (torch.float64, np.dtype("<f8")),
-    8: (torch.float32, np.dtype("<f4")),
-    9: (torch.float16, np.dtype("<f2")),
-}
-_DTYPE_CODES = {torch_dtype: code for code, (torch_dtype, _) in _DTYPES.items()}
 if np.dtype("<i8") != np.dtype("=i8"):  # raw buffers are sent as they lie in memory
     raise ImportError("the TLS communicator supports little-endian hosts only")
 

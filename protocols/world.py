@@ -43,7 +43,8 @@ class PartyContext:
     costs: Any  # CostMeter
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """Ports free on loopback right now (a later bind may still race another process)."""
     sockets = [socket.socket() for _ in range(count)]
     for sock in sockets:
         sock.bind(("127.0.0.1", 0))
@@ -232,7 +233,7 @@ class LocalWorld:
             self._own_keys = tempfile.TemporaryDirectory(prefix="pinfer-world-keys-")
             key_dir = Path(self._own_keys.name) / "keys"
             keys.init_keys(key_dir, parties=n_parties)
-        plan = MeshPlan(n_parties, str(key_dir), tuple(_free_ports(n_parties + 1)), secrets.token_hex(8), emulation)
+        plan = MeshPlan(n_parties, str(key_dir), tuple(free_ports(n_parties + 1)), secrets.token_hex(8), emulation)
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["pinfer.protocols.tls_communicator", "pinfer.protocols.dealer"])
         self._controls: dict[str, Connection] = {}

@@ -18,20 +18,11 @@ import torch
 
 from pinfer import keys
 from pinfer.protocols import tls_communicator as tc
+from pinfer.protocols.world import free_ports
 from pinfer.protocols.channel import Channel, Message
 
 _CTX = mp.get_context("forkserver")
 _CTX.set_forkserver_preload(["pinfer.protocols.tls_communicator"])
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def make_config(key_dir: Path, rank: int, world_size: int, ports: list[int], with_dealer: bool = False,
