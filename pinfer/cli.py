@@ -2,7 +2,7 @@
 
 Each command lives in its own module exposing ``register(subparsers)``; that function adds its parser
 and sets ``func`` to a callable taking the parsed namespace and returning an exit code. Modules are
-imported only when listed here, so a missing optional dependency breaks only its own command.
+imported when the parser is built; keep their top-level imports light (heavy ones go inside ``run``).
 """
 
 from __future__ import annotations
@@ -32,13 +32,7 @@ _BENCH_MODULES = (
 
 def _register_all(subparsers: argparse._SubParsersAction, modules: Sequence[str]) -> None:
     for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("pinfer"):
-                continue  # command not built yet in this checkout
-            raise
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:
