@@ -23,6 +23,16 @@ Beyond the MPC softmax's exp cut-off of 16, so the token's weight is exactly 0 o
 e^-32 ~ 1e-14 in plaintext."""
 
 
+SCORE_SCALE = 0.125
+"""Cluster scores are ranked at 1/8 of ``q . summary``: the ordering is the same, and the spread of
+scores on SmolLM2 (|score| <= 1.7e3 measured at 1k-2k tokens, about 210 once scaled) stays far
+inside ``SCORE_SPREAD`` with the first-cluster bonus on top."""
+
+SCORE_SPREAD = 2.0**14
+"""Public bound on max - min of any row a policy ranks with ``topk_onehot`` (the MPC backend then
+compares in 32-bit packed lanes); scaled cluster scores plus the 4096 bonus reach about 4.5e3."""
+
+
 @dataclass(frozen=True)
 class Geometry:
     """The cache layout the decoder hands a layer: ``n_kv`` heads, ``group`` query rows per head."""

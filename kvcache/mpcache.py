@@ -27,7 +27,7 @@ import torch
 from pinfer.models.config import ModelConfig
 from pinfer.tensor_ops import KVLayer, TensorOps, Value
 
-from .base import Geometry, KVPolicy, per_head
+from .base import SCORE_SCALE, SCORE_SPREAD, Geometry, KVPolicy, per_head
 from .clusters import ClusteredLayer, ClusterStore, extremes, stack
 
 FIRST_CLUSTER_BONUS = 4096.0
@@ -103,10 +103,11 @@ class MPCacheLayer(ClusteredLayer):
         importance, _ = extremes(self.ops, received.transpose(0, 1))  # (n,)
         if p.static == "threshold":
             margin = importance - p.tau * heads  # mean >= tau  <=>  sum >= tau * heads
-            keep = self.ops.argmax_onehot(stack(self.ops, [margin, -margin], dim=-1))[..., 0]
+            # importance is a sum of `heads` probabilities: |margin| <= heads
+            keep = self.ops.argmax_onehot(stack(self.ops, [margin, -margin], dim=-1), spread=2.0 * heads + 1)[..., 0]
         elif p.static == "budget":
             kept = min(n, max(1, math.ceil(p.static_keep * n)))
-            keep = self.ops.topk_onehot(importance.unsqueeze(0), kept).sum(dim=-2)[0]
+            keep = self.ops.topk_onehot(importance.unsqueeze(0), kept, spread=float(heads) + 1).sum(dim=-2)[0]
         else:
             raise ValueError(f"unknown static mode {p.static!r}")
         return self.ops.cat([keep.unsqueeze(0)] * g.n_kv, dim=0).unsqueeze(-1)
@@ -139,13 +140,13 @@ class MPCacheLayer(ClusteredLayer):
         k2 = self.fine_budget()
         k1 = min(c1, max(math.ceil(k2 / ratio), math.floor(p.ratio1 * c1)))
         total = queries.sum(dim=1, keepdim=True)
-        query = ops.cat([total * p.alpha, total * (1 - p.alpha)], dim=-1)  # (n_kv, 1, 2 hd)
-        coarse_pick = ops.topk_onehot(self.coarse.scores(query) + _first(c1), k1)  # (n_kv, k1, c1)
+        query = ops.cat([total * (p.alpha * SCORE_SCALE), total * ((1 - p.alpha) * SCORE_SCALE)], dim=-1)
+        coarse_pick = ops.topk_onehot(self.coarse.scores(query) + _first(c1), k1, SCORE_SPREAD)  # (n_kv, k1, c1)
         n_kv = coarse_pick.shape[0]
         children = self.coarse.gather(coarse_pick).reshape(n_kv, k1 * ratio, -1)  # (n_kv, k1 r, 2 hd)
         child_scores = query.matmul(children.transpose(1, 2))[:, 0, :]
         # The first coarse cluster ranks first, so its first child is child row 0.
-        child_pick = ops.topk_onehot(child_scores + _first(k1 * ratio), k2)  # (n_kv, k2, k1 r)
+        child_pick = ops.topk_onehot(child_scores + _first(k1 * ratio), k2, SCORE_SPREAD)  # (n_kv, k2, k1 r)
         return child_pick.matmul(_children_onehot(ops, coarse_pick, ratio))
 
 

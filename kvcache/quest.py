@@ -13,7 +13,7 @@ from __future__ import annotations
 from pinfer.models.config import ModelConfig
 from pinfer.tensor_ops import KVLayer, TensorOps, Value
 
-from .base import Geometry, KVPolicy, zeros_like
+from .base import SCORE_SCALE, SCORE_SPREAD, Geometry, KVPolicy, zeros_like
 from .clusters import ClusteredLayer, stack
 
 
@@ -35,7 +35,7 @@ class QuestLayer(ClusteredLayer):
         positive = sign * queries
         negative = queries - positive
         query = self.ops.cat([positive.sum(dim=1, keepdim=True), negative.sum(dim=1, keepdim=True)], dim=-1)
-        onehot = self.ops.topk_onehot(self.fine.scores(query), self.fine_budget())
+        onehot = self.ops.topk_onehot(self.fine.scores(query * SCORE_SCALE), self.fine_budget(), SCORE_SPREAD)
         if self._trace is not None:
             self._trace.append((self._index, onehot))
         return onehot

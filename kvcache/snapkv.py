@@ -71,7 +71,9 @@ class SnapKVLayer:
         prefix = n - window
         votes = per_head(weights, self._geometry.group)[:, :, -window:, :prefix].sum(dim=2).sum(dim=1)
         pooled = votes.matmul(pooling_matrix(prefix, self._kernel))
-        pick = self._ops.topk_onehot(pooled, budget - window)  # (n_kv, budget - window, prefix)
+        # votes sum window x group probabilities; pooling averages them
+        spread = float(window * self._geometry.group) + 1
+        pick = self._ops.topk_onehot(pooled, budget - window, spread)  # (n_kv, budget - window, prefix)
         kept_keys = self._ops.cat([pick.matmul(keys[:, :prefix]), keys[:, prefix:]], dim=1)
         kept_values = self._ops.cat([pick.matmul(values[:, :prefix]), values[:, prefix:]], dim=1)
         self._inner.release()

@@ -76,10 +76,10 @@ class PlainOps:
     def gelu(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x, approximate="tanh")
 
-    def argmax_onehot(self, x: torch.Tensor) -> torch.Tensor:
+    def argmax_onehot(self, x: torch.Tensor, spread: float | None = None) -> torch.Tensor:
         return F.one_hot(x.argmax(dim=-1), x.shape[-1]).to(x.dtype)
 
-    def topk_onehot(self, x: torch.Tensor, k: int) -> torch.Tensor:
+    def topk_onehot(self, x: torch.Tensor, k: int, spread: float | None = None) -> torch.Tensor:
         order = torch.sort(x, dim=-1, descending=True, stable=True).indices[..., :k]
         return F.one_hot(order, x.shape[-1]).to(x.dtype)
 

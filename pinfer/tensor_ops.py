@@ -65,13 +65,16 @@ class TensorOps(Protocol):
 
     def gelu(self, x: Value) -> Value: ...
 
-    def argmax_onehot(self, x: Value) -> Value:
-        """One-hot of the last dimension's maximum (exactly one 1 per row)."""
+    def argmax_onehot(self, x: Value, spread: float | None = None) -> Value:
+        """One-hot of the last dimension's maximum (exactly one 1 per row). ``spread`` is a public
+        bound on max - min of a row, which lets the MPC backend compare in narrower lanes; a row
+        beyond it gives a wrong result, so pass only measured bounds with margin."""
 
-    def topk_onehot(self, x: Value, k: int) -> Value:
+    def topk_onehot(self, x: Value, k: int, spread: float | None = None) -> Value:
         """``(..., n)`` -> ``(..., k, n)``: row r is the one-hot of the r-th largest entry (ties to the
         lower index), in the default value encoding. KV policies select tokens or clusters with it and
-        gather them by a product with the cache, so which entries win never leaves the backend."""
+        gather them by a product with the cache, so which entries win never leaves the backend.
+        ``spread`` as for :meth:`argmax_onehot`."""
 
     def new_kv_layer(self) -> KVLayer: ...
 

@@ -112,11 +112,11 @@ class MpcOps:
     def gelu(self, x: MPCTensor) -> MPCTensor:
         return nonlinear.gelu(x)
 
-    def argmax_onehot(self, x: MPCTensor) -> MPCTensor:
-        return nonlinear.argmax_onehot(x, dim=-1)
+    def argmax_onehot(self, x: MPCTensor, spread: float | None = None) -> MPCTensor:
+        return nonlinear.argmax_onehot(x, dim=-1, spread=spread)
 
-    def topk_onehot(self, x: MPCTensor, k: int) -> MPCTensor:
-        return oblivious.topk_onehot(x, k)
+    def topk_onehot(self, x: MPCTensor, k: int, spread: float | None = None) -> MPCTensor:
+        return oblivious.topk_onehot(x, k, spread)
 
     def new_kv_layer(self) -> MpcKVLayer:
         return MpcKVLayer(self._provider)

@@ -7,7 +7,7 @@ Top-k by ranks, in a constant number of rounds: one batch of comparisons over al
 entry's rank (how many entries beat it, ties broken towards the lower index so ranks are a
 permutation of 0..n-1), and a second batch compares each rank with 1..k. Row r of the result is
 ``[rank < r+1] - [rank < r]``, exactly one 1 per row. Cost: n(n-1)/2 + k*n comparisons in two
-comparison rounds, against k*log2(n) rounds for k successive arg-maxes; the policies call it on
+comparison rounds (packed several to a word when the scores' spread is publicly bounded), against k*log2(n) rounds for k successive arg-maxes; the policies call it on
 cluster scores (n = cached tokens / cluster size), where the pairs stay cheap and the rounds matter
 on a LAN or WAN.
 """
@@ -20,6 +20,8 @@ from . import crypten_compat  # noqa: F401  (must precede every crypten import)
 from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
 
+from . import packed_bits
+
 FRAC_BITS = 16
 
 
@@ -31,12 +33,17 @@ def _with_share(like: MPCTensor, share: torch.Tensor, scale_bits: int) -> MPCTen
     return out
 
 
-def ranks(x: MPCTensor) -> MPCTensor:
-    """Scale-1 shares of each entry's rank along the last dim (0 = largest; ties: lower index first)."""
+def ranks(x: MPCTensor, spread: float | None = None) -> MPCTensor:
+    """Scale-1 shares of each entry's rank along the last dim (0 = largest; ties: lower index first).
+
+    ``spread``, a public bound on max - min along the last dim, lets the comparisons run in narrow
+    packed lanes (``packed_bits``); without it they use all 64 bits.
+    """
     n = x.size(-1)
     first, second = torch.triu_indices(n, n, offset=1)
     # beaten[p] = [x_first < x_second]: the later entry beats the earlier one only when strictly larger.
-    beaten = (x[..., first] - x[..., second])._ltz()
+    lanes = packed_bits.lane_width(spread, FRAC_BITS)
+    beaten = packed_bits.ltz(x[..., first] - x[..., second], lanes)
     share = torch.zeros(*beaten.share.shape[:-1], n, dtype=torch.int64)
     share.index_add_(-1, first, beaten.share)
     share.index_add_(-1, second, -beaten.share)
@@ -45,14 +52,15 @@ def ranks(x: MPCTensor) -> MPCTensor:
     return rank + torch.arange(n, dtype=torch.int64).expand(share.shape)
 
 
-def topk_onehot(x: MPCTensor, k: int) -> MPCTensor:
+def topk_onehot(x: MPCTensor, k: int, spread: float | None = None) -> MPCTensor:
     """``(..., n)`` -> ``(..., k, n)`` one-hot rows of the k largest entries, largest first, at 16 bits."""
     n = x.size(-1)
     if not 1 <= k <= n:
         raise ValueError(f"k={k} must lie in 1..{n}")
-    rank = ranks(x).unsqueeze(-2)
+    rank = ranks(x, spread).unsqueeze(-2)
     thresholds = torch.arange(1, k + 1, dtype=torch.int64)[:, None].expand(k, n)
-    below = (rank - thresholds)._ltz()  # below[r] = [rank < r + 1], scale 1
+    # Ranks and thresholds are integers below n at scale 1: their differences fit narrow lanes.
+    below = packed_bits.ltz(rank - thresholds, packed_bits.lane_width(float(n + k), 0))  # [rank < r + 1]
     onehot = below.share.clone()
     onehot[..., 1:, :] -= below.share[..., :-1, :]
     return _with_share(below, onehot << FRAC_BITS, scale_bits=FRAC_BITS)

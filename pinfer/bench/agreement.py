@@ -8,6 +8,7 @@ whether it was a near-tie: the gap between the plaintext's choice and the privat
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many of the fixed prompts")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the prompts already in OUT/agreement.json (same model and length) and run the rest")
     parser.set_defaults(func=run)
 
 
@@ -53,6 +56,24 @@ def divergence_gap(config: Any, weights: dict[str, torch.Tensor], ids: list[int]
     return float(logits[plain[step]] - logits[private[step]])
 
 
+def finished_records(out_dir: Path, model: str, max_new_tokens: int) -> list[dict[str, Any]]:
+    """Records of an earlier run that used the same model and length, so a long run can continue."""
+    path = out_dir / "agreement.json"
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    if earlier.get("model") != model or earlier.get("max_new_tokens") != max_new_tokens:
+        return []
+    return [r for r in earlier["prompts"] if r["prompt"] in PROMPTS]
+
+
+def _row(record: dict[str, Any]) -> list[Any]:
+    gap = record["divergence_logit_gap"]
+    return [record["prompt"][:32], record["prompt_tokens"], "yes" if record["match"] else "no",
+            record["agreeing_prefix"], "-" if gap is None else f"{gap:.3f}",
+            record["decode_seconds_per_token"] or float("nan")]
+
+
 def run(args: argparse.Namespace) -> int:
     from pinfer import norm_plan
     from pinfer.commands.generate import prompt_ids
@@ -62,10 +83,15 @@ def run(args: argparse.Namespace) -> int:
 
     config, weights, tokenizer = load_model(args.model)
     shifts = norm_plan.for_model(resolve(args.model), config, weights, tokenizer)
-    rows, records = [], []
+    records = finished_records(args.out, args.model, args.max_new_tokens) if args.resume else []
+    done = {r["prompt"] for r in records}
+    if records:
+        print(f"resuming: {len(records)} prompts already measured in {args.out / 'agreement.json'}", flush=True)
     with PrivateModel(config, weights, shifts) as model:
         print(f"shared {args.model} in {model.setup_seconds:.1f} s", flush=True)
         for text in PROMPTS[: args.prompts]:
+            if text in done:
+                continue
             ids = prompt_ids(tokenizer, text, raw=False)
             started = time.perf_counter()
             private = model.generate(ids, args.max_new_tokens)
@@ -82,15 +108,14 @@ def run(args: argparse.Namespace) -> int:
                 "wall_seconds": time.perf_counter() - started,
             }
             records.append(record)
-            rows.append([text[:32], len(ids), "yes" if record["match"] else "no", agree,
-                         "-" if gap is None else f"{gap:.3f}", private.decode_seconds_per_token or float("nan")])
-            print(table(["prompt", "tokens", "match", "agree", "gap", "s/token"], rows[-1:]), flush=True)
+            print(table(["prompt", "tokens", "match", "agree", "gap", "s/token"], [_row(record)]), flush=True)
             write_json(args.out, "agreement.json", {"machine": machine(), "model": args.model,
                                                     "max_new_tokens": args.max_new_tokens, "prompts": records})
     info = machine()
     matched = sum(r["match"] for r in records)
     print(f"\nmachine: {info['cpu']}, {info['cores']} cores, device {info['device']}; 2 parties + dealer on loopback (TLS)")
-    print(table(["prompt", "tokens", "match", "agreeing prefix", "logit gap at divergence", "decode s/token"], rows))
+    print(table(["prompt", "tokens", "match", "agreeing prefix", "logit gap at divergence", "decode s/token"],
+                [_row(r) for r in records]))
     print(f"\n{matched}/{len(records)} prompts: private greedy tokens equal plaintext on every token; "
           f"wrote {args.out / 'agreement.json'}")
     return 0
