@@ -52,6 +52,7 @@ class MPCacheParams:
     window: float = 0.2
     own_first: int = 2
     own_last: int = 2
+    keep_last: bool = True
 
 
 @dataclass
@@ -141,18 +142,27 @@ class MPCacheLayer(ClusteredLayer):
         k1 = min(c1, max(math.ceil(k2 / ratio), math.floor(p.ratio1 * c1)))
         total = queries.sum(dim=1, keepdim=True)
         query = ops.cat([total * (p.alpha * SCORE_SCALE), total * ((1 - p.alpha) * SCORE_SCALE)], dim=-1)
-        coarse_pick = ops.topk_onehot(self.coarse.scores(query) + _first(c1), k1, SCORE_SPREAD)  # (n_kv, k1, c1)
+        last = p.keep_last and min(c1, k1) >= 2
+        coarse_pick = ops.topk_onehot(self.coarse.scores(query) + _forced(c1, last), k1, SCORE_SPREAD)  # (n_kv, k1, c1)
         n_kv = coarse_pick.shape[0]
         children = self.coarse.gather(coarse_pick).reshape(n_kv, k1 * ratio, -1)  # (n_kv, k1 r, 2 hd)
         child_scores = query.matmul(children.transpose(1, 2))[:, 0, :]
-        # The first coarse cluster ranks first, so its first child is child row 0.
-        child_pick = ops.topk_onehot(child_scores + _first(k1 * ratio), k2, SCORE_SPREAD)  # (n_kv, k2, k1 r)
+        # The first coarse cluster ranks first and the last second, so the forced children are child
+        # row 0 and, for the last cluster, its last child (row 2 r - 1).
+        bonus = torch.zeros(k1 * ratio)
+        bonus[0] = FIRST_CLUSTER_BONUS
+        if last and k2 >= 2:
+            bonus[2 * ratio - 1] = FIRST_CLUSTER_BONUS / 2
+        child_pick = ops.topk_onehot(child_scores + bonus, k2, SCORE_SPREAD)  # (n_kv, k2, k1 r)
         return child_pick.matmul(_children_onehot(ops, coarse_pick, ratio))
 
 
-def _first(n: int) -> torch.Tensor:
+def _forced(n: int, last: bool) -> torch.Tensor:
+    """Public bonuses that rank the first cluster first and, with ``last``, the last one second."""
     bonus = torch.zeros(n)
     bonus[0] = FIRST_CLUSTER_BONUS
+    if last:
+        bonus[-1] = FIRST_CLUSTER_BONUS / 2
     return bonus
 
 
