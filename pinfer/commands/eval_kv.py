@@ -3,6 +3,10 @@
 Writes ``kv_eval.json`` (every record and the summary), ``kv_eval.png`` and prints a table. Records
 are appended to ``kv_eval.jsonl`` as they finish, so a long grid can be watched and a crash loses
 nothing that was already measured.
+
+``--device cuda`` runs the plaintext backend on a GPU (fp32, no TF32). ``--save-prompts FILE`` writes
+the grid's prompts as token ids (JSON) and ``--prompts FILE`` replays them instead of tokenizing the
+corpus, so the same prompts can run on a machine without the corpus.
 """
 
 from __future__ import annotations
@@ -30,16 +34,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kv.add_argument("--fidelity-length", type=int, default=2048)
     kv.add_argument("--fidelity-steps", type=int, default=32)
     kv.add_argument("--fidelity-samples", type=int, default=3)
+    kv.add_argument("--device", default="cpu", help="torch device of the plaintext backend (cpu, cuda, cuda:1...)")
+    kv.add_argument("--prompts", type=Path, help="replay prompts (token ids) saved by --save-prompts")
+    kv.add_argument("--save-prompts", type=Path, help="also write the grid's prompts as token ids to this file")
     kv.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pinfer.kvcache.accuracy import Runner, evaluate, grid, summarise
+    from pinfer.kvcache.accuracy import (RecordedPrompts, Runner, TokenizedPrompts, evaluate, grid, record_prompts,
+                                         work_items)
     from pinfer.models.registry import load_model
 
     config, weights, tokenizer = load_model(args.model)
     entries = grid(args.policies, args.budgets)
     depths = [i / (args.depths - 1) for i in range(args.depths)] if args.depths > 1 else [0.5]
+    prompts = RecordedPrompts.load(args.prompts) if args.prompts else TokenizedPrompts(tokenizer)
+    if args.save_prompts:
+        items = work_items(args.lengths, depths, range(args.seeds), args.fidelity_length, args.fidelity_steps,
+                           args.fidelity_samples)
+        record_prompts(prompts, items).save(args.save_prompts)
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "kv_eval.jsonl"
     log.write_text("")
@@ -49,23 +62,36 @@ def run(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         print(f"[{time.perf_counter() - started:7.0f} s] {line}", flush=True)
 
-    for record in evaluate(Runner(config, weights), tokenizer, entries, args.lengths, depths, range(args.seeds),
+    runner = Runner(config, weights, args.device)
+    for record in evaluate(runner, prompts, entries, args.lengths, depths, range(args.seeds),
                            args.fidelity_length, args.fidelity_steps, args.fidelity_samples, progress):
         records.append(record)
         with log.open("a") as f:
             f.write(json.dumps(record) + "\n")
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    report(args.out, args.model, entries, records, settings, machine())
+    print(f"wrote {args.out / 'kv_eval.json'}, {log} and {args.out / 'kv_eval.png'}")
+    return 0
+
+
+def report(out: Path, model: str, entries: list[Any], records: list[dict[str, Any]], settings: dict[str, Any],
+           host: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+    """Summarise ``records``: print the table (returned too), write ``kv_eval.json`` and ``kv_eval.png``."""
+    from pinfer.kvcache.accuracy import summarise
+
     rows = summarise(records, entries)
     headers = ["entry"] + [k for k in rows[0] if k.startswith("passkey_")] + ["passkey", "vs_full"]
     headers += [k for k in ("top1", "kl") if k in rows[0]]
-    print(f"\n{args.model}, plaintext; passkey: {len(depths)} depths x {args.seeds} seeds per length; fidelity: "
-          f"{args.fidelity_samples} x {args.fidelity_steps} teacher-forced steps after {args.fidelity_length} tokens")
-    print(table(headers, [[row[h] for h in headers] for row in rows]))
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
-    path = write_json(args.out, "kv_eval.json", {"machine": machine(), "settings": settings,
-                                                  "summary": rows, "records": records})
-    _plot(rows, args.out / "kv_eval.png")
-    print(f"\nwrote {path}, {log} and {args.out / 'kv_eval.png'}")
-    return 0
+    n_depths = settings["depths"]
+    text = (f"\n{model}, plaintext on {settings.get('device', 'cpu')} ({host.get('device', '?')}); passkey: "
+            f"{n_depths} depths x {settings['seeds']} seeds per length; fidelity: {settings['fidelity_samples']} x "
+            f"{settings['fidelity_steps']} teacher-forced steps after {settings['fidelity_length']} tokens\n"
+            + table(headers, [[row[h] for h in headers] for row in rows]) + "\n")
+    print(text)
+    write_json(out, "kv_eval.json", {"machine": host, "settings": settings, **(extra or {}), "summary": rows,
+                                     "records": records})
+    _plot(rows, out / "kv_eval.png")
+    return text
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
