@@ -8,9 +8,10 @@ mutual-TLS mesh. The node's messages and the worker's replies are tuples of plai
 (``str``/``int``/``bytes``/``dict``); shares only ever leave the worker sealed.
 
 Sequence: bind a free data-plane port and report it; map this party's weight shares, which the node
-opened once for every session (:mod:`pinfer.parties.weight_cache`); wait for the session's endpoints and sealed input share; open the input share (a bad
-envelope is reported as ``invalid`` before any peer is contacted); join the mesh; run greedy
-generation on shares; report every new token's id share sealed to the client's ephemeral key.
+opened once for all its sessions (:mod:`pinfer.parties.weight_cache`); wait for the session's
+endpoints and sealed input share; open the input share (a bad envelope is reported as ``invalid``
+before any peer is contacted); join the mesh; run greedy generation on shares; report every new
+token's id share sealed to the client's ephemeral key.
 """
 
 from __future__ import annotations
