@@ -1,6 +1,7 @@
 """A party or dealer node: the orchestrator's gRPC control service, one worker process per session.
 
-Why this split: the node is long-lived and holds no session state beyond its slots; each session's
+Why this split: the node is long-lived and holds no session state beyond its slots and its opened
+weight shares (:mod:`pinfer.parties.weight_cache`, opened once, lent to every worker); each session's
 MPC runs in a worker process (:mod:`pinfer.parties.session_worker`, :mod:`pinfer.parties.dealer_node`)
 that the node kills when the session's control stream ends for any reason (done, cancelled, the
 orchestrator gone). So a dead peer or orchestrator never leaves an orphan worker behind, and the
@@ -22,11 +23,15 @@ from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from pinfer import keys
 from pinfer.proto import node_pb2, node_pb2_grpc
+
+if TYPE_CHECKING:  # the dealer node never loads torch or the share store
+    from pinfer.parties.weight_cache import SharedShares, WeightCache
 
 log = logging.getLogger("pinfer.node")
 
@@ -66,12 +71,11 @@ class NodeConfig:
 class _Worker:
     """A session's worker process and the node's end of its pipe."""
 
-    def __init__(self, config: NodeConfig, session_id: str, model: str | None) -> None:
+    def __init__(self, config: NodeConfig, session_id: str, weights: SharedShares | None) -> None:
         from pinfer.parties.dealer_node import dealer_worker_main
         from pinfer.parties.session_worker import WorkerSpec, party_worker_main
 
-        model_dir = None if model is None else str(Path(config.shares_root or ".") / model)
-        spec = WorkerSpec(config.role, config.key_root, session_id, config.parties, config.mesh_listen_host, model_dir,
+        spec = WorkerSpec(config.role, config.key_root, session_id, config.parties, config.mesh_listen_host, weights,
                           config.link)
         self.conn, theirs = _MP.Pipe()
         target = dealer_worker_main if config.is_dealer else party_worker_main
@@ -124,6 +128,15 @@ class NodeService(node_pb2_grpc.NodeServicer):
         self._ca = keys.load_node_credentials(config.key_root, config.role).ca_certificate()
         self._lock = threading.Lock()
         self._active: dict[str, _Worker] = {}
+        self._weights: WeightCache | None = None
+        if not config.is_dealer and config.shares_root is not None:
+            from pinfer.parties.weight_cache import WeightCache
+
+            private_key = keys.load_envelope_private_key(config.key_root, config.role)
+            self._weights = WeightCache(config.shares_root, keys.party_index(config.role), private_key)
+            # Open the held models now, so that even the first session finds its shares in memory.
+            threading.Thread(target=self._weights.warm, args=(config.models(),), name="pinfer-weights",
+                             daemon=True).start()
 
     def _check_caller(self, context: grpc.ServicerContext) -> None:
         certs = context.auth_context().get("x509_pem_cert") or []
@@ -153,17 +166,23 @@ class NodeService(node_pb2_grpc.NodeServicer):
         open_ = first.open
         if open_.parties != self.config.parties:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"this node runs {self.config.parties}-party sessions")
-        model = None
+        weights = None
         if not self.config.is_dealer:
-            if open_.model not in self.config.models():
+            if self._weights is None or open_.model not in self.config.models():
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no weight shares for model {open_.model!r}")
-            model = open_.model
+            from pinfer.parties.share_store import ShareFileError
+
+            try:
+                weights = self._weights.get(open_.model)
+            except ShareFileError as exc:
+                log.warning("weight shares of %s: %s", open_.model, exc)
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"weight shares: {exc}")
         with self._lock:
             if open_.session_id in self._active:
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, "session id in use")
             if len(self._active) >= self.config.slots:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "all worker slots are busy")
-            worker = _Worker(self.config, open_.session_id, model)
+            worker = _Worker(self.config, open_.session_id, weights)
             self._active[open_.session_id] = worker
         context.add_callback(worker.stop)
         log.info("session %s: worker %d started", open_.session_id[:8], worker.process.pid)

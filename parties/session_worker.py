@@ -7,10 +7,11 @@ node, never a network link) and to the other party's worker and the dealer over 
 mutual-TLS mesh. The node's messages and the worker's replies are tuples of plain values
 (``str``/``int``/``bytes``/``dict``); shares only ever leave the worker sealed.
 
-Sequence: bind a free data-plane port and report it; open this party's weight shares (only its own
-file); wait for the session's endpoints and sealed input share; open the input share (a bad
-envelope is reported as ``invalid`` before any peer is contacted); join the mesh; run greedy
-generation on shares; report every new token's id share sealed to the client's ephemeral key.
+Sequence: bind a free data-plane port and report it; map this party's weight shares, which the node
+opened once for all its sessions (:mod:`pinfer.parties.weight_cache`); wait for the session's
+endpoints and sealed input share; open the input share (a bad envelope is reported as ``invalid``
+before any peer is contacted); join the mesh; run greedy generation on shares; report every new
+token's id share sealed to the client's ephemeral key.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from pinfer import envelope
 
 if TYPE_CHECKING:
+    from pinfer.parties.weight_cache import SharedShares
     from pinfer.protocols.tls_communicator import LinkEmulation, TlsCommConfig
 
 WORKER_RECV_TIMEOUT_S = 300.0
@@ -32,14 +34,18 @@ MESH_CONNECT_TIMEOUT_S = 60.0
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a node tells a new worker: who it is and where its material lives (no secrets)."""
+    """What a node tells a new worker: who it is and where its material lives.
+
+    No secret travels in it: ``weights`` (parties only) pickles as a duplicate descriptor of the
+    node's write-sealed memory holding this party's weight shares.
+    """
 
     role: str
     key_root: str
     session_id: str
     parties: int
     listen_host: str
-    model_dir: str | None = None
+    weights: SharedShares | None = None
     link: str = "loopback"
 
 
@@ -129,19 +135,14 @@ def party_worker_main(spec: WorkerSpec, conn: Connection) -> None:
 
 def _serve_party_session(spec: WorkerSpec, conn: Connection) -> None:
     from pinfer import keys
-    from pinfer.parties.share_store import ShareFileError, load_party_model
     from pinfer.protocols import tls_communicator as tc
 
     party = keys.party_index(spec.role)
-    assert party is not None and spec.model_dir is not None
+    assert party is not None and spec.weights is not None
     listener = tc.bind_listener(spec.listen_host, 0)
     conn.send(("ready", listener.getsockname()[1]))
     private_key = keys.load_envelope_private_key(spec.key_root, spec.role)
-    try:
-        card, weights = load_party_model(spec.model_dir, party, private_key)
-    except ShareFileError as exc:
-        conn.send(("error", f"weight shares: {exc}"))
-        return
+    card, weights = spec.weights.card, spec.weights.bundle()
     config = card.config()
     start = read_start(conn.recv())
     try:

@@ -14,7 +14,7 @@ opens and adds them, and detokenizes.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,30 @@ def prepare_request(info: inference_pb2.ModelInfo, prompt_ids: list[int], max_ne
         model=info.name, request_id=request_id, client_public_key=envelope.public_key_bytes(ephemeral.public_key()),
         input_shares=sealed, prompt_tokens=len(prompt_ids), max_new_tokens=max_new_tokens)
     return PreparedRequest(request, ephemeral)
+
+
+def text_pieces(tokenizer: Any, stop_ids: Iterable[int], tokens: Iterable[Token]) -> Iterator[str]:
+    """Detokenize ``tokens`` as they arrive, yielding each new piece of text; the text ends at a stop id.
+
+    A piece is held back while it ends inside a multi-byte character (the tokenizer's U+FFFD).
+    """
+    stop = set(stop_ids)
+    ids: list[int] = []
+    shown = ""
+    stopped = False
+    for token in tokens:
+        if stopped or token.token_id in stop:
+            stopped = True  # the parties run the public count; the text ends here
+            continue
+        ids.append(token.token_id)
+        text = tokenizer.decode(ids)
+        if text.startswith(shown) and not text.endswith("\ufffd"):
+            piece, shown = text[len(shown):], text
+            if piece:
+                yield piece
+    rest = tokenizer.decode(ids)[len(shown):] if ids else ""
+    if rest:
+        yield rest
 
 
 class Client:
@@ -153,22 +177,8 @@ class Client:
 
         info = self.model_info(model)
         tokenizer = self.tokenizer(info)
-        ids: list[int] = []
-        shown = ""
-        stopped = False
-        for token in self._generate(info, encode_prompt(tokenizer, prompt, raw), max_new_tokens):
-            if stopped or token.token_id in info.eos_token_ids:
-                stopped = True  # the parties run the public count; the text ends here
-                continue
-            ids.append(token.token_id)
-            text = tokenizer.decode(ids)
-            if text.startswith(shown) and not text.endswith("\ufffd"):
-                piece, shown = text[len(shown):], text
-                if piece:
-                    yield piece
-        rest = tokenizer.decode(ids)[len(shown):] if ids else ""
-        if rest:
-            yield rest
+        tokens = self._generate(info, encode_prompt(tokenizer, prompt, raw), max_new_tokens)
+        yield from text_pieces(tokenizer, info.eos_token_ids, tokens)
 
     def generate(self, prompt: str, max_new_tokens: int = 16, model: str | None = None, raw: bool = False) -> str:
         """The whole generated text (see :meth:`stream`)."""

@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="smollm2-135m", help="registry name or checkpoint directory")
     parser.add_argument("--parties", type=int, choices=(2, 3), default=2)
     parser.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
-    parser.add_argument("--check", action="store_true", help="also run the plaintext reference and compare")
+    parser.add_argument("--check", action="store_true",
+                        help="also run the plaintext reference and compare (with --endpoint: here, from the public "
+                             "model the service was provisioned from)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     service = parser.add_argument_group("running service (client SDK)")
     service.add_argument("--endpoint", help="orchestrator host:port; generate through the service")
@@ -68,17 +70,102 @@ def run_remote(args: argparse.Namespace) -> int:
         return 2
     try:
         with Client(args.endpoint, token, args.ca) as client:
-            if args.json:
-                text = client.generate(args.prompt, args.max_new_tokens, model=args.model, raw=args.raw)
-                print(json.dumps({"model": args.model, "endpoint": args.endpoint, "text": text}))
-            else:
-                for piece in client.stream(args.prompt, args.max_new_tokens, model=args.model, raw=args.raw):
-                    print(piece, end="", flush=True)
-                print()
+            report, ids = _generate_remote(client, args)
     except grpc.RpcError as exc:
-        print(f"pinfer generate: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"\npinfer generate: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    return 0
+    if args.check:
+        _add_reference(report, ids, args.max_new_tokens)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_remote(report)
+    return 0 if report.get("match", True) else 1
+
+
+def _generate_remote(client: Any, args: argparse.Namespace) -> tuple[dict[str, Any], list[int]]:
+    """One generation through the service (its report and the prompt ids); the human format prints the
+    text as it arrives."""
+    import time
+
+    from pinfer.client import text_pieces
+
+    info = client.model_info(args.model)
+    tokenizer = client.tokenizer(info)
+    ids = prompt_ids(tokenizer, args.prompt, args.raw)
+    received: list[Any] = []
+    arrivals: list[float] = []
+
+    def recorded(tokens: Any) -> Any:
+        for token in tokens:
+            received.append(token)
+            arrivals.append(time.monotonic())
+            yield token
+
+    if not args.json:
+        print("private   : ", end="", flush=True)
+    start = time.monotonic()
+    pieces = []
+    for piece in text_pieces(tokenizer, info.eos_token_ids, recorded(client.generate_ids(ids, args.max_new_tokens,
+                                                                                          model=info.name))):
+        pieces.append(piece)
+        if not args.json:
+            print(piece, end="", flush=True)
+    if not args.json:
+        print()
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    by_phase: dict[str, list[dict[str, float]]] = {}
+    for token in received:
+        totals = by_phase.setdefault(token.phase, [
+            {"seconds": 0.0, "bytes": 0, "rounds": 0, "dealer_bytes": 0} for _ in range(info.parties)])
+        for cost in token.costs:
+            party = totals[cost.party]
+            party["seconds"] += cost.seconds
+            party["bytes"] += cost.bytes_sent
+            party["rounds"] += cost.rounds
+            party["dealer_bytes"] += cost.dealer_bytes
+    return {
+        "model": info.name,
+        "endpoint": args.endpoint,
+        "source": info.tokenizer,
+        "prompt_tokens": len(ids),
+        "text": "".join(pieces),
+        "tokens": [t.token_id for t in received],
+        "latency_s": {
+            "first_token": round(arrivals[0] - start, 3) if arrivals else None,
+            "decode_per_token": round(sum(gaps) / len(gaps), 3) if gaps else None,
+            "total": round(time.monotonic() - start, 3),
+        },
+        "bytes_per_party": [sum(p[i]["bytes"] for p in by_phase.values()) for i in range(info.parties)],
+        "rounds": [sum(p[i]["rounds"] for p in by_phase.values()) for i in range(info.parties)],
+        "by_phase": by_phase,
+    }, ids
+
+
+def _add_reference(report: dict[str, Any], ids: list[int], max_new_tokens: int) -> None:
+    """The plaintext reference, computed here from the public model the service was provisioned from."""
+    from pinfer.generation import generate_plain
+
+    config, weights, tokenizer = load_model(report["source"])
+    plain = generate_plain(config, weights, ids, max_new_tokens)
+    report["plaintext_tokens"] = plain
+    report["plaintext_text"] = tokenizer.decode(until_stop(plain, config.eos_token_ids))
+    report["match"] = plain == report["tokens"]
+    report["matching_prefix"] = next((i for i, (a, b) in enumerate(zip(plain, report["tokens"])) if a != b),
+                                     len(plain))
+
+
+def _print_remote(report: dict[str, Any]) -> None:
+    if "plaintext_text" in report:
+        verdict = "identical tokens" if report["match"] else f"first {report['matching_prefix']} tokens agree"
+        print(f"plaintext : {report['plaintext_text']}  ({verdict})")
+    latency = report["latency_s"]
+    print(f"latency   : first token {latency['first_token']} s ({report['prompt_tokens']} prompt tokens, session "
+          f"start included), decode {latency['decode_per_token']} s/token, total {latency['total']} s (client side)")
+    for phase, totals in report["by_phase"].items():
+        party0 = totals[0]
+        print(f"{phase:<10}: {party0['bytes'] / 1e6:.2f} MB sent by party 0, {party0['rounds']} rounds, "
+              f"{party0['dealer_bytes'] / 1e6:.2f} MB dealer traffic, {party0['seconds']:.2f} s of party 0 steps")
 
 
 def run(args: argparse.Namespace) -> int:

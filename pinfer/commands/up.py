@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -19,26 +20,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pinfer.commands.node import wait_for_signal
     from pinfer.local_service import LocalService, ServiceError
 
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="pinfer-up-"))
     service = LocalService(root, model=args.model, parties=args.parties, slots=args.slots, queue=args.queue)
+    # SIGTERM (a script's clean-up, a container's stop) interrupts like Ctrl-C, also while the nodes
+    # are still starting, so every process started so far is stopped instead of orphaned.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     try:
         endpoint = service.start()
-    except ServiceError as exc:
+        token_file = root / "client.token"
+        print(f"endpoint : {endpoint}")
+        print(f"ca       : {service.ca_path}")
+        print(f"token    : {token_file}  (bearer token, keep it private)")
+        print(f"logs     : {root}/<role>.log")
+        print(f"try      : pinfer generate --endpoint {endpoint} --token-file {token_file} --ca {service.ca_path} "
+              f"--model {args.model} --prompt 'Hello'")
+        print("Ctrl-C stops every process.", flush=True)
+        while True:
+            signal.pause()
+    except (ServiceError, FileNotFoundError) as exc:  # a node that failed, or a model that is not there
         print(f"pinfer up: {exc}", file=sys.stderr)
         return 1
-    token_file = root / "client.token"
-    print(f"endpoint : {endpoint}")
-    print(f"ca       : {service.ca_path}")
-    print(f"token    : {token_file}  (bearer token, keep it private)")
-    print(f"logs     : {root}/<role>.log")
-    print(f"try      : pinfer generate --endpoint {endpoint} --token-file {token_file} --ca {service.ca_path} "
-          f"--model {args.model} --prompt 'Hello'")
-    print("Ctrl-C stops every process.", flush=True)
-    try:
-        wait_for_signal()
+    except KeyboardInterrupt:
+        return 0
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the shutdown short
         service.stop()
-    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

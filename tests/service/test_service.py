@@ -100,10 +100,13 @@ def test_cli_generate_through_the_endpoint(service: LocalService, capsys: pytest
     expected = generate_plain(config, weights, prompt_ids(tokenizer, "hi", raw=True), 2)
     argv = ["generate", "--endpoint", service.endpoint, "--token-file", str(service.root / "client.token"),
             "--ca", str(service.ca_path), "--model", "tiny-llama", "--prompt", "hi", "--raw", "--max-new-tokens", "2",
-            "--json"]
+            "--json", "--check"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["text"] == tokenizer.decode(until_stop(expected, config.eos_token_ids))
+    assert report["text"] == report["plaintext_text"] == tokenizer.decode(until_stop(expected, config.eos_token_ids))
+    assert report["tokens"] == report["plaintext_tokens"] == expected and report["match"]
+    assert set(report["by_phase"]) == {"prefill", "decode"}
+    assert all(b > 0 for b in report["bytes_per_party"]) and report["latency_s"]["first_token"] > 0
 
 
 def test_import_pinfer_stays_light() -> None:
