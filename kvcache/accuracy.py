@@ -31,7 +31,6 @@ from typing import Any, Protocol
 import torch
 
 from pinfer.decoder import Decoder, prepare_weights
-from pinfer.generation import one_hot
 from pinfer.models.config import ModelConfig
 from pinfer.plain_ops import PlainOps
 from pinfer.tensor_ops import KVLayer
@@ -177,8 +176,10 @@ class Runner:
         return nullcontext() if self.device.type == "cpu" else self.device
 
     def rows(self, ids: Sequence[int]) -> torch.Tensor:
+        """One-hot rows (as ``pinfer.generation.one_hot``, built without its int64 intermediate)."""
         with self.on_device():
-            return one_hot(list(ids), self.config.vocab_size)
+            index = torch.tensor(list(ids), dtype=torch.int64)
+            return torch.zeros(len(index), self.config.vocab_size).scatter_(1, index[:, None], 1.0)
 
     def prefill(self, ids: Sequence[int], entries: Sequence[Entry]) -> tuple[torch.Tensor, list[list[KVLayer]]]:
         with torch.no_grad(), self.on_device():
