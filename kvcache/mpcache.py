@@ -27,7 +27,7 @@ import torch
 from pinfer.models.config import ModelConfig
 from pinfer.tensor_ops import KVLayer, TensorOps, Value
 
-from .base import SCORE_SCALE, SCORE_SPREAD, Geometry, KVPolicy, per_head
+from .base import SCORE_SCALE, SCORE_SPREAD, Geometry, KVPolicy, per_head, zeros_like
 from .clusters import ClusteredLayer, ClusterStore, extremes, stack
 
 FIRST_CLUSTER_BONUS = 4096.0
@@ -114,13 +114,14 @@ class MPCacheLayer(ClusteredLayer):
         return self.ops.cat([keep.unsqueeze(0)] * g.n_kv, dim=0).unsqueeze(-1)
 
     def _on_fine_clusters(self, summaries: Value) -> None:
-        """Complete coarse clusters: extremes over their children, and the children's summaries."""
+        """Complete coarse clusters: extremes over their children. The coarse level is only scored,
+        never gathered (its children's scores come from the fine level), so its payload is empty."""
         n_kv, count, width = summaries.shape
         hd, ratio = width // 2, self.params.coarse // self.params.fine
         children = summaries.reshape(n_kv, count // ratio, ratio, width)
         top, bottom = extremes(self.ops, children.transpose(2, 3))
         coarse = self.ops.cat([top[..., :hd], bottom[..., hd:]], dim=-1)
-        self.coarse.add(coarse, children.reshape(n_kv, count // ratio, ratio * width))
+        self.coarse.add(coarse, zeros_like(coarse[..., :1]))
 
     def _select(self, queries: Value) -> Value | None:
         if self._source is not None:
@@ -145,8 +146,10 @@ class MPCacheLayer(ClusteredLayer):
         last = p.keep_last and min(c1, k1) >= 2
         coarse_pick = ops.topk_onehot(self.coarse.scores(query) + _forced(c1, last), k1, SCORE_SPREAD)  # (n_kv, k1, c1)
         n_kv = coarse_pick.shape[0]
-        children = self.coarse.gather(coarse_pick).reshape(n_kv, k1 * ratio, -1)  # (n_kv, k1 r, 2 hd)
-        child_scores = query.matmul(children.transpose(1, 2))[:, 0, :]
+        # Every fine cluster is scored at the query's cost (a fixed-operand product); the kept coarse
+        # clusters' children's scores are then picked by the coarse one-hot, whose size is k1 x c1.
+        fine_scores = self.fine.scores(query).reshape(n_kv, c1, ratio)
+        child_scores = coarse_pick.matmul(fine_scores).reshape(n_kv, k1 * ratio)  # row i r + c: child c of pick i
         # The first coarse cluster ranks first and the last second, so the forced children are child
         # row 0 and, for the last cluster, its last child (row 2 r - 1).
         bonus = torch.zeros(k1 * ratio)
@@ -154,7 +157,7 @@ class MPCacheLayer(ClusteredLayer):
         if last and k2 >= 2:
             bonus[2 * ratio - 1] = FIRST_CLUSTER_BONUS / 2
         child_pick = ops.topk_onehot(child_scores + bonus, k2, SCORE_SPREAD)  # (n_kv, k2, k1 r)
-        return child_pick.matmul(_children_onehot(ops, coarse_pick, ratio))
+        return _fine_onehot(child_pick, coarse_pick, ratio)
 
 
 def _forced(n: int, last: bool) -> torch.Tensor:
@@ -166,14 +169,15 @@ def _forced(n: int, last: bool) -> torch.Tensor:
     return bonus
 
 
-def _children_onehot(ops: TensorOps, coarse_pick: Value, ratio: int) -> Value:
-    """``(n_kv, k1, C1)`` coarse one-hot -> ``(n_kv, k1 r, C1 r)``: child c of row i is fine cluster
-    ``g r + c`` where g is row i's coarse cluster (exact: a rearrangement with exact zeros)."""
-    n_kv, k1, c1 = coarse_pick.shape
-    zero = coarse_pick - coarse_pick
-    rows = [stack(ops, [coarse_pick if c == d else zero for d in range(ratio)], dim=-1).reshape(n_kv, k1, c1 * ratio)
-            for c in range(ratio)]
-    return stack(ops, rows, dim=2).reshape(n_kv, k1 * ratio, c1 * ratio)
+def _fine_onehot(child_pick: Value, coarse_pick: Value, ratio: int) -> Value:
+    """Child rows ``(n_kv, k2, k1 r)`` and coarse rows ``(n_kv, k1, C1)`` -> fine one-hot rows
+    ``(n_kv, k2, C1 r)``: child c of pick i is fine cluster ``g r + c`` where g is pick i's coarse
+    cluster. One product for all c, exact (one-hot times one-hot)."""
+    n_kv, k2, _ = child_pick.shape
+    k1, c1 = coarse_pick.shape[1:]
+    by_child = child_pick.reshape(n_kv, k2, k1, ratio).permute(0, 3, 1, 2).reshape(n_kv, ratio * k2, k1)
+    fine = by_child.matmul(coarse_pick).reshape(n_kv, ratio, k2, c1)
+    return fine.permute(0, 2, 3, 1).reshape(n_kv, k2, c1 * ratio)
 
 
 class MPCachePolicy(KVPolicy):
