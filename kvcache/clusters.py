@@ -3,11 +3,14 @@ that attends only to selected clusters (the shared mechanism of Quest and MPCach
 
 A cluster's summary is its keys' per-channel maximum and minimum, ``[max | min]``, computed once when
 the cluster is complete. Completed clusters live in a backend cache layer whose *keys* are the
-summaries and whose *values* are the clusters' flattened keys, values and keep bits. So one backend
-layer serves both steps of a selection on shares: ``scores(query)`` gives every cluster's score with
-a product that costs only the query's size, and ``mix(onehot)`` with a secret one-hot over clusters
-gathers the chosen clusters, at a cost that grows with the number of clusters, not tokens. Tokens of
-the newest, incomplete cluster (the "tail") are always attended.
+summaries and whose *values* are the clusters' keep bits, and their tokens in a second backend layer.
+So on shares every product with cached data has a fixed operand: ``scores(query)`` scores every
+cluster at the cost of the query's size, and attention over a secret one-hot selection of clusters
+takes the query's scores against every cached token (again the query's size), picks the selected
+clusters' scores by a product with the one-hot, and routes the attention weights back through the
+one-hot onto the tokens: what is opened grows with the number of clusters and the query heads, never
+with the gathered keys and values. Tokens of the newest, incomplete cluster (the "tail") are always
+attended.
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ class ClusterStore:
         """``(n_kv, k, C)`` one-hot rows -> ``(n_kv, k, payload)``."""
         return self._layer.mix(onehot)
 
+    def select(self, onehot: Value, per_cluster: Value) -> Value:
+        """``(n_kv, k, C)`` one-hot rows times ``(n_kv, C, w)`` secret rows -> ``(n_kv, k, w)``."""
+        return onehot.matmul(per_cluster)
+
     def release(self) -> None:
         self._layer.release()
 
@@ -80,12 +87,13 @@ class ClusteredLayer(ABC):
         self.fine_size = fine
         self.block = block
         self.fine = ClusterStore(ops)
+        self._tokens = ops.new_kv_layer()  # the tokens of complete clusters, in cluster order
         self.budget = 0
         self._fraction = budget
         self._prompt_layer = ops.new_kv_layer()
         self._prompt: tuple[Value, Value] | None = None
         self._tail: tuple[Value, Value, Value] | None = None  # keys, values, keep (n_kv, t, 1)
-        self._values: Value | None = None
+        self._onehot: Value | None = None  # this step's selection (n_kv, k, C)
         self._length = 0
         self.decoding = False
 
@@ -113,27 +121,53 @@ class ClusteredLayer(ABC):
     def scores(self, queries: Value) -> Value:
         if not self.decoding:
             return self._prompt_layer.scores(queries)
-        parts = [] if self._tail is None else [self._tail]
+        parts, keeps = [], []
+        self._onehot = None
         with self.ops.section("kv-select"):
             onehot = self._select(queries)
             if onehot is not None:
-                n_kv, k, _ = onehot.shape
-                hd = self.geometry.head_dim
-                blocks, span = self.fine.gather(onehot), self.fine_size * hd
-                parts.insert(0, (blocks[..., :span].reshape(n_kv, -1, hd),
-                                 blocks[..., span : 2 * span].reshape(n_kv, -1, hd),
-                                 blocks[..., 2 * span :].reshape(n_kv, -1, 1)))
-        keys, values, keep = (self.ops.cat([p[i] for p in parts], dim=1) for i in range(3))
-        self._values = values
-        self._length = keys.shape[1]
-        penalty = (keep - 1.0) * EVICTED_PENALTY
-        return queries.matmul(keys.transpose(1, 2)) + penalty.transpose(1, 2)
+                self._onehot = onehot
+                parts.append(self._selected_scores(queries, onehot))
+                keeps.append(self.fine.gather(onehot).reshape(onehot.shape[0], 1, -1))
+        if self._tail is not None:
+            tail_keys, _, tail_keep = self._tail
+            parts.append(queries.matmul(tail_keys.transpose(1, 2)))
+            keeps.append(tail_keep.transpose(1, 2))
+        scores, keep = self.ops.cat(parts, dim=-1), self.ops.cat(keeps, dim=-1)
+        self._length = scores.shape[-1]
+        return scores + (keep - 1.0) * EVICTED_PENALTY
+
+    def _selected_scores(self, queries: Value, onehot: Value) -> Value:
+        """Scores ``(n_kv, G, k s)`` of the selected clusters' tokens: every cached token's score (a
+        fixed-operand product), then the selected clusters' rows picked by the one-hot."""
+        n_kv, rows, _ = queries.shape
+        k, clusters, size = onehot.shape[1], onehot.shape[2], self.fine_size
+        every = self._tokens.scores(queries).reshape(n_kv, rows, clusters, size)
+        per_cluster = every.permute(0, 2, 1, 3).reshape(n_kv, clusters, rows * size)
+        picked = self.fine.select(onehot, per_cluster).reshape(n_kv, k, rows, size)
+        return picked.permute(0, 2, 1, 3).reshape(n_kv, rows, k * size)
 
     def mix(self, weights: Value) -> Value:
-        if self.decoding:
-            return weights.matmul(self._values)
-        out = self._prompt_layer.mix(weights)
-        self.end_prompt(weights)
+        if not self.decoding:
+            out = self._prompt_layer.mix(weights)
+            self.end_prompt(weights)
+            return out
+        n_kv, rows, _ = weights.shape
+        tail = self.tail_length
+        out = None
+        if self._onehot is not None:
+            onehot = self._onehot
+            k, clusters, size = onehot.shape[1], onehot.shape[2], self.fine_size
+            picked = weights[..., : k * size].reshape(n_kv, rows, k, size).permute(0, 2, 1, 3)
+            with self.ops.section("kv-select"):
+                # The weights routed back through the one-hot onto every cached token.
+                spread = self.fine.select(onehot.transpose(1, 2), picked.reshape(n_kv, k, rows * size))
+            routed = spread.reshape(n_kv, clusters, rows, size).permute(0, 2, 1, 3).reshape(n_kv, rows, clusters * size)
+            out = self._tokens.mix(routed)
+        if tail:
+            _, tail_values, _ = self._tail
+            from_tail = weights[..., weights.shape[-1] - tail :].matmul(tail_values)
+            out = from_tail if out is None else out + from_tail
         return out
 
     def end_prompt(self, weights: Value) -> None:
@@ -147,6 +181,7 @@ class ClusteredLayer(ABC):
 
     def release(self) -> None:
         self.fine.release()
+        self._tokens.release()
 
     def _extend_tail(self, keys: Value, values: Value, keep: Value) -> None:
         """Add tokens to the tail and move its complete blocks into the stores."""
@@ -162,10 +197,9 @@ class ClusteredLayer(ABC):
     def _add_blocks(self, keys: Value, values: Value, keep: Value) -> None:
         n_kv, n, hd = keys.shape
         count, size = n // self.fine_size, self.fine_size
-        payload = self.ops.cat([keys.reshape(n_kv, count, size * hd), values.reshape(n_kv, count, size * hd),
-                                keep.reshape(n_kv, count, size)], dim=-1)
         summaries = summarise(self.ops, keys, size)
-        self.fine.add(summaries, payload)
+        self.fine.add(summaries, keep.reshape(n_kv, count, size))
+        self._tokens.append(keys, values)
         self._on_fine_clusters(summaries)
 
     def fine_budget(self) -> int:
