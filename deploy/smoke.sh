@@ -96,6 +96,7 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT  # a stopped run still tears the stack down
 
 log "starting the stack"
 start=$SECONDS
