@@ -78,8 +78,7 @@ rm -rf "$extra/wheels" "$extra/ca-certificates.crt" "$build_log"
 log "image built in $((SECONDS - start)) s"
 
 # --- the stack -------------------------------------------------------------------------------------
-export PINFER_STATE="$(mktemp -d -t pinfer-smoke-XXXXXX)"
-chmod 0777 "$PINFER_STATE"  # the containers' unprivileged user (uid 10001) writes keys and shares here
+export PINFER_STATE="$(mktemp -d -t pinfer-smoke-XXXXXX)"  # setup (root in its container) fills it
 client_dir="$(mktemp -d -t pinfer-smoke-client-XXXXXX)"  # 0700: the token copy lives here
 cleanup() {
     rc=$?
@@ -88,9 +87,9 @@ cleanup() {
         compose logs --no-color --tail 40 >&2 2>&1 || true
     fi
     compose down --volumes --remove-orphans >/dev/null 2>&1 || true
-    # Keys and shares belong to the containers' user: a non-root caller removes them through one.
-    docker run --rm -v "$PINFER_STATE:/state" --entrypoint rm "$PINFER_IMAGE" -rf /state/keys /state/models \
-        /state/client.token /state/tokens.sha256 >/dev/null 2>&1 || true
+    # Keys, shares and token belong to root and uid 10001: a non-root caller removes them through a container.
+    docker run --rm --user 0 -v "$PINFER_STATE:/state" --entrypoint rm "$PINFER_IMAGE" -rf /state/keys \
+        /state/models /state/client.token /state/tokens.sha256 >/dev/null 2>&1 || true
     rm -rf "$PINFER_STATE" "$client_dir"
     if [[ "${PINFER_SMOKE_KEEP_IMAGE:-1}" == 0 ]]; then docker image rm "$PINFER_IMAGE" >/dev/null 2>&1 || true; fi
     exit "$rc"
@@ -111,8 +110,8 @@ done
 if [[ "$health" != healthy ]]; then log "orchestrator not healthy ($health)"; exit 1; fi
 log "stack healthy in $((SECONDS - start)) s"
 
-# The token file belongs to the containers' user: copy it for this client, readable by it alone.
-(umask 077; docker run --rm -v "$PINFER_STATE:/state:ro" --entrypoint cat "$PINFER_IMAGE" /state/client.token \
+# The token file is root's, 0600: copy it for this client (which need not be root), readable by it alone.
+(umask 077; docker run --rm --user 0 -v "$PINFER_STATE:/state:ro" --entrypoint cat "$PINFER_IMAGE" /state/client.token \
     >"$client_dir/token")
 cp "$PINFER_STATE/keys/ca/ca.crt" "$client_dir/ca.crt"
 
