@@ -68,6 +68,7 @@ if [[ -n "${PIP_INDEX_URL:-}" ]]; then build_args+=(--build-arg "PIP_INDEX_URL=$
 log "building $PINFER_IMAGE on $BASE_IMAGE"
 start=$SECONDS
 build_log="$(mktemp -t pinfer-smoke-build-XXXXXX.log)"
+previous="$(docker image inspect -f '{{.Id}}' "$PINFER_IMAGE" 2>/dev/null || true)"
 if ! docker build -f deploy/Dockerfile "${build_args[@]}" -t "$PINFER_IMAGE" . >"$build_log" 2>&1; then
     log "image build failed; last lines of its log:"
     tail -n 40 "$build_log" >&2
@@ -76,6 +77,10 @@ if ! docker build -f deploy/Dockerfile "${build_args[@]}" -t "$PINFER_IMAGE" . >
 fi
 rm -rf "$extra/wheels" "$extra/ca-certificates.crt" "$build_log"
 log "image built in $((SECONDS - start)) s"
+# The image this build replaced (and its layers no other image uses) would only pile up on disk.
+if [[ -n "$previous" && "$previous" != "$(docker image inspect -f '{{.Id}}' "$PINFER_IMAGE")" ]]; then
+    docker image rm "$previous" >/dev/null 2>&1 || true
+fi
 
 # --- the stack -------------------------------------------------------------------------------------
 export PINFER_STATE="$(mktemp -d -t pinfer-smoke-XXXXXX)"  # setup (root in its container) fills it
