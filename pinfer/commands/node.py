@@ -33,6 +33,12 @@ def wait_for_signal() -> None:
     stop.wait()
 
 
+def clear_port_file(path: str | None) -> None:
+    """Remove a port file left by an earlier run (a restarted container), so it means "serving now"."""
+    if path:
+        Path(path).unlink(missing_ok=True)
+
+
 def write_port_file(path: str | None, port: int) -> None:
     if path:
         tmp = Path(path).with_suffix(".tmp")
@@ -44,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from pinfer.parties.node import NodeConfig, serve
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.role} %(levelname)s %(message)s")
+    clear_port_file(args.port_file)
     host = args.listen.rsplit(":", 1)[0]
     config = NodeConfig(role=args.role, key_root=args.keys, parties=args.parties, shares_root=args.shares,
                         slots=args.slots, advertise_host=args.advertise, mesh_listen_host=args.mesh_listen or host,

@@ -25,10 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pinfer import keys
-    from pinfer.commands.node import wait_for_signal, write_port_file
+    from pinfer.commands.node import clear_port_file, wait_for_signal, write_port_file
     from pinfer.orchestrator import OrchestratorConfig, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s orchestrator %(levelname)s %(message)s")
+    clear_port_file(args.port_file)
     nodes = dict(item.split("=", 1) for item in args.node)
     needed = {keys.party_role(i) for i in range(args.parties)} | {keys.DEALER}
     if set(nodes) != needed:
