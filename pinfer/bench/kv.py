@@ -72,7 +72,12 @@ def _measure_model(world: Any, model: str, args: argparse.Namespace, progress) -
     cfg, cut = truncate(config, weights, args.layers)
     prepared = prepare_weights(cfg, cut)
     rows = []
-    for length in args.lengths:
+    # The cache plus the decode steps must fit the model's positions (GPT-2: 1024).
+    longest = config.max_positions - args.steps - 1
+    lengths = sorted({min(length, longest) for length in args.lengths})
+    if lengths != sorted(set(args.lengths)):
+        progress(f"{model}: lengths capped at {longest} (context {config.max_positions}, {args.steps} decode steps)")
+    for length in lengths:
         progress(f"{model}: {length} cached tokens, plaintext prefill for {len(args.policies)} policies")
         caches = {name: plaintext_cache(cfg, prepared, ids_all[:length], build_policy(name, args.budget, args.layers))
                   for name in args.policies}
