@@ -34,17 +34,12 @@ def truncate(config: ModelConfig, weights: dict[str, torch.Tensor], layers: int)
     return dataclasses.replace(config, n_layers=layers), kept
 
 
-def build_policy(name: str, budget: float, layers: int) -> KVPolicy | None:
-    """``name`` at ``budget``; MPCache's cross-layer sharing rule is scaled to the truncated depth
-    (layer 0 selects, layer 1 reuses it, ...), keeping the full model's ratio of about one selection
-    per two layers."""
+def build_policy(name: str, budget: float) -> KVPolicy | None:
+    """``name`` at ``budget`` with its defaults, except that Quest's dense first layers are dropped so
+    that the truncated model measures its selection (MPCache's defaults select in every layer, so
+    any truncated depth is representative)."""
     if name == "full":
         return None
-    if name == "mpcache":
-        from .mpcache import MPCacheParams
-
-        own = 1 if layers > 1 else 0
-        return make_policy(name, budget, params=MPCacheParams(own_first=own, own_last=0))
     if name == "quest":
         return make_policy(name, budget, dense_layers=0)
     return make_policy(name, budget)

@@ -1,5 +1,7 @@
 """MPCache (Zeng et al., NeurIPS'25): look-once static eviction plus query-aware cluster selection,
-built for secret shares (``specs/mpcache.md``).
+built for secret shares (``specs/mpcache.md``). Every component of the authors' method is here and
+parameterised (``MPCacheParams``); the defaults switch off the two that cost SmolLM2 its pass keys
+(static eviction, cross-layer sharing) and halve the cluster sizes (see ``MPCacheParams``).
 
 * Static, once after the prompt: each token's importance is the highest head-averaged attention it
   gets from the last 20% of prompt queries (10% beyond 24k tokens). Threshold mode keeps tokens at or
@@ -7,12 +9,12 @@ built for secret shares (``specs/mpcache.md``).
   per layer, for all heads. On shares the keep bits stay secret: an evicted token is not moved out of
   the cache (oblivious compaction would need a secret shuffle) but masked inside every gathered cluster.
 * Dynamic, each decode step, one selection per KV head from the sum of its query heads: clusters of
-  ``coarse`` (32) and ``fine`` (16) contiguous tokens with per-channel key max/min kept incrementally;
+  ``coarse`` and ``fine`` contiguous tokens with per-channel key max/min kept incrementally;
   similarity ``q . (alpha max + (1 - alpha) min)``, alpha = 0.6, computed as ``[alpha q | (1-alpha) q]``
   against the stored ``[max | min]``; the top ``ratio1`` of coarse clusters, then among their children
-  the fine clusters the budget allows; the first cluster always, and the incomplete last block (the
-  tail) always. The fine one-hot is built from the two levels' one-hots by a product, so only the
-  children of kept coarse clusters are ever scored.
+  the fine clusters the budget allows; the first and last complete clusters always, and the incomplete
+  last block (the tail) always. The kept coarse clusters' children's scores are picked from every fine
+  cluster's scores, and the fine one-hot is built from the two levels' one-hots by a product.
 * Cross-layer sharing: the first ``own_first`` and last ``own_last`` layers select on their own; in
   between, each odd layer reuses the previous layer's static keep bits and dynamic selection.
 """

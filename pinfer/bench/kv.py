@@ -79,7 +79,7 @@ def _measure_model(world: Any, model: str, args: argparse.Namespace, progress) -
         progress(f"{model}: lengths capped at {longest} (context {config.max_positions}, {args.steps} decode steps)")
     for length in lengths:
         progress(f"{model}: {length} cached tokens, plaintext prefill for {len(args.policies)} policies")
-        caches = {name: plaintext_cache(cfg, prepared, ids_all[:length], build_policy(name, args.budget, args.layers))
+        caches = {name: plaintext_cache(cfg, prepared, ids_all[:length], build_policy(name, args.budget))
                   for name in args.policies}
         progress(f"{model}: {length} cached tokens, decode on shares")
         result = run_job(cfg, prepared, length, caches, ids_all[length])
