@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from pinfer import keys
+from pinfer import envelope, keys
 from pinfer.proto import node_pb2, node_pb2_grpc
 
 if TYPE_CHECKING:  # the dealer node never loads torch or the share store
@@ -264,7 +264,9 @@ def serve(config: NodeConfig, address: str) -> tuple[grpc.Server, int, NodeServi
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     service = NodeService(config)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2 * config.slots + 8))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2 * config.slots + 8),
+                         options=[("grpc.max_receive_message_length", envelope.MAX_MESSAGE_BYTES),
+                                  ("grpc.max_send_message_length", envelope.MAX_MESSAGE_BYTES)])
     node_pb2_grpc.add_NodeServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -27,7 +27,6 @@ from pinfer import envelope
 from pinfer.parties.session_worker import input_context, token_context
 from pinfer.proto import inference_pb2, inference_pb2_grpc
 
-MAX_MESSAGE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -120,8 +119,8 @@ class Client:
         )
         self._channel = grpc.secure_channel(address, credentials, options=[
             ("grpc.ssl_target_name_override", server_name),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", envelope.MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", envelope.MAX_MESSAGE_BYTES),
         ])
         self._stub = inference_pb2_grpc.InferenceStub(self._channel)
         self._timeout_s = timeout_s

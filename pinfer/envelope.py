@@ -66,6 +66,11 @@ TENSOR_MAGIC = b"PTEN"
 MAX_TENSOR_DIMS = 8
 _TENSOR_HEAD = struct.Struct(">4sBB")
 
+MAX_MESSAGE_BYTES = 256 << 20
+"""Largest gRPC message any pinfer link accepts (client, orchestrator, nodes). A prompt travels as
+one-hot share rows, 8 bytes per vocabulary entry per token: 256 MiB holds about 680 SmolLM2 prompt
+tokens; a larger request is refused with RESOURCE_EXHAUSTED before any work starts."""
+
 
 class EnvelopeError(Exception):
     """Base class: an envelope could not be sealed or opened. Messages never contain secret bytes."""

@@ -38,7 +38,6 @@ REQUEST_ID = re.compile(r"^[0-9a-f]{16,64}$")
 _TENSOR_OVERHEAD = 4 + 1 + 1 + 8 * 2  # PTEN, dtype, ndim, two dims (pinfer.envelope.encode_tensor)
 STEP_TIMEOUT_S = 600.0
 """Longest wait for the next event of a running session before it is declared lost (UNAVAILABLE)."""
-MAX_MESSAGE_BYTES = 256 << 20
 
 
 class _SessionFailed(Exception):
@@ -161,8 +160,8 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
             # The node's certificate must carry its role as a DNS name (only the CA can grant it).
             self._channels[role] = grpc.secure_channel(address, channel_creds, options=[
                 ("grpc.ssl_target_name_override", role),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", envelope.MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", envelope.MAX_MESSAGE_BYTES),
             ])
         self._stubs = {role: node_pb2_grpc.NodeStub(ch) for role, ch in self._channels.items()}
         self._admission = Admission(config.slots, config.queue)
@@ -376,8 +375,8 @@ def serve(config: OrchestratorConfig, address: str,
     service = Orchestrator(config)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 * (config.slots + config.queue) + 8),
                          interceptors=list(interceptors),
-                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+                         options=[("grpc.max_receive_message_length", envelope.MAX_MESSAGE_BYTES),
+                                  ("grpc.max_send_message_length", envelope.MAX_MESSAGE_BYTES)])
     inference_pb2_grpc.add_InferenceServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
