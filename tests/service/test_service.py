@@ -55,14 +55,18 @@ def _stub(service: LocalService, token: str | None = None) -> inference_pb2_grpc
     return inference_pb2_grpc.InferenceStub(channel)
 
 
-def _node_stub(service: LocalService, role: str, as_role: str = keys.ORCHESTRATOR,
-               key_dir: Path | None = None) -> node_pb2_grpc.NodeStub:
+def _node_channel(service: LocalService, role: str, as_role: str = keys.ORCHESTRATOR,
+                  key_dir: Path | None = None) -> grpc.Channel:
     creds = keys.load_node_credentials(key_dir or service.key_dir, as_role)
-    channel = grpc.secure_channel(
+    return grpc.secure_channel(
         f"127.0.0.1:{service.ports[role]}",
         grpc.ssl_channel_credentials(service.ca_path.read_bytes(), creds.private_key_pem(), creds.certificate_pem()),
-        options=[("grpc.ssl_target_name_override", role)])
-    return node_pb2_grpc.NodeStub(channel)
+        options=[("grpc.ssl_target_name_override", role), ("grpc.max_send_message_length", 64 << 20)])
+
+
+def _node_stub(service: LocalService, role: str, as_role: str = keys.ORCHESTRATOR,
+               key_dir: Path | None = None) -> node_pb2_grpc.NodeStub:
+    return node_pb2_grpc.NodeStub(_node_channel(service, role, as_role, key_dir))
 
 
 def _active_sessions(service: LocalService) -> dict[str, int]:
@@ -212,6 +216,27 @@ def test_node_refuses_foreign_and_wrong_role_callers(service: LocalService, fore
     assert _code(lambda: wrong_role.Describe(node_pb2.DescribeRequest(), timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
     client_role = _node_stub(service, "dealer", as_role=keys.CLIENT)
     assert _code(lambda: list(client_role.Session(iter([]), timeout=10))) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_node_accepts_messages_as_large_as_a_smollm2_prompt(service: LocalService) -> None:
+    """A 37-token SmolLM2 prompt's one-hot share is 14.5 MB, beyond gRPC's 4 MiB default: the node
+    must take what the orchestrator may relay (`envelope.MAX_MESSAGE_BYTES`)."""
+    padding = b"\x00" * (15 << 20)
+    # Field 1000, length-delimited: unknown to DescribeRequest, so the node parses and ignores it.
+    field = bytes([0xC2, 0x3E]) + _varint(len(padding)) + padding
+    describe = _node_channel(service, "party0").unary_unary(
+        "/pinfer.v1.Node/Describe", request_serializer=lambda raw: raw,
+        response_deserializer=node_pb2.NodeDescription.FromString)
+    assert describe(field, timeout=30).role == "party0"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 class _Recorder(grpc.ServerInterceptor):
