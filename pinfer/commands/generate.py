@@ -156,16 +156,26 @@ def _add_reference(report: dict[str, Any], ids: list[int], max_new_tokens: int) 
 
 
 def _print_remote(report: dict[str, Any]) -> None:
-    if "plaintext_text" in report:
-        verdict = "identical tokens" if report["match"] else f"first {report['matching_prefix']} tokens agree"
-        print(f"plaintext : {report['plaintext_text']}  ({verdict})")
+    _print_verdict(report, quote=False)
     latency = report["latency_s"]
     print(f"latency   : first token {latency['first_token']} s ({report['prompt_tokens']} prompt tokens, session "
           f"start included), decode {latency['decode_per_token']} s/token, total {latency['total']} s (client side)")
+    _print_phase_costs(report, with_seconds=True)
+
+
+def _print_verdict(report: dict[str, Any], quote: bool) -> None:
+    if "plaintext_text" in report:
+        verdict = "identical tokens" if report["match"] else f"first {report['matching_prefix']} tokens agree"
+        text = repr(report["plaintext_text"]) if quote else report["plaintext_text"]
+        print(f"plaintext : {text}  ({verdict})")
+
+
+def _print_phase_costs(report: dict[str, Any], with_seconds: bool) -> None:
     for phase, totals in report["by_phase"].items():
         party0 = totals[0]
+        steps = f", {party0['seconds']:.2f} s of party 0 steps" if with_seconds else ""
         print(f"{phase:<10}: {party0['bytes'] / 1e6:.2f} MB sent by party 0, {party0['rounds']} rounds, "
-              f"{party0['dealer_bytes'] / 1e6:.2f} MB dealer traffic, {party0['seconds']:.2f} s of party 0 steps")
+              f"{party0['dealer_bytes'] / 1e6:.2f} MB dealer traffic{steps}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -220,13 +230,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_human(report: dict[str, Any]) -> None:
     print(f"private   : {report['text']!r}")
-    if "plaintext_text" in report:
-        verdict = "identical tokens" if report["match"] else f"first {report['matching_prefix']} tokens agree"
-        print(f"plaintext : {report['plaintext_text']!r}  ({verdict})")
+    _print_verdict(report, quote=True)
     latency = report["latency_s"]
     print(f"latency   : prefill {latency['prefill']} s ({report['prompt_tokens']} tokens), "
           f"decode {latency['decode_per_token']} s/token, total {latency['total']} s")
-    for phase, totals in report["by_phase"].items():
-        party0 = totals[0]
-        print(f"{phase:<10}: {party0['bytes'] / 1e6:.2f} MB sent by party 0, {party0['rounds']} rounds, "
-              f"{party0['dealer_bytes'] / 1e6:.2f} MB dealer traffic")
+    _print_phase_costs(report, with_seconds=False)
