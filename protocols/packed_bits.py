@@ -9,7 +9,8 @@ magnitude, and they are the sum of the parties' shares reduced mod ``2^bits``, a
   (Kogge-Stone) over the packed words, with public masks that stop carries at lane boundaries:
   ``ceil(log2 bits)`` AND rounds, on ``bits/64`` of the words CrypTen's adder needs.
 * :func:`bits_to_arithmetic` opens the masked bits 64 to a word.
-* :func:`ltz` combines them: ``[x < 0]`` for 32-bit lanes costs about a sixth of ``MPCTensor._ltz``.
+* :func:`ltz` bit-slices the reduced shares and computes only the carry into the top bit: ``[x < 0]``
+  for 32-bit lanes costs about a ninth of ``MPCTensor._ltz``.
 
 Everything opened is a value masked by a fresh dealer triple or bit, so the packing changes what is
 sent, not what is learnt. A value outside the stated bound gives a wrong result, not an error (the
@@ -34,7 +35,7 @@ WORD = 64
 
 def _lanes(bits: int) -> int:
     if not 1 <= bits <= WORD:
-        raise ValueError(f"lane width {bits} must lie in 2..{WORD}")
+        raise ValueError(f"lane width {bits} must lie in 1..{WORD}")
     return WORD // bits
 
 
@@ -111,10 +112,7 @@ def bits_to_arithmetic(bits: BinarySharedTensor, like: MPCTensor) -> MPCTensor:
     in ``like``'s wrapper. Each bit is masked by a dealer bit ``r`` (known to the parties in both
     sharings) and the masked bits are opened 64 to a word; then ``x = z + r - 2 z r`` is local."""
     packed = _binary(_bit_planes(bits.share & 1, 1)[0])
-    shaped = like.shallow_copy()
-    shaped._tensor = like._tensor.shallow_copy()
-    shaped._tensor.share = torch.zeros(bits.size(), dtype=torch.int64)
-    return _packed_bits_to_arithmetic(packed, bits.nelement(), like=shaped)
+    return _packed_bits_to_arithmetic(packed, bits.size(), like)
 
 
 LANE_WIDTHS = (16, 21, 32)
@@ -185,16 +183,16 @@ def ltz(x: MPCTensor, bits: int = WORD) -> MPCTensor:
         operands += [half ^ c, shifted]
     a, b = operands
     sign = a[bits - 1] ^ b[bits - 1] ^ _carry_into_top(a[: bits - 1], b[: bits - 1])
-    return _packed_bits_to_arithmetic(sign, share.numel(), like=x)
+    return _packed_bits_to_arithmetic(sign, share.size(), x)
 
 
-def _packed_bits_to_arithmetic(packed: BinarySharedTensor, count: int, like: MPCTensor) -> MPCTensor:
-    """Bits packed 64 to a word (value i at bit i % 64 of word i // 64) as 0/1 arithmetic shares in
-    ``like``'s shape and wrapper (scale 1): masked by dealer bits, opened packed, unmasked locally."""
+def _packed_bits_to_arithmetic(packed: BinarySharedTensor, shape: torch.Size, like: MPCTensor) -> MPCTensor:
+    """Bits packed 64 to a word (value i at bit i % 64 of word i // 64) as 0/1 arithmetic shares of
+    ``shape`` in ``like``'s wrapper (scale 1): masked by dealer bits, opened packed, unmasked locally."""
     provider = crypten.mpc.get_default_provider()
-    r_arith, r_bin = provider.B2A_rng(like.size())
+    r_arith, r_bin = provider.B2A_rng(shape)
     mask = _bit_planes(r_bin.share & 1, 1)[0]
-    z = _bit_planes_unpack(_binary(packed.share ^ mask).reveal(), count).reshape(like.size())
+    z = _bit_planes_unpack(_binary(packed.share ^ mask).reveal(), shape.numel()).reshape(shape)
     arith = r_arith * (1 - 2 * z) + z
     out = like.shallow_copy()
     out._tensor = like._tensor.shallow_copy()
