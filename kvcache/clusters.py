@@ -62,10 +62,6 @@ class ClusterStore:
         """``(n_kv, k, C)`` one-hot rows -> ``(n_kv, k, payload)``."""
         return self._layer.mix(onehot)
 
-    def select(self, onehot: Value, per_cluster: Value) -> Value:
-        """``(n_kv, k, C)`` one-hot rows times ``(n_kv, C, w)`` secret rows -> ``(n_kv, k, w)``."""
-        return onehot.matmul(per_cluster)
-
     def release(self) -> None:
         self._layer.release()
 
@@ -144,7 +140,7 @@ class ClusteredLayer(ABC):
         k, clusters, size = onehot.shape[1], onehot.shape[2], self.fine_size
         every = self._tokens.scores(queries).reshape(n_kv, rows, clusters, size)
         per_cluster = every.permute(0, 2, 1, 3).reshape(n_kv, clusters, rows * size)
-        picked = self.fine.select(onehot, per_cluster).reshape(n_kv, k, rows, size)
+        picked = onehot.matmul(per_cluster).reshape(n_kv, k, rows, size)
         return picked.permute(0, 2, 1, 3).reshape(n_kv, rows, k * size)
 
     def mix(self, weights: Value) -> Value:
@@ -161,7 +157,7 @@ class ClusteredLayer(ABC):
             picked = weights[..., : k * size].reshape(n_kv, rows, k, size).permute(0, 2, 1, 3)
             with self.ops.section("kv-select"):
                 # The weights routed back through the one-hot onto every cached token.
-                spread = self.fine.select(onehot.transpose(1, 2), picked.reshape(n_kv, k, rows * size))
+                spread = onehot.transpose(1, 2).matmul(picked.reshape(n_kv, k, rows * size))
             routed = spread.reshape(n_kv, clusters, rows, size).permute(0, 2, 1, 3).reshape(n_kv, rows, clusters * size)
             out = self._tokens.mix(routed)
         if tail:
