@@ -79,7 +79,11 @@ class PlainOps:
     def argmax_onehot(self, x: torch.Tensor, spread: float | None = None) -> torch.Tensor:
         return F.one_hot(x.argmax(dim=-1), x.shape[-1]).to(x.dtype)
 
-    def topk_onehot(self, x: torch.Tensor, k: int, spread: float | None = None) -> torch.Tensor:
+    def topk_onehot(
+        self, x: torch.Tensor, k: int, spread: float | None = None, resolution: float | None = None
+    ) -> torch.Tensor:
+        """The exact top-k (stable: ties to the lower index); ``spread`` and ``resolution`` are
+        accepted and ignored."""
         order = torch.sort(x, dim=-1, descending=True, stable=True).indices[..., :k]
         return F.one_hot(order, x.shape[-1]).to(x.dtype)
 

@@ -70,11 +70,16 @@ class TensorOps(Protocol):
         bound on max - min of a row, which lets the MPC backend compare in narrower lanes; a row
         beyond it gives a wrong result, so pass only measured bounds with margin."""
 
-    def topk_onehot(self, x: Value, k: int, spread: float | None = None) -> Value:
+    def topk_onehot(
+        self, x: Value, k: int, spread: float | None = None, resolution: float | None = None
+    ) -> Value:
         """``(..., n)`` -> ``(..., k, n)``: row r is the one-hot of the r-th largest entry (ties to the
         lower index), in the default value encoding. KV policies select tokens or clusters with it and
         gather them by a product with the cache, so which entries win never leaves the backend.
-        ``spread`` as for :meth:`argmax_onehot`."""
+        ``spread`` as for :meth:`argmax_onehot`. ``resolution`` (public, real units) lets a backend
+        rank entries closer than it either way (ties included) in exchange for cheaper comparisons;
+        entries further apart keep their exact order, and every row still has exactly one 1 on
+        distinct entries."""
 
     def new_kv_layer(self) -> KVLayer: ...
 

@@ -115,8 +115,10 @@ class MpcOps:
     def argmax_onehot(self, x: MPCTensor, spread: float | None = None) -> MPCTensor:
         return nonlinear.argmax_onehot(x, dim=-1, spread=spread)
 
-    def topk_onehot(self, x: MPCTensor, k: int, spread: float | None = None) -> MPCTensor:
-        return oblivious.topk_onehot(x, k, spread)
+    def topk_onehot(
+        self, x: MPCTensor, k: int, spread: float | None = None, resolution: float | None = None
+    ) -> MPCTensor:
+        return oblivious.topk_onehot(x, k, spread, resolution)
 
     def new_kv_layer(self) -> MpcKVLayer:
         return MpcKVLayer(self._provider)
