@@ -26,11 +26,16 @@ e^-32 ~ 1e-14 in plaintext."""
 SCORE_SCALE = 0.125
 """Cluster scores are ranked at 1/8 of ``q . summary``: the ordering is the same, and the spread of
 scores on SmolLM2 (|score| <= 1.7e3 measured at 1k-2k tokens, about 210 once scaled) stays far
-inside ``SCORE_SPREAD`` with the first-cluster bonus on top."""
+inside ``SCORE_SPREAD`` with the forced clusters' bonus on top."""
 
-SCORE_SPREAD = 2.0**14
-"""Public bound on max - min of any row a policy ranks with ``topk_onehot`` (the MPC backend then
-compares in 32-bit packed lanes); scaled cluster scores plus the 4096 bonus reach about 4.5e3."""
+SCORE_SPREAD = 2.0**12
+"""Public bound on max - min of any row a policy ranks with ``topk_onehot``: scaled cluster scores
+(measured range about 425) plus a bonus of at most 2048 for forced clusters stay below 2.5e3."""
+
+SCORE_RESOLUTION = 0.5
+"""Scaled cluster scores closer than this (4 units of ``q . summary``, against a measured range of
+3.4e3) may be ranked either way on shares; with ``SCORE_SPREAD`` it lets two parties rank in 16-bit
+lanes (``protocols.oblivious``)."""
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,8 @@ class ClusteredLayer(ABC):
 
     The prompt is attended in full; when its attention is known the subclass decides each prompt
     token's keep bit (a secret 0/1: an evicted token stays in its cluster but its score is pushed
-    below the softmax's reach), and complete blocks of ``block`` tokens move into the stores. During
+    below the softmax's reach) or that every token stays (public: then no keep bit is gathered), and
+    complete blocks of ``block`` tokens move into the stores. During
     decoding, ``_select`` returns a one-hot ``(n_kv, k, C)`` over fine clusters each step.
     """
 
@@ -90,6 +91,7 @@ class ClusteredLayer(ABC):
         self._prompt: tuple[Value, Value] | None = None
         self._tail: tuple[Value, Value, Value] | None = None  # keys, values, keep (n_kv, t, 1)
         self._onehot: Value | None = None  # this step's selection (n_kv, k, C)
+        self._evicts = False  # whether any prompt token may have a 0 keep bit (public)
         self._length = 0
         self.decoding = False
 
@@ -124,14 +126,17 @@ class ClusteredLayer(ABC):
             if onehot is not None:
                 self._onehot = onehot
                 parts.append(self._selected_scores(queries, onehot))
-                keeps.append(self.fine.gather(onehot).reshape(onehot.shape[0], 1, -1))
+                if self._evicts:
+                    keeps.append(self.fine.gather(onehot).reshape(onehot.shape[0], 1, -1))
         if self._tail is not None:
             tail_keys, _, tail_keep = self._tail
             parts.append(queries.matmul(tail_keys.transpose(1, 2)))
             keeps.append(tail_keep.transpose(1, 2))
-        scores, keep = self.ops.cat(parts, dim=-1), self.ops.cat(keeps, dim=-1)
+        scores = self.ops.cat(parts, dim=-1)
         self._length = scores.shape[-1]
-        return scores + (keep - 1.0) * EVICTED_PENALTY
+        if not self._evicts:
+            return scores
+        return scores + (self.ops.cat(keeps, dim=-1) - 1.0) * EVICTED_PENALTY
 
     def _selected_scores(self, queries: Value, onehot: Value) -> Value:
         """Scores ``(n_kv, G, k s)`` of the selected clusters' tokens: every cached token's score (a
@@ -170,6 +175,9 @@ class ClusteredLayer(ABC):
         keys, values = self._prompt
         with self.ops.section("kv-select"):
             keep = self._prompt_keep(weights)
+        self._evicts = keep is not None
+        if keep is None:
+            keep = zeros_like(keys[..., :1]) + 1.0
         self._extend_tail(keys, values, keep)
         self._prompt = None
         self._prompt_layer.release()
@@ -206,8 +214,9 @@ class ClusteredLayer(ABC):
         """Hook for stores above the fine level (coarse clusters)."""
 
     @abstractmethod
-    def _prompt_keep(self, weights: Value) -> Value:
-        """Keep bits ``(n_kv, T, 1)`` for the prompt's tokens from its attention weights."""
+    def _prompt_keep(self, weights: Value) -> Value | None:
+        """Keep bits ``(n_kv, T, 1)`` for the prompt's tokens from its attention weights, or None when
+        the policy keeps every prompt token (a public fact)."""
 
     @abstractmethod
     def _select(self, queries: Value) -> Value | None:

@@ -29,11 +29,13 @@ import torch
 from pinfer.models.config import ModelConfig
 from pinfer.tensor_ops import KVLayer, TensorOps, Value
 
-from .base import SCORE_SCALE, SCORE_SPREAD, Geometry, KVPolicy, per_head, zeros_like
+from .base import SCORE_RESOLUTION, SCORE_SCALE, SCORE_SPREAD, Geometry, KVPolicy, per_head, zeros_like
 from .clusters import ClusteredLayer, ClusterStore, extremes, stack
 
-FIRST_CLUSTER_BONUS = 4096.0
-"""Added to the first cluster's score so that it always ranks first (public: it is always kept)."""
+FIRST_CLUSTER_BONUS = 2048.0
+"""Added to the first cluster's score so that it always ranks first, half of it to the last cluster's
+so that it ranks second (public: both are always kept). Both exceed the range of scaled scores
+(``SCORE_SCALE``) and stay inside ``SCORE_SPREAD`` with it."""
 
 
 @dataclass(frozen=True)
@@ -51,18 +53,23 @@ class MPCacheParams:
     * cross-layer sharing off (``own_first`` >= the layer count: every layer selects on its own):
       0.247/0.481/0.654 alone, 0.358/0.716/0.889 with static eviction off. It doubles the selections
       (kv-select cost) of the middle layers;
-    * clusters of 16 (coarse) and 8 (fine) tokens instead of 32/16: 0.432/0.593/0.704 alone (64/32:
-      0.099/0.235/0.407). Budgets here are 51-820 tokens, so 16-token clusters are coarse; the authors
-      sized theirs for LongBench prompts of many thousand tokens. Twice as many clusters to score and
-      rank;
-    * all three (these defaults): 0.741/0.901/0.914 (79%/96%/97% of the full cache's hits), top-1
+    * fine clusters of 8 tokens instead of 16 (coarse 16/fine 8 instead of 32/16): 0.432/0.593/0.704
+      alone (64/32: 0.099/0.235/0.407). Budgets here are 51-820 tokens, so 16-token clusters are
+      coarse; the authors sized theirs for LongBench prompts of many thousand tokens;
+    * all three with coarse 16: 0.741/0.901/0.914 (79%/96%/97% of the full cache's hits), top-1
       0.74/0.84/0.94, KL 0.11/0.05/0.02.
+
+    A second ablation on the same held-out prompts (commit f0b6150, ``bench-out/mpcache-ablation2-heldout.json``)
+    chose the coarse size by cost: coarse 32 over fine 8 (these defaults) keeps 0.704/0.901/0.901
+    (top-1 0.85 at 0.1, KL 0.06) and ranks a quarter of coarse pairs (2,016 instead of 8,128 per KV
+    head at 2,048 tokens); ``ratio1`` 0.25 gave 0.691/0.864/0.926, coarse 32 with ``ratio1`` 0.25 or
+    0.125 0.778 and 0.605 at 0.1.
 
     ``ratio1`` 0.25-1.0, ``alpha`` 0.5-0.8, ``window`` 0.1-0.4 and ``keep_last`` moved passkey by at most
     6 of 81 prompts, in no consistent direction over the budgets. ``tau`` applies to head-averaged attention in [0, 1] and cannot resolve
     below the 2^-16 fixed-point step on shares."""
 
-    coarse: int = 16
+    coarse: int = 32
     fine: int = 8
     ratio1: float = 0.5
     alpha: float = 0.6
@@ -105,7 +112,7 @@ class MPCacheLayer(ClusteredLayer):
         super().release()
         self.coarse.release()
 
-    def _prompt_keep(self, weights: Value) -> Value:
+    def _prompt_keep(self, weights: Value) -> Value | None:
         if self._source is not None:
             keep = self._board.keeps[self._source]
         else:
@@ -113,8 +120,10 @@ class MPCacheLayer(ClusteredLayer):
         self._board.keeps[self._index] = keep
         return keep
 
-    def _static_keep(self, weights: Value) -> Value:
+    def _static_keep(self, weights: Value) -> Value | None:
         p, g = self.params, self.geometry
+        if p.static == "budget" and p.static_keep >= 1.0:
+            return None
         n = weights.shape[-1]
         share = p.window if n <= 24000 else p.window / 2
         window = max(1, math.floor(share * n))
@@ -164,7 +173,8 @@ class MPCacheLayer(ClusteredLayer):
         total = queries.sum(dim=1, keepdim=True)
         query = ops.cat([total * (p.alpha * SCORE_SCALE), total * ((1 - p.alpha) * SCORE_SCALE)], dim=-1)
         last = p.keep_last and min(c1, k1) >= 2
-        coarse_pick = ops.topk_onehot(self.coarse.scores(query) + _forced(c1, last), k1, SCORE_SPREAD)  # (n_kv, k1, c1)
+        coarse_pick = ops.topk_onehot(self.coarse.scores(query) + _forced(c1, last), k1,
+                                       SCORE_SPREAD, SCORE_RESOLUTION)  # (n_kv, k1, c1)
         n_kv = coarse_pick.shape[0]
         # Every fine cluster is scored at the query's cost (a fixed-operand product); the kept coarse
         # clusters' children's scores are then picked by the coarse one-hot, whose size is k1 x c1.
@@ -176,7 +186,7 @@ class MPCacheLayer(ClusteredLayer):
         bonus[0] = FIRST_CLUSTER_BONUS
         if last and k2 >= 2:
             bonus[2 * ratio - 1] = FIRST_CLUSTER_BONUS / 2
-        child_pick = ops.topk_onehot(child_scores + bonus, k2, SCORE_SPREAD)  # (n_kv, k2, k1 r)
+        child_pick = ops.topk_onehot(child_scores + bonus, k2, SCORE_SPREAD, SCORE_RESOLUTION)  # (n_kv, k2, k1 r)
         return _fine_onehot(child_pick, coarse_pick, ratio)
 
 

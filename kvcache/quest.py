@@ -13,7 +13,7 @@ from __future__ import annotations
 from pinfer.models.config import ModelConfig
 from pinfer.tensor_ops import KVLayer, TensorOps, Value
 
-from .base import SCORE_SCALE, SCORE_SPREAD, Geometry, KVPolicy, zeros_like
+from .base import SCORE_RESOLUTION, SCORE_SCALE, SCORE_SPREAD, Geometry, KVPolicy
 from .clusters import ClusteredLayer, stack
 
 
@@ -24,9 +24,8 @@ class QuestLayer(ClusteredLayer):
         self._trace = trace
         self._index = index
 
-    def _prompt_keep(self, weights: Value) -> Value:
-        keys, _ = self._prompt
-        return zeros_like(keys[..., :1]) + 1.0
+    def _prompt_keep(self, weights: Value) -> None:
+        return None  # Quest never evicts
 
     def _select(self, queries: Value) -> Value | None:
         if self.fine.count == 0:
@@ -35,7 +34,8 @@ class QuestLayer(ClusteredLayer):
         positive = sign * queries
         negative = queries - positive
         query = self.ops.cat([positive.sum(dim=1, keepdim=True), negative.sum(dim=1, keepdim=True)], dim=-1)
-        onehot = self.ops.topk_onehot(self.fine.scores(query * SCORE_SCALE), self.fine_budget(), SCORE_SPREAD)
+        onehot = self.ops.topk_onehot(self.fine.scores(query * SCORE_SCALE), self.fine_budget(),
+                                       SCORE_SPREAD, SCORE_RESOLUTION)
         if self._trace is not None:
             self._trace.append((self._index, onehot))
         return onehot
