@@ -80,6 +80,7 @@ class MPCacheParams:
     own_first: int = 1 << 16  # >= the layer count: no layer reuses another's selection
     own_last: int = 2
     keep_last: bool = True
+    resolution: float | None = SCORE_RESOLUTION  # None: rank exactly (models with small scores)
 
 
 @dataclass
@@ -174,7 +175,7 @@ class MPCacheLayer(ClusteredLayer):
         query = ops.cat([total * (p.alpha * SCORE_SCALE), total * ((1 - p.alpha) * SCORE_SCALE)], dim=-1)
         last = p.keep_last and min(c1, k1) >= 2
         coarse_pick = ops.topk_onehot(self.coarse.scores(query) + _forced(c1, last), k1,
-                                       SCORE_SPREAD, SCORE_RESOLUTION)  # (n_kv, k1, c1)
+                                       SCORE_SPREAD, p.resolution)  # (n_kv, k1, c1)
         n_kv = coarse_pick.shape[0]
         # Every fine cluster is scored at the query's cost (a fixed-operand product); the kept coarse
         # clusters' children's scores are then picked by the coarse one-hot, whose size is k1 x c1.
@@ -186,7 +187,7 @@ class MPCacheLayer(ClusteredLayer):
         bonus[0] = FIRST_CLUSTER_BONUS
         if last and k2 >= 2:
             bonus[2 * ratio - 1] = FIRST_CLUSTER_BONUS / 2
-        child_pick = ops.topk_onehot(child_scores + bonus, k2, SCORE_SPREAD, SCORE_RESOLUTION)  # (n_kv, k2, k1 r)
+        child_pick = ops.topk_onehot(child_scores + bonus, k2, SCORE_SPREAD, p.resolution)  # (n_kv, k2, k1 r)
         return _fine_onehot(child_pick, coarse_pick, ratio)
 
 

@@ -18,9 +18,10 @@ from .clusters import ClusteredLayer, stack
 
 
 class QuestLayer(ClusteredLayer):
-    def __init__(self, ops: TensorOps, geometry: Geometry, budget: float, page: int,
+    def __init__(self, ops: TensorOps, geometry: Geometry, budget: float, page: int, resolution: float | None,
                  trace: list[tuple[int, Value]] | None, index: int) -> None:
         super().__init__(ops, geometry, budget, block=page, fine=page)
+        self._resolution = resolution
         self._trace = trace
         self._index = index
 
@@ -35,7 +36,7 @@ class QuestLayer(ClusteredLayer):
         negative = queries - positive
         query = self.ops.cat([positive.sum(dim=1, keepdim=True), negative.sum(dim=1, keepdim=True)], dim=-1)
         onehot = self.ops.topk_onehot(self.fine.scores(query * SCORE_SCALE), self.fine_budget(),
-                                       SCORE_SPREAD, SCORE_RESOLUTION)
+                                       SCORE_SPREAD, self._resolution)
         if self._trace is not None:
             self._trace.append((self._index, onehot))
         return onehot
@@ -44,14 +45,18 @@ class QuestLayer(ClusteredLayer):
 class QuestPolicy(KVPolicy):
     name = "quest"
 
-    def __init__(self, budget: float, page: int = 16, dense_layers: int = 2) -> None:
+    def __init__(self, budget: float, page: int = 16, dense_layers: int = 2,
+                 resolution: float | None = SCORE_RESOLUTION) -> None:
+        """``resolution``: pages whose scaled bounds differ by less may be ranked either way on
+        shares (``SCORE_RESOLUTION`` suits SmolLM2's score range; None ranks exactly)."""
         super().__init__(budget)
         self.page = page
         self.dense_layers = dense_layers
+        self.resolution = resolution
         self.trace: list[tuple[int, Value]] | None = None
 
     def new_cache(self, config: ModelConfig, ops: TensorOps) -> list[KVLayer]:
         geometry = Geometry.of(config)
         return [ops.new_kv_layer() if i < self.dense_layers
-                else QuestLayer(ops, geometry, self.budget, self.page, self.trace, i)
+                else QuestLayer(ops, geometry, self.budget, self.page, self.resolution, self.trace, i)
                 for i in range(config.n_layers)]
