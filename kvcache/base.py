@@ -32,12 +32,6 @@ SCORE_SPREAD = 2.0**12
 """Public bound on max - min of any row a policy ranks with ``topk_onehot``: scaled cluster scores
 (measured range about 425) plus a bonus of at most 2048 for forced clusters stay below 2.5e3."""
 
-SCORE_RESOLUTION = 0.5
-"""Scaled cluster scores closer than this (4 units of ``q . summary``, against a measured range of
-3.4e3) may be ranked either way on shares; with ``SCORE_SPREAD`` it lets two parties rank in 16-bit
-lanes (``protocols.oblivious``)."""
-
-
 @dataclass(frozen=True)
 class Geometry:
     """The cache layout the decoder hands a layer: ``n_kv`` heads, ``group`` query rows per head."""

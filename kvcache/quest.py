@@ -13,7 +13,7 @@ from __future__ import annotations
 from pinfer.models.config import ModelConfig
 from pinfer.tensor_ops import KVLayer, TensorOps, Value
 
-from .base import SCORE_RESOLUTION, SCORE_SCALE, SCORE_SPREAD, Geometry, KVPolicy
+from .base import SCORE_SCALE, SCORE_SPREAD, Geometry, KVPolicy
 from .clusters import ClusteredLayer, stack
 
 
@@ -46,9 +46,9 @@ class QuestPolicy(KVPolicy):
     name = "quest"
 
     def __init__(self, budget: float, page: int = 16, dense_layers: int = 2,
-                 resolution: float | None = SCORE_RESOLUTION) -> None:
+                 resolution: float | None = None) -> None:
         """``resolution``: pages whose scaled bounds differ by less may be ranked either way on
-        shares (``SCORE_RESOLUTION`` suits SmolLM2's score range; None ranks exactly)."""
+        shares, in narrower comparison lanes (None: exact, see ``MPCacheParams.resolution``)."""
         super().__init__(budget)
         self.page = page
         self.dense_layers = dense_layers
