@@ -346,15 +346,11 @@ def _mul_const(x: MPCTensor, c: float) -> MPCTensor:
 def _exp_bit_sources(wb: BinarySharedTensor, w_bits: int = 63) -> list[BinarySharedTensor]:
     """The six single bits ``_exp_from_bits`` needs from the binary sharing of w's encoding.
 
-    The sixth is [w >= 16]: an OR over bits 20 .. 16 + w_bits of the encoding. By default that is
-    every higher bit (so a negative w, with its sign bit set, counts as w >= 16); a caller that knows
-    0 <= w < 2^w_bits publicly folds fewer bits (softmax: w < 2^11, 3 rounds instead of 6).
+    The sixth is [w >= 16]: an OR over bits 20 .. 16 + w_bits of the encoding (``packed_bits.any_set``).
+    By default that is every higher bit (so a negative w, with its sign bit set, counts as w >= 16); a
+    caller that knows 0 <= w < 2^w_bits publicly folds fewer bits (softmax: w < 2^11, 7 bits, 3 rounds).
     """
-    above = wb >> (FRAC_BITS + 4)
-    width = w_bits - 4
-    if FRAC_BITS + w_bits < 64:
-        above = above & ((1 << width) - 1)
-    high = _prefix_or(above, width)
+    high = packed_bits.any_set(wb, FRAC_BITS + 4, min(FRAC_BITS + w_bits, packed_bits.WORD))
     return [wb >> (FRAC_BITS - 1 + i) for i in range(5)] + [high]
 
 
@@ -408,8 +404,8 @@ def exp(x: MPCTensor) -> MPCTensor:
     decomposition keeps every input bit and cannot overflow for any input.
 
     Measured (2 parties): max abs error 2.2e-5 on [-16, 0], outputs <= 2^-14 on [-1e6, -16];
-    22 rounds, 898 B per element sent (CrypTen's 64-bit A2B 416, prefix OR 192, packed B2A, 8 products);
-    inside softmax the A2B runs in packed lanes (160 B) and the prefix OR folds 7 bits.
+    22 rounds, 727 B per element sent (CrypTen's 64-bit A2B 416, a bit-sliced OR of 44 bits, packed
+    B2A, 8 products); inside softmax the A2B runs in packed lanes (160 B) and the OR folds 7 bits.
     """
     _require_default_encoding(x)
     return _exp_neg(-x)
@@ -546,7 +542,7 @@ def silu(x: MPCTensor) -> MPCTensor:
     projections (measured up to 52) come out as exact relu values.
 
     Measured (2 parties): max abs error 2.8e-5 on [-64, 64], exact relu for |x| >= 63; 29 rounds,
-    1.25 KB per element sent. Domain: |x| < ACTIVATION_BOUND.
+    1.08 KB per element sent. Domain: |x| < ACTIVATION_BOUND.
     """
     _require_default_encoding(x)
     sign, magnitude = _sign_and_magnitude(x)
@@ -592,12 +588,12 @@ def gelu(x: MPCTensor) -> MPCTensor:
     CrypTen's erf-based GeLU diverges beyond |x| ~ 2 and is not used.
 
     Measured (2 parties): max abs error 3.8e-5 on [-64, 64], exact relu for |x| >= 63; 21 rounds,
-    1.22 KB per element sent. Domain: |x| < ACTIVATION_BOUND.
+    1.05 KB per element sent. Domain: |x| < ACTIVATION_BOUND.
     """
     _require_default_encoding(x)
     sign, magnitude = _sign_and_magnitude(x)
     clamp_bit = FRAC_BITS + int(math.log2(GELU_CLAMP))
-    big = _prefix_or(magnitude, _ACTIVATION_LANES - 1) >> clamp_bit
+    big = packed_bits.any_set(magnitude, clamp_bit, _ACTIVATION_LANES - 1)
     bits = _bits_to_arithmetic(x, [sign, big] + [magnitude >> (FRAC_BITS + i) for i in range(3)])
     neg, over = bits[..., 0], bits[..., 1]
     relu = x * (1 - neg)

@@ -157,6 +157,28 @@ def _carry_into_top(x: BinarySharedTensor, y: BinarySharedTensor) -> BinaryShare
     return g[0]
 
 
+def any_set(x: BinarySharedTensor, low: int, high: int) -> BinarySharedTensor:
+    """Bit 0 of each element is the OR of its bits ``low .. high-1`` (the other bits are 0).
+
+    The bits are sliced into planes of 64 values per word and OR-ed as the complement of an AND tree
+    over the complemented planes: ``ceil(log2(high - low))`` rounds on about ``(high - low) / 64``
+    AND words per value, where shifting ORs through whole 64-bit words costs a word per round.
+    """
+    if not 0 <= low < high <= WORD:
+        raise ValueError(f"bit range [{low}, {high}) must lie in [0, {WORD})")
+    count = x.share.numel()
+    shifted = x.share.reshape(-1) >> low
+    clear = _binary(_bit_planes(shifted, high - low)) ^ -1  # complement: party 0 flips every bit
+    while clear.size(0) > 1:
+        odd = clear[-1:] if clear.size(0) % 2 else None
+        paired = clear.size(0) // 2 * 2
+        clear = clear[0:paired:2] & clear[1:paired:2]
+        if odd is not None:
+            clear = BinarySharedTensor.cat([clear, odd])
+    any_plane = clear[0] ^ -1
+    return _binary(_bit_planes_unpack(any_plane.share, count).reshape(x.share.shape))
+
+
 def _public_zero_like(x: BinarySharedTensor) -> BinarySharedTensor:
     return _binary(torch.zeros_like(x.share))
 

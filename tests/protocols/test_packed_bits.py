@@ -97,3 +97,58 @@ def test_lane_width_needs_a_bound_that_fits():
         from pinfer.protocols.packed_bits import _lanes
 
         _lanes(65)
+
+
+def job_any_set(ctx, words: torch.Tensor, ranges: list[tuple[int, int]]):
+    import crypten.communicator as comm
+
+    from pinfer.protocols import packed_bits
+
+    from pinfer.protocols.nonlinear import _prefix_or
+
+    x = packed_bits._binary(words if comm.get().get_rank() == 0 else torch.zeros_like(words))
+    out, stats = {}, comm.get()
+    before = stats.comm_bytes
+    _prefix_or(x)  # what nonlinear used before: ORs shifted through whole words, 6 rounds
+    out["word_or_bytes"] = stats.comm_bytes - before
+    for low, high in ranges:
+        before = stats.comm_bytes
+        flags = packed_bits.any_set(x, low, high)
+        out[(low, high)] = {"bits": flags.reveal(), "bytes": stats.comm_bytes - before}
+    return out
+
+
+def expected_any(words: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    width_mask = -1 if high - low == WORD else (1 << (high - low)) - 1
+    return (((words >> low) & width_mask) != 0).long()
+
+
+RANGES = [(0, 1), (0, 7), (20, 64), (19, 31), (3, 4), (0, 64), (5, 50)]
+
+
+@given(data=st.data())
+@MPC
+def test_any_set_is_the_or_of_a_bit_range(world, data):
+    """Words with few set bits (so that many ranges are all zero) and the sign bit sometimes set."""
+    count = data.draw(st.integers(1, 200))
+    bits = st.lists(st.integers(0, 63), max_size=3).map(lambda p: sum(1 << b for b in set(p)))
+    values = data.draw(st.lists(bits, min_size=count, max_size=count))
+    words = torch.tensor([v - (1 << 64) if v >= 1 << 63 else v for v in values], dtype=torch.int64)
+    out = world.run(job_any_set, words.reshape(-1, 1) if count % 2 else words, RANGES)[0]
+    for low, high in RANGES:
+        assert torch.equal(out[(low, high)]["bits"].reshape(-1), expected_any(words, low, high)), (low, high)
+
+
+def test_any_set_with_three_parties_and_its_cost():
+    words = torch.randint(-2**62, 2**62, (640,)) >> torch.randint(0, 63, (640,))
+    with LocalWorld(n_parties=3) as w:
+        outs = w.run(job_any_set, words, RANGES)
+    for out in outs:
+        for low, high in RANGES:
+            assert torch.equal(out[(low, high)]["bits"], expected_any(words, low, high)), (low, high)
+    # 44 bit planes: 43 AND words per 64 values, against 6 rounds of an AND word per value
+    assert outs[0][(20, 64)]["bytes"] < 0.25 * outs[0]["word_or_bytes"]
+    with pytest.raises(ValueError):
+        from pinfer.protocols.packed_bits import any_set
+
+        any_set(None, 4, 4)
