@@ -9,7 +9,8 @@ cluster at the cost of the query's size, and attention over a secret one-hot sel
 takes the query's scores against every cached token (again the query's size), picks the selected
 clusters' scores by a product with the one-hot, and routes the attention weights back through the
 one-hot onto the tokens: what is opened grows with the number of clusters and the query heads, never
-with the gathered keys and values. Tokens of the newest, incomplete cluster (the "tail") are always
+with the gathered keys and values. The one-hot is a backend operand (``TensorOps.operand``) for both
+products, so on shares it is opened once per step. Tokens of the newest, incomplete cluster (the "tail") are always
 attended.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from pinfer.tensor_ops import TensorOps, Value
+from pinfer.tensor_ops import Operand, TensorOps, Value
 
 from .base import EVICTED_PENALTY, Geometry, budget_tokens, zeros_like
 
@@ -90,7 +91,7 @@ class ClusteredLayer(ABC):
         self._prompt_layer = ops.new_kv_layer()
         self._prompt: tuple[Value, Value] | None = None
         self._tail: tuple[Value, Value, Value] | None = None  # keys, values, keep (n_kv, t, 1)
-        self._onehot: Value | None = None  # this step's selection (n_kv, k, C)
+        self._selection: tuple[Operand, int] | None = None  # this step's one-hot (n_kv, k, C) transposed, and k
         self._evicts = False  # whether any prompt token may have a 0 keep bit (public)
         self._length = 0
         self.decoding = False
@@ -120,12 +121,12 @@ class ClusteredLayer(ABC):
         if not self.decoding:
             return self._prompt_layer.scores(queries)
         parts, keeps = [], []
-        self._onehot = None
+        self._release_selection()
         with self.ops.section("kv-select"):
             onehot = self._select(queries)
             if onehot is not None:
-                self._onehot = onehot
-                parts.append(self._selected_scores(queries, onehot))
+                self._selection = (self.ops.operand(onehot.transpose(1, 2)), onehot.shape[1])
+                parts.append(self._selected_scores(queries))
                 if self._evicts:
                     keeps.append(self.fine.gather(onehot).reshape(onehot.shape[0], 1, -1))
         if self._tail is not None:
@@ -138,15 +139,16 @@ class ClusteredLayer(ABC):
             return scores
         return scores + (self.ops.cat(keeps, dim=-1) - 1.0) * EVICTED_PENALTY
 
-    def _selected_scores(self, queries: Value, onehot: Value) -> Value:
+    def _selected_scores(self, queries: Value) -> Value:
         """Scores ``(n_kv, G, k s)`` of the selected clusters' tokens: every cached token's score (a
         fixed-operand product), then the selected clusters' rows picked by the one-hot."""
         n_kv, rows, _ = queries.shape
-        k, clusters, size = onehot.shape[1], onehot.shape[2], self.fine_size
+        selection, k = self._selection
+        clusters, size = self.fine.count, self.fine_size
         every = self._tokens.scores(queries).reshape(n_kv, rows, clusters, size)
-        per_cluster = every.permute(0, 2, 1, 3).reshape(n_kv, clusters, rows * size)
-        picked = onehot.matmul(per_cluster).reshape(n_kv, k, rows, size)
-        return picked.permute(0, 2, 1, 3).reshape(n_kv, rows, k * size)
+        # (onehot @ scores per cluster)^T, with the token's position inside its cluster kept apart
+        picked = selection.rmatmul(every.permute(0, 1, 3, 2).reshape(n_kv, rows * size, clusters))
+        return picked.reshape(n_kv, rows, size, k).permute(0, 1, 3, 2).reshape(n_kv, rows, k * size)
 
     def mix(self, weights: Value) -> Value:
         if not self.decoding:
@@ -156,14 +158,15 @@ class ClusteredLayer(ABC):
         n_kv, rows, _ = weights.shape
         tail = self.tail_length
         out = None
-        if self._onehot is not None:
-            onehot = self._onehot
-            k, clusters, size = onehot.shape[1], onehot.shape[2], self.fine_size
-            picked = weights[..., : k * size].reshape(n_kv, rows, k, size).permute(0, 2, 1, 3)
+        if self._selection is not None:
+            selection, k = self._selection
+            clusters, size = self.fine.count, self.fine_size
+            picked = weights[..., : k * size].reshape(n_kv, rows, k, size).permute(0, 1, 3, 2)
             with self.ops.section("kv-select"):
                 # The weights routed back through the one-hot onto every cached token.
-                spread = onehot.transpose(1, 2).matmul(picked.reshape(n_kv, k, rows * size))
-            routed = spread.reshape(n_kv, clusters, rows, size).permute(0, 2, 1, 3).reshape(n_kv, rows, clusters * size)
+                spread = selection.rmatmul(picked.reshape(n_kv, rows * size, k), transposed=True)
+                self._release_selection()
+            routed = spread.reshape(n_kv, rows, size, clusters).permute(0, 1, 3, 2).reshape(n_kv, rows, clusters * size)
             out = self._tokens.mix(routed)
         if tail:
             _, tail_values, _ = self._tail
@@ -184,8 +187,14 @@ class ClusteredLayer(ABC):
         self.decoding = True
 
     def release(self) -> None:
+        self._release_selection()
         self.fine.release()
         self._tokens.release()
+
+    def _release_selection(self) -> None:
+        if self._selection is not None:
+            self._selection[0].release()
+            self._selection = None
 
     def _extend_tail(self, keys: Value, values: Value, keep: Value) -> None:
         """Add tokens to the tail and move its complete blocks into the stores."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from pinfer.models.config import ModelConfig
-from pinfer.tensor_ops import KVLayer, TensorOps, Value
+from pinfer.tensor_ops import KVLayer, Operand, TensorOps, Value
 
 from .base import SCORE_SCALE, SCORE_SPREAD, Geometry, KVPolicy, per_head, zeros_like
 from .clusters import ClusteredLayer, ClusterStore, extremes, stack
@@ -183,9 +183,11 @@ class MPCacheLayer(ClusteredLayer):
                                        SCORE_SPREAD, p.resolution)  # (n_kv, k1, c1)
         n_kv = coarse_pick.shape[0]
         # Every fine cluster is scored at the query's cost (a fixed-operand product); the kept coarse
-        # clusters' children's scores are then picked by the coarse one-hot, whose size is k1 x c1.
+        # clusters' children's scores are then picked by the coarse one-hot, whose size is k1 x c1 and
+        # which is opened once for this product and the fine one-hot's.
+        coarse = ops.operand(coarse_pick.transpose(1, 2))
         fine_scores = self.fine.scores(query).reshape(n_kv, c1, ratio)
-        child_scores = coarse_pick.matmul(fine_scores).reshape(n_kv, k1 * ratio)  # row i r + c: child c of pick i
+        child_scores = coarse.rmatmul(fine_scores.transpose(1, 2)).transpose(1, 2).reshape(n_kv, k1 * ratio)  # row i r + c: child c of pick i
         # The first coarse cluster ranks first and the last second, so the forced children are child
         # row 0 and, for the last cluster, its last child (row 2 r - 1).
         bonus = torch.zeros(k1 * ratio)
@@ -193,7 +195,9 @@ class MPCacheLayer(ClusteredLayer):
         if last and k2 >= 2:
             bonus[2 * ratio - 1] = FIRST_CLUSTER_BONUS / 2
         child_pick = ops.topk_onehot(child_scores + bonus, k2, SCORE_SPREAD, p.resolution)  # (n_kv, k2, k1 r)
-        return _fine_onehot(child_pick, coarse_pick, ratio)
+        fine = _fine_onehot(child_pick, coarse, c1, ratio)
+        coarse.release()
+        return fine
 
 
 def _forced(n: int, last: bool) -> torch.Tensor:
@@ -205,14 +209,14 @@ def _forced(n: int, last: bool) -> torch.Tensor:
     return bonus
 
 
-def _fine_onehot(child_pick: Value, coarse_pick: Value, ratio: int) -> Value:
-    """Child rows ``(n_kv, k2, k1 r)`` and coarse rows ``(n_kv, k1, C1)`` -> fine one-hot rows
-    ``(n_kv, k2, C1 r)``: child c of pick i is fine cluster ``g r + c`` where g is pick i's coarse
-    cluster. One product for all c, exact (one-hot times one-hot)."""
-    n_kv, k2, _ = child_pick.shape
-    k1, c1 = coarse_pick.shape[1:]
+def _fine_onehot(child_pick: Value, coarse: Operand, c1: int, ratio: int) -> Value:
+    """Child rows ``(n_kv, k2, k1 r)`` and the coarse rows ``(n_kv, k1, C1)`` (transposed, as an
+    operand) -> fine one-hot rows ``(n_kv, k2, C1 r)``: child c of pick i is fine cluster ``g r + c``
+    where g is pick i's coarse cluster. One product for all c, exact (one-hot times one-hot)."""
+    n_kv, k2, children = child_pick.shape
+    k1 = children // ratio
     by_child = child_pick.reshape(n_kv, k2, k1, ratio).permute(0, 3, 1, 2).reshape(n_kv, ratio * k2, k1)
-    fine = by_child.matmul(coarse_pick).reshape(n_kv, ratio, k2, c1)
+    fine = coarse.rmatmul(by_child, transposed=True).reshape(n_kv, ratio, k2, c1)
     return fine.permute(0, 2, 3, 1).reshape(n_kv, k2, c1 * ratio)
 
 

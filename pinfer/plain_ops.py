@@ -35,8 +35,16 @@ class PlainKVLayer:
     def release(self) -> None:
         self.keys = self.values = None
 
+
+class PlainOperand:
+    def __init__(self, m: torch.Tensor) -> None:
+        self._m = m
+
+    def rmatmul(self, x: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+        return x @ (self._m.transpose(-1, -2) if transposed else self._m)
+
     def release(self) -> None:
-        self.keys = self.values = None
+        self._m = None
 
 
 class PlainOps:
@@ -89,6 +97,9 @@ class PlainOps:
 
     def new_kv_layer(self) -> KVLayer:
         return PlainKVLayer()
+
+    def operand(self, m: torch.Tensor) -> PlainOperand:
+        return PlainOperand(m)
 
     def section(self, operator: str) -> AbstractContextManager[None]:
         return nullcontext()

@@ -33,10 +33,17 @@ class KVLayer(Protocol):
         """``weights @ values``: ``(n_kv, rows, length)`` -> ``(n_kv, rows, head_dim)``."""
 
     def release(self) -> None:
-        """Free what the cache holds outside this process (the dealer's masks on shares)."""
+        """Let go of backend resources (the dealer's masks) once a KV policy drops this layer."""
+
+
+class Operand(Protocol):
+    """A value ``M`` that several products use, from either side (``TensorOps.operand``)."""
+
+    def rmatmul(self, x: Value, transposed: bool = False) -> Value:
+        """``x @ M``, or ``x @ M^T`` when ``transposed``."""
 
     def release(self) -> None:
-        """Let go of backend resources (the dealer's masks) once a KV policy drops this layer."""
+        """Let go of backend resources once no product needs ``M``."""
 
 
 class TensorOps(Protocol):
@@ -82,6 +89,10 @@ class TensorOps(Protocol):
         distinct entries."""
 
     def new_kv_layer(self) -> KVLayer: ...
+
+    def operand(self, m: Value) -> Operand:
+        """``m`` prepared for several products: on shares its Beaver mask is opened once, so each
+        product opens only the other factor (a selection one-hot used to pick and to route back)."""
 
     def section(self, operator: str) -> AbstractContextManager[None]:
         """Charge the enclosed work to an operator class (see ``pinfer.protocols.costs``)."""

@@ -132,9 +132,10 @@ class DealerServer:
         mask = self._fixed_mask(handle)
         self._fixed_masks[handle] = torch.cat([mask, sum(self._draw_each(_shape(shape)))], dim=dim)
 
-    def _on_fixed_matmul(self, handle: int, size: list[int]) -> torch.Tensor:
+    def _on_fixed_matmul(self, handle: int, size: list[int], transposed: bool = False) -> torch.Tensor:
         a = sum(self._draw_each(_shape(size)))
-        return self._correction(torch.matmul(a, self._fixed_mask(handle)))
+        mask = self._fixed_mask(handle)
+        return self._correction(torch.matmul(a, mask.transpose(-1, -2) if transposed else mask))
 
     def _on_fixed_drop(self, handle: int) -> None:
         self._fixed_mask(handle)
@@ -319,11 +320,12 @@ class DealerProvider(TupleProvider):
         return mask
 
     def fixed_product_tuple(
-        self, handle: int, size: tuple[int, ...], out_shape: tuple[int, ...]
+        self, handle: int, size: tuple[int, ...], out_shape: tuple[int, ...], transposed: bool = False
     ) -> tuple[torch.Tensor, Correction]:
-        """Fresh ``a`` share and the (possibly pending) share of ``a @ B`` for the operand's mask ``B``."""
+        """Fresh ``a`` share and the (possibly pending) share of ``a @ B`` (``a @ B^T`` when
+        ``transposed``) for the operand's mask ``B``."""
         a = self._ring(size)
-        c = self._correlated("fixed_matmul", out_shape, handle=handle, size=list(size))
+        c = self._correlated("fixed_matmul", out_shape, handle=handle, size=list(size), transposed=transposed)
         return a, c if isinstance(c, Correction) else Correction(value=c)
 
     def drop_fixed_mask(self, handle: int) -> None:

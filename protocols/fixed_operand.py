@@ -56,17 +56,20 @@ class FixedOperand:
         self._opened = torch.cat([self._opened, opened], dim=dim)
         self._own = torch.cat([self._own, own], dim=dim)
 
-    def rmatmul(self, x: MPCTensor) -> MPCTensor:
-        """``x @ W`` as a fixed-point value at scale :data:`SCALE`.
+    def rmatmul(self, x: MPCTensor, transposed: bool = False) -> MPCTensor:
+        """``x @ W`` (``x @ W^T`` when ``transposed``) as a fixed-point value at scale :data:`SCALE`.
 
         ``x`` may carry any encoding scale (comparison results and one-hot rows carry scale 1, in which
-        case no truncation is needed).
+        case no truncation is needed). The transposed product uses the same opened mask, so an operand
+        multiplied from both sides (a selection one-hot) is opened once.
         """
+        own, opened = (self._own.transpose(-1, -2), self._opened.transpose(-1, -2)) if transposed \
+            else (self._own, self._opened)
         out_shape = tuple(torch.matmul(torch.empty(x.share.shape, device="meta"),
-                                       torch.empty(self.shape, device="meta")).shape)
-        a, c = self._provider.fixed_product_tuple(self.handle, tuple(x.share.shape), out_shape)
+                                       torch.empty(opened.shape, device="meta")).shape)
+        a, c = self._provider.fixed_product_tuple(self.handle, tuple(x.share.shape), out_shape, transposed)
         e = _open(x.share - a)
-        z = torch.matmul(e, self._own) + torch.matmul(a, self._opened) + c.get()
+        z = torch.matmul(e, own) + torch.matmul(a, opened) + c.get()
         result = MPCTensor.from_shares(z, precision=FRACTIONAL_BITS)
         excess = x.encoder.scale * self.scale // SCALE
         if excess > 1:

@@ -123,6 +123,9 @@ class MpcOps:
     def new_kv_layer(self) -> MpcKVLayer:
         return MpcKVLayer(self._provider)
 
+    def operand(self, m: MPCTensor) -> FixedOperand:
+        return FixedOperand(self._provider, m, scale=int(m.encoder.scale))
+
     def section(self, operator: str) -> AbstractContextManager[None]:
         return self._costs.section(operator)
 

@@ -41,6 +41,7 @@ def job_arithmetic(ctx, x, y, w):
 
 def job_fixed_operand(ctx, x, w, extra, onehot):
     import crypten
+    import crypten.communicator as comm
 
     from pinfer.protocols.fixed_operand import FixedOperand
 
@@ -51,8 +52,14 @@ def job_fixed_operand(ctx, x, w, extra, onehot):
     extended = operand.rmatmul(crypten.cryptensor(x, src=1)).get_plain_text()
     rows = crypten.cryptensor(onehot, src=1) < 0.5  # comparison output: scale 1, values 0/1
     selected = operand.rmatmul(1 - rows).get_plain_text()
+    stats = comm.get()
+    before = stats.comm_bytes
+    z = crypten.cryptensor(extended, src=1)
+    transposed = operand.rmatmul(z, transposed=True).get_plain_text()  # same mask, other side
+    transposed_bytes = stats.comm_bytes - before
     operand.release()
-    return {"first": first, "second": second, "extended": extended, "selected": selected}
+    return {"first": first, "second": second, "extended": extended, "selected": selected,
+            "transposed": transposed, "transposed_bytes": transposed_bytes}
 
 
 def job_provider_state(ctx):
@@ -216,6 +223,10 @@ def test_fixed_operand_products_reuse_the_opened_mask(world, data):
     assert torch.allclose(out["second"], 2 * x @ w, atol=2 * tol)
     assert torch.allclose(out["extended"], x @ torch.cat([w, extra], dim=1), atol=tol)
     assert torch.allclose(out["selected"], onehot @ torch.cat([w, extra], dim=1), atol=2 / SCALE)
+    both = torch.cat([w, extra], dim=1)
+    assert torch.allclose(out["transposed"], out["extended"] @ both.T, atol=tol * (1 + both.abs().max()) * (cols + more))
+    # only z (rows x (cols + more)) is opened, 8 bytes per element and party, plus the truncation
+    assert out["transposed_bytes"] <= 8 * rows * (cols + more) * 4
 
 
 @pytest.mark.slow
