@@ -4,7 +4,7 @@ Two parties and a dealer as local processes over mutual TLS (``--net`` emulates 
 For each model and cached length, every policy's cache is built by a *plaintext* prefill of essay
 text and secret-shared (an MPC prefill at these lengths is too slow for this host; a decode step's
 cost on shares does not depend on the cache's contents), then ``--steps`` decode steps run on shares,
-each with the greedy arg-max. The model is truncated to ``--layers`` decoder layers and a full-depth
+each with the greedy arg-max; latencies are the median step. The model is truncated to ``--layers`` decoder layers and a full-depth
 token is extrapolated from a 0-layer run (see ``pinfer.kvcache.cost``). Bytes and rounds are party
 0's; kv-select is the policies' own selection work (scores, top-k, gathers, eviction).
 """
@@ -12,6 +12,7 @@ token is extrapolated from a 0-layer run (see ``pinfer.kvcache.cost``). Bytes an
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def _measure_model(world: Any, model: str, args: argparse.Namespace, progress) -
     result = run_job(outside_cfg, outside_prepared, 1,
                      {"outside": plaintext_cache(outside_cfg, outside_prepared, ids_all[:1], None)}, ids_all[1])
     outside = totals(per_step(result["costs"], "outside", args.steps))
-    outside["seconds"] = min(result["seconds"]["outside"])
+    outside["seconds"] = statistics.median(result["seconds"]["outside"])
 
     cfg, cut = truncate(config, weights, args.layers)
     prepared = prepare_weights(cfg, cut)
@@ -87,7 +88,7 @@ def _measure_model(world: Any, model: str, args: argparse.Namespace, progress) -
             by_op = per_step(result["costs"], name, args.steps)
             measured = totals(by_op)
             steps = result["seconds"][name]
-            measured["seconds"] = min(steps)  # the least disturbed step on a shared host
+            measured["seconds"] = statistics.median(steps)
             scale = depth / args.layers
             estimate = {k: outside[k] + (measured[k] - outside[k]) * scale for k in ("seconds", "bytes", "rounds")}
             rows.append({"model": model, "length": length, "policy": name, "budget": args.budget,
