@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kv.add_argument("--seeds", type=int, default=3)
     kv.add_argument("--fidelity-length", type=int, default=2048)
     kv.add_argument("--fidelity-steps", type=int, default=32)
-    kv.add_argument("--fidelity-samples", type=int, default=3)
+    kv.add_argument("--fidelity-samples", type=int, default=10, help="essay samples of --fidelity-steps teacher-forced steps each")
     kv.add_argument("--device", default="cpu", help="torch device of the plaintext backend (cpu, cuda, cuda:1...)")
     kv.add_argument("--prompts", type=Path, help="replay prompts (token ids) saved by --save-prompts")
     kv.add_argument("--save-prompts", type=Path, help="also write the grid's prompts as token ids to this file")
