@@ -18,9 +18,24 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import torch
+
 from pinfer.tensor_ops import Operand, TensorOps, Value
 
 from .base import EVICTED_PENALTY, Geometry, budget_tokens, zeros_like
+
+
+def selections(trace: list[tuple[int, torch.Tensor]]) -> dict[tuple[int, int, int], frozenset[int]]:
+    """A policy's recorded selections (``trace``: layer and one-hot ``(n_kv, k, C)`` per decode step,
+    opened by whoever holds them) as the selected cluster indices by (layer, KV head, step)."""
+    steps: dict[int, int] = {}
+    out = {}
+    for layer, onehot in trace:
+        step = steps.get(layer, 0)
+        steps[layer] = step + 1
+        for head in range(onehot.shape[0]):
+            out[(layer, head, step)] = frozenset(onehot[head].argmax(dim=-1).tolist())
+    return out
 
 
 def extremes(ops: TensorOps, x: Value) -> tuple[Value, Value]:

@@ -19,6 +19,7 @@ from pinfer.bench.generate import essay_ids
 from pinfer.decoder import Decoder, prepare_weights
 from pinfer.generation import one_hot
 from pinfer.kvcache.mpcache import MPCachePolicy
+from pinfer.kvcache.clusters import selections
 from pinfer.kvcache.cost import plaintext_cache, truncate
 from pinfer.models.registry import load_model, resolve
 from pinfer.plain_ops import PlainOps
@@ -26,17 +27,6 @@ from pinfer.protocols.sharing import share
 from pinfer.protocols.world import LocalWorld
 
 LAYERS, CACHED, STEPS, BUDGET = 2, 512, 3, 0.1
-
-
-def selected_sets(picks: list[tuple[int, torch.Tensor]]) -> dict[tuple[int, int, int], frozenset[int]]:
-    steps: dict[int, int] = {}
-    out = {}
-    for layer, onehot in picks:
-        step = steps.get(layer, 0)
-        steps[layer] = step + 1
-        for head in range(onehot.shape[0]):
-            out[(layer, head, step)] = frozenset(onehot[head].argmax(dim=-1).tolist())
-    return out
 
 
 def job_decode(ctx: Any, config, shifts, skeleton, weights, secrets, tokens) -> dict[str, Any]:
@@ -75,14 +65,14 @@ def test_default_mpcache_on_shares_selects_the_plaintext_clusters_on_smollm2() -
     with torch.no_grad():
         decoder.forward(one_hot(ids[:CACHED], cfg.vocab_size), cache, 0)
         plain_logits = torch.cat([decoder.forward(decode_rows[s : s + 1], cache, CACHED + s) for s in range(STEPS)])
-    expected = selected_sets(plain_policy.trace)
+    expected = selections(plain_policy.trace)
 
     skeleton, tensors = plaintext_cache(cfg, prepared, ids[:CACHED], traced_policy())
     with LocalWorld(n_parties=2) as world:
         kwargs = [{"weights": w, "secrets": s, "tokens": t}
                   for w, s, t in zip(share(prepared, 2), share(tensors, 2), share({"tokens": decode_rows}, 2))]
         shared = world.run(job_decode, cfg, shifts, skeleton, party_kwargs=kwargs)[0]
-    got = selected_sets(shared["picks"])
+    got = selections(shared["picks"])
 
     assert expected.keys() == got.keys() and len(expected) == LAYERS * cfg.n_kv_heads * STEPS
     same = sum(expected[key] == got[key] for key in expected)

@@ -15,6 +15,7 @@ from pinfer import norm_plan
 from pinfer.decoder import Decoder, prepare_weights
 from pinfer.generation import one_hot
 from pinfer.kvcache import MPCacheParams, make_policy
+from pinfer.kvcache.clusters import selections
 from pinfer.models.registry import load_model, resolve
 from pinfer.plain_ops import PlainOps
 from pinfer.protocols.sharing import share
@@ -62,18 +63,6 @@ def job_policies(ctx, config, shifts, cases, weights, tokens):
     shared = MPCTensor.from_shares(tokens.expand()["tokens"], precision=16)
     return {case: run_policy(Decoder(config, ops, kv_policy=policy(case)), shared, lambda v: v.get_plain_text())
             for case in cases}
-
-
-def selected_sets(picks) -> dict[tuple[int, int, int], frozenset[int]]:
-    """(layer, head, step) -> the selected cluster indices (the arg-max of each one-hot row)."""
-    steps: dict[int, int] = {}
-    out = {}
-    for layer, onehot in picks:
-        step = steps.get(layer, 0)
-        steps[layer] = step + 1
-        for head in range(onehot.shape[0]):
-            out[(layer, head, step)] = frozenset(onehot[head].argmax(dim=-1).tolist())
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +116,7 @@ def test_policy_on_shares_matches_plaintext(runs, case):
 @pytest.mark.parametrize("case", ["mpcache", "mpcache-threshold", "quest"])
 def test_shares_select_the_plaintext_clusters(runs, case):
     plain, shared = runs
-    expected, got = selected_sets(plain[case]["picks"]), selected_sets(shared[case]["picks"])
+    expected, got = selections(plain[case]["picks"]), selections(shared[case]["picks"])
     assert expected.keys() == got.keys() and expected
     same = sum(expected[key] == got[key] for key in expected)
     differing = sorted(key for key in expected if expected[key] != got[key])
