@@ -32,6 +32,7 @@ SCORE_SPREAD = 2.0**12
 """Public bound on max - min of any row a policy ranks with ``topk_onehot``: scaled cluster scores
 (measured range about 425) plus a bonus of at most 2048 for forced clusters stay below 2.5e3."""
 
+
 @dataclass(frozen=True)
 class Geometry:
     """The cache layout the decoder hands a layer: ``n_kv`` heads, ``group`` query rows per head."""

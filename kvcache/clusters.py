@@ -10,8 +10,8 @@ takes the query's scores against every cached token (again the query's size), pi
 clusters' scores by a product with the one-hot, and routes the attention weights back through the
 one-hot onto the tokens: what is opened grows with the number of clusters and the query heads, never
 with the gathered keys and values. The one-hot is a backend operand (``TensorOps.operand``) for both
-products, so on shares it is opened once per step. Tokens of the newest, incomplete cluster (the "tail") are always
-attended.
+products, so on shares it is opened once per step. Tokens of the newest, incomplete cluster (the
+"tail") are always attended.
 """
 
 from __future__ import annotations

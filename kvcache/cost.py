@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pinfer.decoder import Decoder, prepare_weights
+from pinfer.decoder import Decoder
 from pinfer.generation import one_hot
 from pinfer.models.config import ModelConfig
 from pinfer.plain_ops import PlainOps

@@ -1,7 +1,7 @@
 """MPCache (Zeng et al., NeurIPS'25): look-once static eviction plus query-aware cluster selection,
 built for secret shares (``specs/mpcache.md``). Every component of the authors' method is here and
 parameterised (``MPCacheParams``); the defaults switch off the two that cost SmolLM2 its pass keys
-(static eviction, cross-layer sharing) and halve the cluster sizes (see ``MPCacheParams``).
+(static eviction, cross-layer sharing) and halve the fine clusters (see ``MPCacheParams``).
 
 * Static, once after the prompt: each token's importance is the highest head-averaged attention it
   gets from the last 20% of prompt queries (10% beyond 24k tokens). Threshold mode keeps tokens at or
@@ -85,7 +85,7 @@ class MPCacheParams:
     own_first: int = 1 << 16  # >= the layer count: no layer reuses another's selection
     own_last: int = 2
     keep_last: bool = True
-    resolution: float | None = None  # see below
+    resolution: float | None = None  # None: rank exactly (see the docstring)
 
 
 @dataclass
@@ -187,7 +187,8 @@ class MPCacheLayer(ClusteredLayer):
         # which is opened once for this product and the fine one-hot's.
         coarse = ops.operand(coarse_pick.transpose(1, 2))
         fine_scores = self.fine.scores(query).reshape(n_kv, c1, ratio)
-        child_scores = coarse.rmatmul(fine_scores.transpose(1, 2)).transpose(1, 2).reshape(n_kv, k1 * ratio)  # row i r + c: child c of pick i
+        # row i r + c: child c of pick i
+        child_scores = coarse.rmatmul(fine_scores.transpose(1, 2)).transpose(1, 2).reshape(n_kv, k1 * ratio)
         # The first coarse cluster ranks first and the last second, so the forced children are child
         # row 0 and, for the last cluster, its last child (row 2 r - 1).
         bonus = torch.zeros(k1 * ratio)

@@ -4,9 +4,10 @@ Two parties and a dealer as local processes over mutual TLS (``--net`` emulates 
 For each model and cached length, every policy's cache is built by a *plaintext* prefill of essay
 text and secret-shared (an MPC prefill at these lengths is too slow for this host; a decode step's
 cost on shares does not depend on the cache's contents), then ``--steps`` decode steps run on shares,
-each with the greedy arg-max; latencies are the median step. The model is truncated to ``--layers`` decoder layers and a full-depth
-token is extrapolated from a 0-layer run (see ``pinfer.kvcache.cost``). Bytes and rounds are party
-0's; kv-select is the policies' own selection work (scores, top-k, gathers, eviction).
+each with the greedy arg-max; latencies are the median step. The model is truncated to ``--layers``
+decoder layers and a full-depth token is extrapolated from a 0-layer run (see ``pinfer.kvcache.cost``).
+Bytes and rounds are party 0's; kv-select is the policies' own selection work (scores, top-k,
+gathers, eviction).
 """
 
 from __future__ import annotations
