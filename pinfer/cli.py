@@ -26,6 +26,7 @@ _BENCH_MODULES = (
     "pinfer.bench.generate",
     "pinfer.bench.agreement",
     "pinfer.bench.kv",
+    "pinfer.bench.nonlinear",
     "pinfer.bench.service",
 )
 
