@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from pinfer import envelope, keys
+from pinfer import envelope, keys, session
+from pinfer.parties.replay import ReplayMemoryFull, ServedRequests
 from pinfer.proto import node_pb2, node_pb2_grpc
 
 if TYPE_CHECKING:  # the dealer node never loads torch or the share store
@@ -71,12 +72,12 @@ class NodeConfig:
 class _Worker:
     """A session's worker process and the node's end of its pipe."""
 
-    def __init__(self, config: NodeConfig, session_id: str, weights: SharedShares | None) -> None:
+    def __init__(self, config: NodeConfig, session_id: str, weights: SharedShares | None, not_before: float) -> None:
         from pinfer.parties.dealer_node import dealer_worker_main
         from pinfer.parties.session_worker import WorkerSpec, party_worker_main
 
         spec = WorkerSpec(config.role, config.key_root, session_id, config.parties, config.mesh_listen_host, weights,
-                          config.link)
+                          config.link, not_before)
         self.conn, theirs = _MP.Pipe()
         target = dealer_worker_main if config.is_dealer else party_worker_main
         self.process = _MP.Process(target=target, args=(spec, theirs), name=f"pinfer-{config.role}-{session_id[:8]}",
@@ -122,6 +123,8 @@ class NodeService(node_pb2_grpc.NodeServicer):
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        self._started = time.time()
+        self._served = ServedRequests()
         # Workers fork from a server that imported torch and CrypTen once, so a session starts fast.
         _MP.set_forkserver_preload(_PRELOAD)
         forkserver.ensure_running()
@@ -164,9 +167,12 @@ class NodeService(node_pb2_grpc.NodeServicer):
         if first is None or first.WhichOneof("control") != "open":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with an open message")
         open_ = first.open
+        if not session.REQUEST_ID.match(open_.session_id):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session id must be 16 to 64 lowercase hex characters")
         if open_.parties != self.config.parties:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"this node runs {self.config.parties}-party sessions")
         weights = None
+        card = None
         if not self.config.is_dealer:
             if self._weights is None or open_.model not in self.config.models():
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no weight shares for model {open_.model!r}")
@@ -174,6 +180,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
 
             try:
                 weights = self._weights.get(open_.model)
+                card = weights.card
             except ShareFileError as exc:
                 log.warning("weight shares of %s: %s", open_.model, exc)
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"weight shares: {exc}")
@@ -182,13 +189,19 @@ class NodeService(node_pb2_grpc.NodeServicer):
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, "session id in use")
             if len(self._active) >= self.config.slots:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "all worker slots are busy")
-            worker = _Worker(self.config, open_.session_id, weights)
+            try:
+                fresh = self._served.admit(open_.session_id)
+            except ReplayMemoryFull:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many recent requests to remember")
+            if not fresh:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, "this request id was already run (a replay)")
+            worker = _Worker(self.config, open_.session_id, weights, self._started)
             self._active[open_.session_id] = worker
         context.add_callback(worker.stop)
         log.info("session %s: worker %d started", open_.session_id[:8], worker.process.pid)
         outcome = "cancelled"
         try:
-            yield from self._drive(worker, request_iterator, context)
+            yield from self._drive(worker, request_iterator, context, card)
             outcome = "done"
         except _StreamGone:
             pass
@@ -201,8 +214,8 @@ class NodeService(node_pb2_grpc.NodeServicer):
             with self._lock:
                 self._active.pop(open_.session_id, None)
 
-    def _drive(self, worker: _Worker, requests: Iterator[node_pb2.SessionControl],
-               context: grpc.ServicerContext) -> Iterator[node_pb2.SessionEvent]:
+    def _drive(self, worker: _Worker, requests: Iterator[node_pb2.SessionControl], context: grpc.ServicerContext,
+               card: session.ModelCard | None) -> Iterator[node_pb2.SessionEvent]:
         message = worker.next_message(context, WORKER_START_TIMEOUT_S)
         if message[0] != "ready":
             context.abort(grpc.StatusCode.INTERNAL, f"session worker failed to start ({message[-1]})")
@@ -211,17 +224,17 @@ class NodeService(node_pb2_grpc.NodeServicer):
         if control is None or control.WhichOneof("control") != "start":
             raise _StreamGone()
         start = control.start
+        problem = self._check_start(start, card)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         endpoints = {e.rank: (e.host, e.port) for e in start.endpoints}
-        worker.conn.send(("start", endpoints, start.input_share, start.client_public_key, start.prompt_tokens,
-                          start.max_new_tokens))
+        worker.conn.send(("start", endpoints, start.input_share, start.prompt_tokens, start.max_new_tokens))
         while True:
             message = worker.next_message(context)
             kind = message[0]
             if kind == "token":
-                _, step, phase, sealed, scale, seconds, sent, rounds, dealer_bytes = message
-                yield node_pb2.SessionEvent(token=node_pb2.TokenShare(
-                    step=step, phase=phase, envelope=sealed, scale=scale, seconds=seconds, bytes_sent=sent,
-                    rounds=rounds, dealer_bytes=dealer_bytes))
+                _, step, phase, sealed = message
+                yield node_pb2.SessionEvent(token=node_pb2.TokenShare(step=step, phase=phase, envelope=sealed))
             elif kind == "done":
                 yield node_pb2.SessionEvent(done=node_pb2.SessionDone())
                 return
@@ -230,6 +243,26 @@ class NodeService(node_pb2_grpc.NodeServicer):
             else:
                 log.warning("session worker failed: %s", message[1])
                 context.abort(grpc.StatusCode.UNAVAILABLE, f"session worker failed ({message[1]})")
+
+
+    def _check_start(self, start: node_pb2.StartSession, card: session.ModelCard | None) -> str | None:
+        """Why this node will not run ``start`` (None if it will): the orchestrator is not trusted to check."""
+        ranks = sorted(e.rank for e in start.endpoints)
+        if ranks != list(range(self.config.parties + 1)):
+            return f"endpoints must name ranks 0..{self.config.parties} (the parties and the dealer) once each"
+        if any(not 0 < e.port < 65536 or not e.host for e in start.endpoints):
+            return "every endpoint needs a host and a port in 1..65535"
+        if start.prompt_tokens < 1 or start.max_new_tokens < 1:
+            return "a session needs at least one prompt token and one new token"
+        if card is not None:
+            context_length = card.config().max_positions
+            if start.prompt_tokens + start.max_new_tokens > context_length:
+                return f"prompt plus new tokens exceed the model's context of {context_length}"
+            if not start.input_share:
+                return "a party session needs its sealed input"
+        elif start.input_share:
+            return "the dealer takes no input"
+        return None
 
 
 def _next_control(requests: Iterator[node_pb2.SessionControl],

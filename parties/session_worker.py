@@ -9,23 +9,25 @@ mutual-TLS mesh. The node's messages and the worker's replies are tuples of plai
 
 Sequence: bind a free data-plane port and report it; map this party's weight shares, which the node
 opened once for all its sessions (:mod:`pinfer.parties.weight_cache`); wait for the session's
-endpoints and sealed input share; open the input share (a bad envelope is reported as ``invalid``
-before any peer is contacted); join the mesh; run greedy generation on shares; report every new
-token's id share sealed to the client's ephemeral key.
+endpoints and sealed input; open it and check that the client sealed exactly this session's
+parameters (:func:`pinfer.session.open_input`; a bad envelope or a disagreement is reported as
+``invalid`` before any peer is contacted); join the mesh; run greedy generation on shares; report
+every new token's id share sealed under the reply key the client sealed to this party.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pinfer import envelope
+from pinfer import envelope, session
 
 if TYPE_CHECKING:
     from pinfer.parties.weight_cache import SharedShares
+    from pinfer.protocols.sharing import ShareBundle
     from pinfer.protocols.tls_communicator import LinkEmulation, TlsCommConfig
 
 WORKER_RECV_TIMEOUT_S = 300.0
@@ -47,6 +49,8 @@ class WorkerSpec:
     listen_host: str
     weights: SharedShares | None = None
     link: str = "loopback"
+    not_before: float = 0.0
+    """The node's start time: requests issued before it may be replays the node no longer remembers."""
 
 
 @dataclass(frozen=True)
@@ -55,19 +59,8 @@ class SessionStart:
 
     endpoints: dict[int, tuple[str, int]]
     input_share: bytes
-    client_public_key: bytes
     prompt_tokens: int
     max_new_tokens: int
-
-
-def input_context(session_id: str, party: int) -> envelope.EnvelopeContext:
-    """Context of party ``party``'s sealed one-hot prompt share (the client seals under the same one)."""
-    return envelope.EnvelopeContext(session_id, party, "input-share")
-
-
-def token_context(session_id: str, party: int, step: int) -> envelope.EnvelopeContext:
-    """Context of party ``party``'s sealed share of token ``step``: replays and reorders fail to open."""
-    return envelope.EnvelopeContext(session_id, party, f"token-share/{step}")
 
 
 def mesh_config(spec: WorkerSpec, rank: int, endpoints: dict[int, tuple[str, int]]) -> TlsCommConfig:
@@ -101,25 +94,34 @@ def link_emulation(link: str) -> LinkEmulation | None:
 
 def read_start(message: tuple) -> SessionStart:
     """Check the node's start message (plain values from its own pipe) and type it."""
-    kind, endpoints, input_share, client_public_key, prompt_tokens, max_new_tokens = message
+    kind, endpoints, input_share, prompt_tokens, max_new_tokens = message
     if kind != "start":
         raise ValueError(f"expected a start message, got {kind!r}")
     return SessionStart({int(r): (str(h), int(p)) for r, (h, p) in endpoints.items()}, bytes(input_share),
-                        bytes(client_public_key), int(prompt_tokens), int(max_new_tokens))
+                        int(prompt_tokens), int(max_new_tokens))
 
 
-def _open_prompt(spec: WorkerSpec, party: int, start: SessionStart, vocab_size: int, private_key):
+def _open_prompt(spec: WorkerSpec, party: int, start: SessionStart, card: session.ModelCard,
+                 private_key: envelope.PrivateKey) -> tuple[ShareBundle, session.ReplyKey]:
+    """This party's prompt share and reply key, if the client sealed exactly this session to it."""
+    import time
+
     from pinfer.protocols.csprng import SEED_BYTES
     from pinfer.protocols.sharing import ShareBundle
 
+    vocab_size = card.config().vocab_size
     shapes = {"tokens": (start.prompt_tokens, vocab_size)}
-    context = input_context(spec.session_id, party)
+    expected = session.SessionParameters(spec.session_id, card.name, spec.parties, party, start.prompt_tokens,
+                                         start.max_new_tokens)
+    share_bytes = envelope.TENSOR_OVERHEAD_2D + (8 * start.prompt_tokens * vocab_size if party == 0 else SEED_BYTES)
+    opened = session.open_input(start.input_share, private_key, expected, now=time.time(), not_before=spec.not_before,
+                                max_share_bytes=share_bytes)
+    reply_key = session.ReplyKey(opened.reply_secret, spec.session_id, party)
     if party == 0:
-        dense = envelope.open_tensor(start.input_share, private_key, context, expected_shape=shapes["tokens"])
-        return ShareBundle(shapes, dense={"tokens": dense})
-    seed = envelope.open_tensor(start.input_share, private_key, context, expected_dtype=torch.uint8,
-                                expected_shape=(SEED_BYTES,))
-    return ShareBundle(shapes, seed=seed.numpy().tobytes())
+        dense = envelope.decode_tensor(opened.share, expected_shape=shapes["tokens"])
+        return ShareBundle(shapes, dense={"tokens": dense}), reply_key
+    seed = envelope.decode_tensor(opened.share, expected_dtype=torch.uint8, expected_shape=(SEED_BYTES,))
+    return ShareBundle(shapes, seed=seed.numpy().tobytes()), reply_key
 
 
 def party_worker_main(spec: WorkerSpec, conn: Connection) -> None:
@@ -143,21 +145,25 @@ def _serve_party_session(spec: WorkerSpec, conn: Connection) -> None:
     conn.send(("ready", listener.getsockname()[1]))
     private_key = keys.load_envelope_private_key(spec.key_root, spec.role)
     card, weights = spec.weights.card, spec.weights.bundle()
-    config = card.config()
     start = read_start(conn.recv())
     try:
-        prompt = _open_prompt(spec, party, start, config.vocab_size, private_key)
-        client_key = envelope.load_public_key(start.client_public_key)
-    except (envelope.EnvelopeError, ValueError) as exc:
-        conn.send(("invalid", f"input share for party {party}: {type(exc).__name__}"))
+        prompt, reply_key = _open_prompt(spec, party, start, card, private_key)
+    except session.SessionContractError as exc:  # its message names fields and bounds, never values
+        conn.send(("invalid", f"input for party {party}: {exc}"))
         return
-    _run_generation(spec, conn, party, start, listener, card, weights, prompt, client_key)
+    except (envelope.EnvelopeError, ValueError) as exc:
+        conn.send(("invalid", f"input for party {party}: {type(exc).__name__}"))
+        return
+    _run_generation(spec, conn, party, start, listener, card, weights, prompt, reply_key)
 
 
-def _run_generation(spec, conn, party, start, listener, card, weights, prompt, client_key) -> None:
+def _run_generation(spec: WorkerSpec, conn: Connection, party: int, start: SessionStart, listener: Any,
+                    card: session.ModelCard, weights: ShareBundle, prompt: ShareBundle,
+                    reply_key: session.ReplyKey) -> None:
     from pinfer.parties.worker import TokenShareStep, load_model_shares, stream_on_shares
     from pinfer.protocols import tls_communicator as tc
     from pinfer.protocols.costs import CostMeter
+    from pinfer.protocols.sharing import SCALE
     from pinfer.protocols.world import PartyContext, activate_communicator, start_party_protocol
 
     import crypten
@@ -169,11 +175,12 @@ def _run_generation(spec, conn, party, start, listener, card, weights, prompt, c
     load_model_shares(context, spec.session_id, card.config(), card.norm_shifts, weights)
 
     def send_token(step: TokenShareStep) -> None:
-        share = torch.tensor([step.id_share], dtype=torch.int64)
-        sealed = envelope.seal_tensor(share, client_key, token_context(spec.session_id, party, step.step))
+        if step.scale != SCALE:  # the client divides by the contract's scale, never by one on the wire
+            raise RuntimeError("token share scale differs from the session contract's")
         cost = step.cost
-        conn.send(("token", step.step, step.phase, sealed, step.scale, cost.seconds, cost.bytes_sent,
-                   cost.rounds, cost.dealer_bytes))
+        sealed = reply_key.seal(step.step, session.TokenShare(step.id_share, cost.seconds, cost.bytes_sent, cost.rounds,
+                                                              cost.dealer_bytes))
+        conn.send(("token", step.step, step.phase, sealed))
 
     stream_on_shares(context, spec.session_id, start.max_new_tokens, prompt, send_token)
     provider.close()

@@ -1,14 +1,17 @@
 """Weight provisioning: a model's prepared weights split into per-party share files sealed to each party.
 
 Why: no single party may ever see the weights, and a party's share file crosses disks, images and
-volumes that are not trusted with it, so each file is sealed (X25519 + HKDF + ChaCha20-Poly1305,
-:mod:`pinfer.envelope`) to its party's envelope key. The model owner runs ``pinfer provision`` once;
+volumes that are not trusted with it, so each file is sealed (HPKE, :mod:`pinfer.envelope`) to its
+party's envelope key. The model owner runs ``pinfer provision`` once;
 each party node then loads only its own file.
 
 Layout of ``OUT/<model>/``:
 
-* ``model.json`` - the public model card: name, tokenizer, the Hugging Face ``config.json``, the
-  public per-norm shifts, the party count, and the SHA-256 of each party's envelope key.
+* ``model.json`` - the public model card (:class:`pinfer.session.ModelCard`): name, tokenizer, the
+  Hugging Face ``config.json``, the public per-norm shifts, the party count, and the SHA-256 of each
+  party's envelope key.
+* ``model.card`` - the same card signed by the deployment CA (:mod:`pinfer.trust`): what the
+  orchestrator serves and the client verifies before it seals a prompt.
 * ``party<i>.shares`` - party *i*'s sealed shares.
 
 As in :mod:`pinfer.protocols.sharing`, party 0 holds dense shares while every other party holds only
@@ -21,24 +24,23 @@ between tensors, parties or provisioning runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from pinfer import envelope
+from pinfer import envelope, trust
+from pinfer.session import ModelCard
 from pinfer.protocols.sharing import ShareBundle, share
 
 SHARE_MAGIC = b"PSHR"
 SHARE_VERSION = 1
 CARD_FILE = "model.json"
+SIGNED_CARD_FILE = "model.card"
 _HEAD = struct.Struct(">4sBI")
 _LENGTH = struct.Struct(">Q")
 _MAX_HEADER = 1 << 24
@@ -47,36 +49,6 @@ _SEED_PURPOSE = "weight-seed"
 
 class ShareFileError(ValueError):
     """A share file that is not one, belongs to another party or model, or fails authentication."""
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """The public description of a provisioned model (``model.json``)."""
-
-    name: str
-    tokenizer: str
-    hf_config: dict[str, Any]
-    norm_shifts: dict[str, dict[str, int]]
-    parties: int
-    provision_id: str
-    party_key_sha256: tuple[str, ...]
-
-    def config(self) -> Any:
-        """The :class:`~pinfer.models.config.ModelConfig` the forward needs."""
-        from pinfer.models.config import ModelConfig
-
-        return ModelConfig.from_hf_dict(self.hf_config)
-
-    def to_json(self) -> str:
-        data = dict(vars(self))
-        data["party_key_sha256"] = list(self.party_key_sha256)
-        return json.dumps(data, indent=1, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelCard:
-        data = json.loads(text)
-        data["party_key_sha256"] = tuple(data["party_key_sha256"])
-        return cls(**data)
 
 
 def load_card(model_dir: Path | str) -> ModelCard:
@@ -88,8 +60,9 @@ def share_file(model_dir: Path | str, party: int) -> Path:
     return Path(model_dir) / f"party{party}.shares"
 
 
-def key_fingerprint(key: X25519PublicKey) -> str:
-    return hashlib.sha256(envelope.public_key_bytes(key)).hexdigest()
+def signed_card(model_dir: Path | str) -> bytes:
+    """The CA-signed card of a provisioned model (what the orchestrator serves)."""
+    return (Path(model_dir) / SIGNED_CARD_FILE).read_bytes()
 
 
 def _context(provision_id: str, party: int, purpose: str) -> envelope.EnvelopeContext:
@@ -106,7 +79,7 @@ def _write_private(path: Path, chunks: list[bytes]) -> None:
 
 
 def write_share_file(path: Path, bundle: ShareBundle, party: int, model: str, provision_id: str,
-                     recipient: X25519PublicKey) -> None:
+                     recipient: envelope.PublicKey) -> None:
     """Seal one party's bundle to ``recipient``: per tensor for dense shares, one envelope for a seed."""
     names = sorted(bundle.shapes)
     header = {
@@ -126,7 +99,7 @@ def write_share_file(path: Path, bundle: ShareBundle, party: int, model: str, pr
     _write_private(path, chunks)
 
 
-def read_share_file(path: Path | str, party: int, private_key: X25519PrivateKey, card: ModelCard) -> ShareBundle:
+def read_share_file(path: Path | str, party: int, private_key: envelope.PrivateKey, card: ModelCard) -> ShareBundle:
     """Open party ``party``'s share file of ``card``'s model; the bundle it returns is ready to expand."""
     data = Path(path).read_bytes()
     if len(data) < _HEAD.size:
@@ -171,12 +144,14 @@ def read_share_file(path: Path | str, party: int, private_key: X25519PrivateKey,
     return ShareBundle(shapes, dense=dense)
 
 
-def provision(model: str, out: Path | str, party_keys: Mapping[int, X25519PublicKey], name: str | None = None) -> Path:
+def provision(model: str, out: Path | str, party_keys: Mapping[int, envelope.PublicKey],
+              ca_key: ec.EllipticCurvePrivateKey, name: str | None = None) -> Path:
     """Split ``model``'s prepared weights into sealed per-party share files; return the model directory.
 
     ``model`` is a registry name or checkpoint directory; ``name`` (default: ``model``) is what
     clients ask for. The public card records each party key's fingerprint, so a node given the
-    wrong key directory fails clearly instead of with an authentication error.
+    wrong key directory fails clearly instead of with an authentication error; ``ca_key`` signs it,
+    so that clients can trust what the orchestrator serves of it.
     """
     from pinfer import norm_plan
     from pinfer.decoder import prepare_weights
@@ -195,23 +170,25 @@ def provision(model: str, out: Path | str, party_keys: Mapping[int, X25519Public
     card = ModelCard(
         name=name, tokenizer=str(model), hf_config=hf_config, norm_shifts=shifts, parties=parties,
         provision_id=secrets.token_hex(16),
-        party_key_sha256=tuple(key_fingerprint(party_keys[i]) for i in range(parties)),
+        party_key_sha256=tuple(trust.key_fingerprint(party_keys[i]) for i in range(parties)),
     )
     target = Path(out) / name
     target.mkdir(parents=True, exist_ok=True)
     bundles = share(prepare_weights(config, weights), parties)
     for party, bundle in enumerate(bundles):
         write_share_file(share_file(target, party), bundle, party, name, card.provision_id, party_keys[party])
-    (target / CARD_FILE).write_text(card.to_json() + "\n", encoding="utf-8")
+    text = card.to_json() + "\n"
+    (target / CARD_FILE).write_text(text, encoding="utf-8")
+    (target / SIGNED_CARD_FILE).write_bytes(trust.sign_statement(ca_key, trust.MODEL_CARD, text.encode()))
     return target
 
 
-def load_party_model(model_dir: Path | str, party: int, private_key: X25519PrivateKey) -> tuple[ModelCard, ShareBundle]:
+def load_party_model(model_dir: Path | str, party: int, private_key: envelope.PrivateKey) -> tuple[ModelCard, ShareBundle]:
     """The public card and this party's opened weight shares (only this party's file is read)."""
     card = load_card(model_dir)
     if party >= card.parties:
         raise ShareFileError(f"model {card.name!r} was provisioned for {card.parties} parties")
-    if key_fingerprint(private_key.public_key()) != card.party_key_sha256[party]:
+    if trust.key_fingerprint(private_key.public_key()) != card.party_key_sha256[party]:
         raise ShareFileError(f"model {card.name!r} was provisioned for another party{party} key")
     return card, read_share_file(share_file(model_dir, party), party, private_key, card)
 

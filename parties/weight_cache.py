@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from pinfer import envelope
 from pinfer.parties.share_store import ModelCard, ShareFileError, load_card, load_party_model
 from pinfer.protocols.sharing import ShareBundle
 
@@ -78,7 +78,7 @@ def _rebuild(card: ModelCard, layout: Layout, size: int, duplicate: object) -> S
     return SharedShares(card, layout, size, duplicate.detach())  # type: ignore[attr-defined]
 
 
-def open_shared(model_dir: Path | str, party: int, private_key: X25519PrivateKey) -> SharedShares:
+def open_shared(model_dir: Path | str, party: int, private_key: envelope.PrivateKey) -> SharedShares:
     """Open party ``party``'s share file of ``model_dir`` once and move its shares into sealed memory."""
     card, bundle = load_party_model(model_dir, party, private_key)
     layout: Layout = {}
@@ -116,7 +116,7 @@ class WeightCache:
     the previous memory file keep their own descriptor of it until they exit.
     """
 
-    def __init__(self, shares_root: Path | str, party: int, private_key: X25519PrivateKey) -> None:
+    def __init__(self, shares_root: Path | str, party: int, private_key: envelope.PrivateKey) -> None:
         self._root = Path(shares_root)
         self._party = party
         self._private_key = private_key

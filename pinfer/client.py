@@ -1,32 +1,48 @@
 """The client SDK: private generation against a running pinfer service.
 
-Why the client does this work itself: it is the only node allowed to see the prompt and the output.
+Why the client does this work itself: it is the only node allowed to see the prompt and the output,
+and it trusts the orchestrator with neither. Before it seals anything it verifies what the
+deployment CA signed (:mod:`pinfer.trust`): the party set and each party's envelope key, and the model
+card (tokenizer, vocabulary, end-of-sequence ids); nothing the orchestrator says on its own is used.
 It tokenizes locally, one-hot encodes the prompt, splits it into additive shares over Z_2^64 (party 0
-dense, the others a seed, as :mod:`pinfer.protocols.sharing` does), seals share *i* to party *i*'s
-X25519 key under a fresh request id, and sends the envelopes with a fresh ephemeral public key. Each
-step, every party's share of the new token id comes back sealed to that ephemeral key; the client
-opens and adds them, and detokenizes.
+dense, the others a seed), and seals to party *i* its share with the session's parameters and a fresh
+reply secret (:mod:`pinfer.session`). Each step it requires every party's share of the new token,
+each authenticated under that party's reply key, adds them and detokenizes.
 
     client = pinfer.Client("localhost:7000", token, "keys/ca/ca.crt")
     print(client.generate("Hello", max_new_tokens=16))
+
+Errors of trust are typed: :class:`pinfer.trust.UntrustedStatementError` (the served deployment or
+card is not what the pinned CA signed) and :class:`pinfer.session.OutputIntegrityError` (a token
+share forged, dropped, reordered or from another request, or the stream cut short).
 """
 
 from __future__ import annotations
 
-import secrets
+import os
+import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import torch
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography import x509
 
-from pinfer import envelope
-from pinfer.parties.session_worker import input_context, token_context
+from pinfer import envelope, session, trust
 from pinfer.proto import inference_pb2, inference_pb2_grpc
 
+
+@dataclass(frozen=True)
+class StepCost:
+    """One party's public cost of one step, as that party reported it (authenticated with its share)."""
+
+    party: int
+    seconds: float
+    bytes_sent: int
+    rounds: int
+    dealer_bytes: int
 
 
 @dataclass(frozen=True)
@@ -36,46 +52,121 @@ class Token:
     step: int
     token_id: int
     phase: str
-    costs: tuple[inference_pb2.StepCost, ...]
+    costs: tuple[StepCost, ...]
+
+
+@dataclass(frozen=True)
+class VerifiedModel:
+    """A served model as the pinned CA vouches for it: its card and the party set to seal to.
+
+    ``max_new_tokens`` and ``kv_policy`` are the orchestrator's public serving limits; the parties
+    enforce the model's context whatever they say.
+    """
+
+    card: session.ModelCard
+    deployment: trust.Deployment
+    max_new_tokens: int
+    kv_policy: str
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def tokenizer(self) -> str:
+        return self.card.tokenizer
+
+    @property
+    def parties(self) -> int:
+        return self.deployment.parties
+
+    @property
+    def config(self) -> Any:
+        return self.card.config()
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return tuple(self.config.eos_token_ids)
+
+
+def verify_model(info: inference_pb2.ModelInfo, ca: x509.Certificate) -> VerifiedModel:
+    """Check a served ``ModelInfo``'s signed deployment and card against the pinned CA."""
+    deployment = trust.verify_deployment(ca, info.deployment)
+    card = session.verify_card(ca, info.card, deployment)
+    if card.name != info.name:
+        raise trust.UntrustedStatementError(f"the service named model {info.name!r} but served the card of {card.name!r}")
+    return VerifiedModel(card, deployment, info.max_new_tokens, info.kv_policy)
 
 
 @dataclass(frozen=True)
 class PreparedRequest:
-    """A sealed ``GenerateRequest`` and the ephemeral key that opens its token shares."""
+    """A sealed ``GenerateRequest`` and what opens its answer: one reply key per pinned party."""
 
     request: inference_pb2.GenerateRequest
-    ephemeral: X25519PrivateKey
+    vocab_size: int
+    reply_keys: tuple[session.ReplyKey, ...] = field(repr=False)
 
-    def open(self, event: inference_pb2.GenerateEvent) -> Token:
-        """Open every party's sealed share of this step's token and add them (mod 2^64)."""
-        total = 0
-        for party, item in enumerate(event.token_shares):
-            share = envelope.open_tensor(item, self.ephemeral, token_context(self.request.request_id, party, event.step),
-                                         expected_shape=(1,))
-            total += int(share[0])
+    def open(self, event: inference_pb2.GenerateEvent, expected_step: int) -> Token:
+        """Open every party's share of this step's token and add them (mod 2^64).
+
+        Raises :class:`~pinfer.session.OutputIntegrityError` unless the event is step ``expected_step``
+        and carries exactly one authentic share from each pinned party.
+        """
+        from pinfer.protocols.sharing import SCALE
+
+        if event.step != expected_step:
+            raise session.OutputIntegrityError(f"expected token {expected_step}, the service sent token {event.step}")
+        if len(event.token_shares) != len(self.reply_keys):
+            raise session.OutputIntegrityError(
+                f"token {event.step} carries {len(event.token_shares)} shares; every one of the "
+                f"{len(self.reply_keys)} pinned parties must send one")
+        shares = [key.open(event.step, item) for key, item in zip(self.reply_keys, event.token_shares)]
+        total = sum(s.id_share for s in shares) % (1 << 64)
         total = (total + (1 << 63)) % (1 << 64) - (1 << 63)
-        return Token(event.step, round(total / event.scale), event.phase, tuple(event.costs))
+        token_id = round(total / SCALE)
+        if not 0 <= token_id < self.vocab_size:
+            raise session.OutputIntegrityError(f"token {event.step} opened outside the vocabulary")
+        costs = tuple(StepCost(i, s.seconds, s.bytes_sent, s.rounds, s.dealer_bytes) for i, s in enumerate(shares))
+        return Token(event.step, token_id, "prefill" if event.step == 0 else "decode", costs)
+
+    def open_stream(self, events: Iterable[inference_pb2.GenerateEvent]) -> Iterator[Token]:
+        """Every token of the answer, in order; a stream that ends before the last token is an error."""
+        received = 0
+        for event in events:
+            if received == self.request.max_new_tokens:
+                raise session.OutputIntegrityError("the service sent more tokens than were asked for")
+            yield self.open(event, received)
+            received += 1
+        if received != self.request.max_new_tokens:
+            raise session.OutputIntegrityError(
+                f"the stream ended after {received} of {self.request.max_new_tokens} tokens")
 
 
-def prepare_request(info: inference_pb2.ModelInfo, prompt_ids: list[int], max_new_tokens: int) -> PreparedRequest:
-    """Share the one-hot prompt, seal share *i* to party *i* under a fresh request id and ephemeral key."""
+def prepare_request(model: VerifiedModel, prompt_ids: list[int], max_new_tokens: int) -> PreparedRequest:
+    """Share the one-hot prompt; seal share *i*, the session parameters and a reply secret to party *i*."""
     from pinfer.generation import one_hot
     from pinfer.protocols.sharing import share
 
-    if not prompt_ids or min(prompt_ids) < 0 or max(prompt_ids) >= info.vocab_size:
+    vocab_size = model.config.vocab_size
+    if not prompt_ids or min(prompt_ids) < 0 or max(prompt_ids) >= vocab_size:
         raise ValueError("prompt ids must be non-empty and inside the model's vocabulary")
-    request_id = secrets.token_hex(16)
-    ephemeral = X25519PrivateKey.generate()
-    bundles = share({"tokens": one_hot(prompt_ids, info.vocab_size)}, info.parties)
-    party_keys = {k.party: envelope.load_public_key(k.x25519_public_key) for k in info.party_keys}
-    sealed = []
-    for party, bundle in enumerate(bundles):
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    request_id = session.new_request_id()
+    issued_at = int(time.time())
+    bundles = share({"tokens": one_hot(prompt_ids, vocab_size)}, model.parties)
+    sealed, reply_keys = [], []
+    for party, (bundle, recipient) in enumerate(zip(bundles, model.deployment.party_keys)):
         payload = bundle.dense["tokens"] if bundle.seed is None else torch.frombuffer(bytearray(bundle.seed), dtype=torch.uint8)
-        sealed.append(envelope.seal_tensor(payload, party_keys[party], input_context(request_id, party)))
+        parameters = session.SessionParameters(request_id, model.name, model.parties, party, len(prompt_ids),
+                                               max_new_tokens)
+        secret = os.urandom(session.REPLY_SECRET_BYTES)
+        sealed.append(session.seal_input(parameters, issued_at, secret, envelope.encode_tensor(payload), recipient))
+        reply_keys.append(session.ReplyKey(secret, request_id, party))
     request = inference_pb2.GenerateRequest(
-        model=info.name, request_id=request_id, client_public_key=envelope.public_key_bytes(ephemeral.public_key()),
-        input_shares=sealed, prompt_tokens=len(prompt_ids), max_new_tokens=max_new_tokens)
-    return PreparedRequest(request, ephemeral)
+        model=model.name, request_id=request_id, input_shares=sealed, prompt_tokens=len(prompt_ids),
+        max_new_tokens=max_new_tokens)
+    return PreparedRequest(request, vocab_size, tuple(reply_keys))
 
 
 def text_pieces(tokenizer: Any, stop_ids: Iterable[int], tokens: Iterable[Token]) -> Iterator[str]:
@@ -103,16 +194,19 @@ def text_pieces(tokenizer: Any, stop_ids: Iterable[int], tokens: Iterable[Token]
 
 
 class Client:
-    """A connection to a pinfer orchestrator, authenticated with a bearer token over TLS.
+    """A connection to a pinfer orchestrator: a bearer token over server-authenticated TLS.
 
-    ``ca`` is the deployment CA certificate (a path or PEM bytes) that the orchestrator's certificate
-    must chain to. ``server_name`` overrides the name checked against that certificate (default: the
-    ``orchestrator`` role name, which only the CA can grant).
+    ``ca`` is the deployment CA certificate (a path or PEM bytes), pinned by the user: the
+    orchestrator's certificate must chain to it, and it is the root that the served deployment
+    statement and model cards must verify against. ``server_name`` overrides the name checked against
+    the orchestrator's certificate (default: the ``orchestrator`` role name, which only the CA can
+    grant and no other role's certificate carries).
     """
 
     def __init__(self, address: str, token: str, ca: str | Path | bytes, *, server_name: str = "orchestrator",
                  timeout_s: float | None = None) -> None:
         root = ca if isinstance(ca, bytes) else Path(ca).read_bytes()
+        self._ca = x509.load_pem_x509_certificate(root)
         credentials = grpc.composite_channel_credentials(
             grpc.ssl_channel_credentials(root_certificates=root),
             grpc.access_token_call_credentials(token),
@@ -135,19 +229,22 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def models(self) -> list[inference_pb2.ModelInfo]:
-        return list(self._stub.ListModels(inference_pb2.ListModelsRequest(), timeout=self._timeout_s).models)
+    def models(self) -> list[VerifiedModel]:
+        """Every served model, each verified against the pinned CA."""
+        served = self._stub.ListModels(inference_pb2.ListModelsRequest(), timeout=self._timeout_s).models
+        return [verify_model(info, self._ca) for info in served]
 
-    def model_info(self, model: str | None = None) -> inference_pb2.ModelInfo:
-        """The named model's card, or the only model served when ``model`` is None."""
+    def model_info(self, model: str | None = None) -> VerifiedModel:
+        """The named model as the pinned CA vouches for it, or the only model served when ``model`` is None."""
         if model is not None:
-            return self._stub.GetModel(inference_pb2.GetModelRequest(model=model), timeout=self._timeout_s)
+            return verify_model(self._stub.GetModel(inference_pb2.GetModelRequest(model=model), timeout=self._timeout_s),
+                                self._ca)
         models = self.models()
         if len(models) != 1:
             raise ValueError(f"the service serves {len(models)} models; name one of {[m.name for m in models]}")
         return models[0]
 
-    def tokenizer(self, info: inference_pb2.ModelInfo) -> Any:
+    def tokenizer(self, info: VerifiedModel) -> Any:
         """The model's public tokenizer, resolved locally (registry name or checkpoint directory)."""
         if info.tokenizer not in self._tokenizers:
             from pinfer.models.registry import resolve
@@ -160,15 +257,15 @@ class Client:
         """Private greedy generation from token ids; yields each new token as soon as it is opened.
 
         Raises ``grpc.RpcError`` with the service's status code (for example ``INVALID_ARGUMENT``
-        for a prompt over the context, ``UNAVAILABLE`` when a party is lost).
+        for a prompt over the context, ``UNAVAILABLE`` when a party is lost), and the trust errors
+        of the module docstring.
         """
         info = self.model_info(model)
         yield from self._generate(info, prompt_ids, max_new_tokens)
 
-    def _generate(self, info: inference_pb2.ModelInfo, prompt_ids: list[int], max_new_tokens: int) -> Iterator[Token]:
+    def _generate(self, info: VerifiedModel, prompt_ids: list[int], max_new_tokens: int) -> Iterator[Token]:
         prepared = prepare_request(info, prompt_ids, max_new_tokens)
-        for event in self._stub.Generate(prepared.request, timeout=self._timeout_s):
-            yield prepared.open(event)
+        yield from prepared.open_stream(self._stub.Generate(prepared.request, timeout=self._timeout_s))
 
     def stream(self, prompt: str, max_new_tokens: int = 16, model: str | None = None, raw: bool = False) -> Iterator[str]:
         """Yield the generated text piece by piece as tokens arrive (cut at the first stop token)."""

@@ -1,70 +1,77 @@
-"""Sealed envelopes: byte payloads (and tensor shares) encrypted to one recipient's X25519 key.
+"""Sealed envelopes: byte payloads (and tensor shares) encrypted to one recipient with RFC 9180 HPKE.
 
-Why: the client's input shares and the parties' output shares travel through the orchestrator, which the
-threat model treats as untrusted for confidentiality. Each share is sealed to the one node that may read
-it, so the orchestrator relays bytes it cannot open or undetectably alter.
+Why: the client's input shares and the parties' weight shares travel through the orchestrator and
+across disks that the threat model treats as untrusted, so each is sealed to the one node that may
+read it. The construction is HPKE base mode (single shot) from ``cryptography``, not a home-made one;
+``tests/service/test_hpke_vectors.py`` pins that library to the RFC's known answers.
 
-Construction (HPKE base mode in spirit, kept small and fixed so it can be audited and re-implemented):
+Suites (KDF HKDF-SHA256 and AEAD ChaCha20-Poly1305 in both):
 
-* the sender draws a fresh ephemeral X25519 key per envelope and computes ``dh = X25519(eph, recipient)``;
-* ``key || nonce = HKDF-SHA256(ikm=dh, salt=eph_pub || recipient_pub, info=LABEL || context, L=44)``;
-* ``ciphertext = ChaCha20-Poly1305(key).encrypt(nonce, plaintext, aad=header || context)``.
+* ``Kem.MLKEM768_X25519`` (default): the hybrid post-quantum KEM, so a prompt recorded today stays
+  private if X25519 falls to a future quantum computer while ML-KEM-768 holds (and vice versa).
+  Costs 1,120 more bytes per envelope and about 15 us more per seal (``pinfer bench envelope``).
+* ``Kem.X25519``: DHKEM(X25519, HKDF-SHA256), for deployments that want the smaller keys.
 
-The ephemeral key makes every envelope's key unique, so a derived nonce is safe. ``context`` binds the
-envelope to its use (session id, party index, purpose): an envelope replayed into another session, sent
-to another party or reused for another purpose fails authentication. The sender is anonymous (as in HPKE
-base mode); who may send is decided by the authenticated channel the envelope arrives on.
+``context`` binds the envelope to its use (session id, party index, purpose) through HPKE's ``info``:
+an envelope replayed into another session, sent to another party or used for another purpose does
+not open. The sender is anonymous (base mode); who may send is settled elsewhere (the client's
+sealed request, the parties' reply keys, :mod:`pinfer.session`).
 
-Wire format, version 1 (all integers big-endian)::
+Wire format, version 2 (integers big-endian)::
 
     offset size  field
     0      4     magic b"PENV"
-    4      1     version = 1
-    5      1     suite   = 1 (X25519, HKDF-SHA256, ChaCha20-Poly1305)
+    4      1     version = 2
+    5      1     KEM code (1 X25519, 2 MLKEM768-X25519)
     6      2     reserved, must be 0
-    8      32    ephemeral X25519 public key
-    40     8     ciphertext length n (plaintext length + 16-byte tag)
-    48     n     ciphertext || tag
+    8      8     length n of the HPKE ciphertext (encapsulated key || AEAD ciphertext || 16-byte tag)
+    16     n     HPKE ciphertext
 
-The parser checks the header and that the envelope is exactly ``48 + n`` bytes before any cryptography
-runs, so malformed, truncated and oversized input each fail fast with their own exception, none of which
-carries key or plaintext bytes.
+The 16 header bytes are part of HPKE's ``info`` too, so a relabelled header does not open. The parser
+checks the header and the exact length before any cryptography runs: malformed, truncated and
+oversized input each fail fast with their own exception, none of which carries key or plaintext bytes.
+
+Recipient keys travel as ``KEM code || raw key`` (:meth:`PublicKey.encode`); an X25519 public key is 32
+raw bytes after the code, a hybrid one the ML-KEM-768 encapsulation key (1,184 bytes) then X25519's 32.
+A private key file holds the code, then the 32-byte X25519 key or the 64-byte ML-KEM seed and the
+X25519 key.
 """
 
 from __future__ import annotations
 
+import enum
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import mlkem
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pinfer.tensor_codes import DTYPE_CODES as _DTYPE_CODES
 from pinfer.tensor_codes import DTYPES as _DTYPES
 
 MAGIC = b"PENV"
-VERSION = 1
-SUITE_X25519_HKDF_SHA256_CHACHA20POLY1305 = 1
-HEADER = struct.Struct(">4sBBH32sQ")
-HEADER_SIZE = HEADER.size  # 48
+VERSION = 2
+HEADER = struct.Struct(">4sBBHQ")
+HEADER_SIZE = HEADER.size  # 16
 TAG_SIZE = 16
-PUBLIC_KEY_SIZE = 32
-# ChaCha20Poly1305 in `cryptography` takes at most 2**31 - 1 bytes per call; a share larger than this
-# must be split by the caller (weights are sealed per tensor, far below it).
+X25519_KEY_SIZE = 32
+MLKEM768_PUBLIC_SIZE = 1184
+MLKEM768_SEED_SIZE = 64
+# cryptography's AEADs take at most 2**31 - 1 bytes per call; a share larger than this must be split
+# by the caller (weights are sealed per tensor, far below it).
 MAX_PAYLOAD = 2**31 - 1 - TAG_SIZE
 DEFAULT_MAX_PAYLOAD = 1 << 30
-_LABEL = b"pinfer envelope v1"
+_LABEL = b"pinfer envelope v2"
 
 # Tensor payload (inside the ciphertext): b"PTEN", dtype code, ndim, ndim x u64 dims, raw little-endian data.
 TENSOR_MAGIC = b"PTEN"
 MAX_TENSOR_DIMS = 8
 _TENSOR_HEAD = struct.Struct(">4sBB")
+TENSOR_OVERHEAD_2D = _TENSOR_HEAD.size + 8 * 2
+"""Bytes a 2-D tensor payload adds to its data (relays bound envelope sizes with it)."""
 
 MAX_MESSAGE_BYTES = 256 << 20
 """Largest gRPC message any pinfer link accepts (client, orchestrator, nodes). A prompt travels as
@@ -77,7 +84,7 @@ class EnvelopeError(Exception):
 
 
 class MalformedEnvelopeError(EnvelopeError):
-    """The bytes are not a well-formed envelope (magic, version, suite, reserved field, length, payload)."""
+    """The bytes are not a well-formed envelope (magic, version, KEM, reserved field, length, payload)."""
 
 
 class TruncatedEnvelopeError(EnvelopeError):
@@ -95,12 +102,136 @@ class EnvelopeAuthError(EnvelopeError):
     """
 
 
+class Kem(enum.IntEnum):
+    """The HPKE KEM of an envelope; its value is the code in headers and key encodings."""
+
+    X25519 = 1
+    MLKEM768_X25519 = 2
+
+    @property
+    def hpke(self) -> hpke.KEM:
+        return {Kem.X25519: hpke.KEM.X25519, Kem.MLKEM768_X25519: hpke.KEM.MLKEM768_X25519}[self]
+
+    @property
+    def encapsulated_size(self) -> int:
+        return self.hpke.enc_length()
+
+    @property
+    def label(self) -> str:
+        return {Kem.X25519: "X25519", Kem.MLKEM768_X25519: "MLKEM768-X25519"}[self]
+
+    @classmethod
+    def from_label(cls, label: str) -> Kem:
+        for kem in cls:
+            if kem.label == label:
+                return kem
+        raise ValueError(f"unknown KEM {label!r}; one of {', '.join(k.label for k in cls)}")
+
+
+DEFAULT_KEM = Kem.MLKEM768_X25519
+
+
+def _kem_from_code(code: int) -> Kem:
+    try:
+        return Kem(code)
+    except ValueError:
+        raise MalformedEnvelopeError(f"unsupported KEM code {code}") from None
+
+
+def _suite(kem: Kem) -> hpke.Suite:
+    return hpke.Suite(kem.hpke, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A recipient's public key: what key statements carry and envelopes are sealed to."""
+
+    kem: Kem
+    raw: bytes
+
+    def __post_init__(self) -> None:
+        expected = X25519_KEY_SIZE + (MLKEM768_PUBLIC_SIZE if self.kem is Kem.MLKEM768_X25519 else 0)
+        if len(self.raw) != expected:
+            raise MalformedEnvelopeError(f"a {self.kem.label} public key is {expected} bytes, got {len(self.raw)}")
+        if self.kem is Kem.X25519 and self.raw == bytes(X25519_KEY_SIZE):
+            raise MalformedEnvelopeError("an all-zero X25519 public key is a low-order point")
+
+    def encode(self) -> bytes:
+        return bytes([self.kem]) + self.raw
+
+    @classmethod
+    def decode(cls, data: bytes) -> PublicKey:
+        """Parse :meth:`encode`'s bytes; raises :class:`MalformedEnvelopeError` on anything else."""
+        if len(data) < 1:
+            raise MalformedEnvelopeError("an encoded public key is at least one byte")
+        return cls(_kem_from_code(data[0]), bytes(data[1:]))
+
+    def _hpke_key(self) -> X25519PublicKey | hpke.MLKEM768X25519PublicKey:
+        try:
+            if self.kem is Kem.X25519:
+                return X25519PublicKey.from_public_bytes(self.raw)
+            return hpke.MLKEM768X25519PublicKey(
+                mlkem.MLKEM768PublicKey.from_public_bytes(self.raw[:MLKEM768_PUBLIC_SIZE]),
+                X25519PublicKey.from_public_bytes(self.raw[MLKEM768_PUBLIC_SIZE:]))
+        except ValueError:
+            raise MalformedEnvelopeError(f"not a valid {self.kem.label} public key") from None
+
+
+@dataclass(frozen=True)
+class PrivateKey:
+    """A recipient's private key. ``repr`` never shows the key bytes."""
+
+    kem: Kem
+    _secret: bytes = field(repr=False)
+
+    @classmethod
+    def generate(cls, kem: Kem = DEFAULT_KEM) -> PrivateKey:
+        import os
+
+        size = X25519_KEY_SIZE + (MLKEM768_SEED_SIZE if kem is Kem.MLKEM768_X25519 else 0)
+        key = cls(kem, os.urandom(size))
+        key._hpke_key()  # every 32-byte string is an X25519 scalar and every 64-byte one an ML-KEM seed
+        return key
+
+    def encode(self) -> bytes:
+        """The key file's bytes (secret: write them 0600 only)."""
+        return bytes([self.kem]) + self._secret
+
+    @classmethod
+    def decode(cls, data: bytes) -> PrivateKey:
+        if len(data) < 1:
+            raise MalformedEnvelopeError("an encoded private key is at least one byte")
+        kem = _kem_from_code(data[0])
+        expected = X25519_KEY_SIZE + (MLKEM768_SEED_SIZE if kem is Kem.MLKEM768_X25519 else 0)
+        if len(data) - 1 != expected:
+            raise MalformedEnvelopeError(f"a {kem.label} private key is {expected} bytes")
+        return cls(kem, bytes(data[1:]))
+
+    def _x25519(self) -> X25519PrivateKey:
+        return X25519PrivateKey.from_private_bytes(self._secret[-X25519_KEY_SIZE:])
+
+    def _hpke_key(self) -> X25519PrivateKey | hpke.MLKEM768X25519PrivateKey:
+        if self.kem is Kem.X25519:
+            return self._x25519()
+        return hpke.MLKEM768X25519PrivateKey(
+            mlkem.MLKEM768PrivateKey.from_seed_bytes(self._secret[:MLKEM768_SEED_SIZE]), self._x25519())
+
+    def public_key(self) -> PublicKey:
+        from cryptography.hazmat.primitives import serialization
+
+        x_pub = self._x25519().public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        if self.kem is Kem.X25519:
+            return PublicKey(self.kem, x_pub)
+        seed = mlkem.MLKEM768PrivateKey.from_seed_bytes(self._secret[:MLKEM768_SEED_SIZE])
+        return PublicKey(self.kem, seed.public_key().public_bytes_raw() + x_pub)
+
+
 @dataclass(frozen=True)
 class EnvelopeContext:
-    """What an envelope is for; bound as associated data so it cannot be replayed elsewhere.
+    """What an envelope is for; bound into HPKE's ``info`` so it cannot be replayed elsewhere.
 
     ``session_id`` names the generation session, ``party`` the party index the share belongs to, and
-    ``purpose`` the kind of payload (for example ``"input-share"``, ``"token-share"``, ``"weights/<name>"``).
+    ``purpose`` the kind of payload (for example ``"input-share"``, ``"weights/<name>"``).
     """
 
     session_id: str
@@ -118,31 +249,23 @@ class EnvelopeContext:
         return struct.pack(">H", len(session)) + session + struct.pack(">I", self.party) + struct.pack(">H", len(purpose)) + purpose
 
 
-def public_key_bytes(key: X25519PublicKey) -> bytes:
-    """The raw 32-byte form of ``key`` (what manifests and protocol messages carry)."""
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def load_public_key(raw: bytes) -> X25519PublicKey:
-    """Parse a raw 32-byte X25519 public key; raises :class:`MalformedEnvelopeError` otherwise."""
-    if len(raw) != PUBLIC_KEY_SIZE:
-        raise MalformedEnvelopeError(f"an X25519 public key is {PUBLIC_KEY_SIZE} bytes, got {len(raw)}")
-    return X25519PublicKey.from_public_bytes(bytes(raw))
-
-
-def _derive(shared: bytes, eph_pub: bytes, recipient_pub: bytes, context: bytes) -> tuple[bytes, bytes]:
-    okm = HKDF(algorithm=hashes.SHA256(), length=44, salt=eph_pub + recipient_pub, info=_LABEL + context).derive(shared)
-    return okm[:32], okm[32:]
-
-
 def _check_limit(max_payload: int) -> None:
     if not 0 <= max_payload <= MAX_PAYLOAD:
         raise ValueError(f"max_payload must be in [0, {MAX_PAYLOAD}]")
 
 
+def _info(header: bytes, context: EnvelopeContext) -> bytes:
+    return _LABEL + header + context.encode()
+
+
+def sealed_size(payload_size: int, kem: Kem) -> int:
+    """The envelope size of a ``payload_size``-byte plaintext (what relays bound requests with)."""
+    return HEADER_SIZE + kem.encapsulated_size + payload_size + TAG_SIZE
+
+
 def seal(
     plaintext: bytes | bytearray | memoryview,
-    recipient: X25519PublicKey,
+    recipient: PublicKey,
     context: EnvelopeContext,
     *,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
@@ -152,21 +275,17 @@ def seal(
     size = memoryview(plaintext).nbytes
     if size > max_payload:
         raise OversizedEnvelopeError(f"payload of {size} bytes exceeds the limit of {max_payload}")
-    ephemeral = X25519PrivateKey.generate()
-    eph_pub = public_key_bytes(ephemeral.public_key())
-    recipient_pub = public_key_bytes(recipient)
+    kem = recipient.kem
+    header = HEADER.pack(MAGIC, VERSION, kem, 0, kem.encapsulated_size + size + TAG_SIZE)
     try:
-        shared = ephemeral.exchange(recipient)
+        body = _suite(kem).encrypt(plaintext, recipient._hpke_key(), info=_info(header, context))
     except ValueError:
-        raise EnvelopeError("recipient public key is not usable (low-order point)") from None
-    encoded = context.encode()
-    key, nonce = _derive(shared, eph_pub, recipient_pub, encoded)
-    header = HEADER.pack(MAGIC, VERSION, SUITE_X25519_HKDF_SHA256_CHACHA20POLY1305, 0, eph_pub, size + TAG_SIZE)
-    return header + ChaCha20Poly1305(key).encrypt(nonce, bytes(plaintext), header + encoded)
+        raise EnvelopeError("recipient public key is not usable") from None
+    return header + body
 
 
-def parse_header(envelope: bytes | bytearray | memoryview, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> tuple[bytes, int]:
-    """Validate an envelope's framing without keys; return (ephemeral public key, ciphertext length).
+def parse_header(envelope: bytes | bytearray | memoryview, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> tuple[Kem, int]:
+    """Validate an envelope's framing without keys; return (KEM, HPKE ciphertext length).
 
     Relays (the orchestrator) use this to reject garbage early and to enforce size limits on bytes they
     cannot decrypt.
@@ -177,47 +296,43 @@ def parse_header(envelope: bytes | bytearray | memoryview, *, max_payload: int =
         if view.nbytes >= 4 and bytes(view[:4]) != MAGIC:
             raise MalformedEnvelopeError("not a pinfer envelope (bad magic)")
         raise TruncatedEnvelopeError(f"envelope of {view.nbytes} bytes is shorter than its {HEADER_SIZE}-byte header")
-    magic, version, suite, reserved, eph_pub, length = HEADER.unpack_from(view)
+    magic, version, code, reserved, length = HEADER.unpack_from(view)
     if magic != MAGIC:
         raise MalformedEnvelopeError("not a pinfer envelope (bad magic)")
     if version != VERSION:
         raise MalformedEnvelopeError(f"unsupported envelope version {version}")
-    if suite != SUITE_X25519_HKDF_SHA256_CHACHA20POLY1305:
-        raise MalformedEnvelopeError(f"unsupported cipher suite {suite}")
+    kem = _kem_from_code(code)
     if reserved != 0:
         raise MalformedEnvelopeError("reserved header field is not zero")
-    if length < TAG_SIZE:
-        raise MalformedEnvelopeError("ciphertext length is shorter than the authentication tag")
-    if length - TAG_SIZE > max_payload:
-        raise OversizedEnvelopeError(f"envelope declares {length - TAG_SIZE} payload bytes, limit is {max_payload}")
+    overhead = kem.encapsulated_size + TAG_SIZE
+    if length < overhead:
+        raise MalformedEnvelopeError("ciphertext is shorter than the encapsulated key and tag")
+    if length - overhead > max_payload:
+        raise OversizedEnvelopeError(f"envelope declares {length - overhead} payload bytes, limit is {max_payload}")
     actual = view.nbytes - HEADER_SIZE
     if actual < length:
         raise TruncatedEnvelopeError(f"envelope body has {actual} of its {length} bytes")
     if actual > length:
         raise MalformedEnvelopeError(f"{actual - length} trailing bytes after the envelope")
-    return eph_pub, length
+    return kem, length
 
 
 def open_envelope(
     envelope: bytes | bytearray | memoryview,
-    private_key: X25519PrivateKey,
+    private_key: PrivateKey,
     context: EnvelopeContext,
     *,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
 ) -> bytes:
     """Decrypt an envelope sealed to ``private_key``'s public half under the same ``context``."""
     view = memoryview(envelope)
-    eph_pub, _ = parse_header(view, max_payload=max_payload)
+    kem, _ = parse_header(view, max_payload=max_payload)
+    if kem is not private_key.kem:
+        raise EnvelopeAuthError("envelope failed authentication (wrong key, wrong context or tampered)")
+    header = bytes(view[:HEADER_SIZE])
     try:
-        shared = private_key.exchange(X25519PublicKey.from_public_bytes(eph_pub))
-    except ValueError:
-        # a low-order ephemeral point: only a forged envelope has one
-        raise EnvelopeAuthError("envelope failed authentication") from None
-    encoded = context.encode()
-    key, nonce = _derive(shared, eph_pub, public_key_bytes(private_key.public_key()), encoded)
-    try:
-        return ChaCha20Poly1305(key).decrypt(nonce, bytes(view[HEADER_SIZE:]), bytes(view[:HEADER_SIZE]) + encoded)
-    except InvalidTag:
+        return _suite(kem).decrypt(view[HEADER_SIZE:], private_key._hpke_key(), info=_info(header, context))
+    except Exception:  # InvalidTag, or a malformed encapsulated key: both are an envelope that does not open
         raise EnvelopeAuthError("envelope failed authentication (wrong key, wrong context or tampered)") from None
 
 
@@ -270,7 +385,7 @@ def decode_tensor(
 
 def seal_tensor(
     tensor: torch.Tensor,
-    recipient: X25519PublicKey,
+    recipient: PublicKey,
     context: EnvelopeContext,
     *,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
@@ -281,7 +396,7 @@ def seal_tensor(
 
 def open_tensor(
     envelope: bytes | bytearray | memoryview,
-    private_key: X25519PrivateKey,
+    private_key: PrivateKey,
     context: EnvelopeContext,
     *,
     expected_dtype: torch.dtype | None = torch.int64,

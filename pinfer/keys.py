@@ -9,22 +9,27 @@ Why it looks like this:
   :func:`check_peer_role` is the one place that turns a presented certificate into a trusted role.
 * Certificates use ECDSA P-256 with SHA-256: every TLS stack pinfer touches (Python's OpenSSL, gRPC's
   BoringSSL) accepts it, which is not yet true of Ed25519 certificates.
-* Each party also has an X25519 key pair. Its public half is published (manifest) so clients can seal
-  their input shares to it (:mod:`pinfer.envelope`); the orchestrator relays envelopes without any key
-  that opens them.
+* Each party also has an HPKE envelope key pair (ML-KEM-768 + X25519 by default, :mod:`pinfer.envelope`).
+  The CA signs a deployment statement naming every party's public key (:mod:`pinfer.trust`), so a
+  client seals its input shares only to keys the CA vouches for, never to keys the orchestrator names;
+  the orchestrator relays envelopes without any key that opens them.
+* A certificate's DNS names are its role name plus operator-given host names, never another role's
+  name and never a name every certificate shares (``localhost``): gRPC checks a server's DNS name, so
+  a name only one role's certificate carries makes that check a role check.
 * Private keys live on disk only in files created with mode 0600 inside 0700 directories; nothing in this
   module logs or raises with key bytes.
 
 Directory layout written by :func:`init_keys` (``KeyDir`` knows the paths)::
 
-    DIR/manifest.json           public: roles, certificate fingerprints, party X25519 public keys
+    DIR/manifest.json           public: roles, certificate fingerprints, party envelope public keys
+    DIR/deployment.json         public: the CA-signed deployment statement (copied to orchestrator/)
     DIR/ca/ca.crt               CA certificate (public; every node trusts it)
     DIR/ca/ca.key               CA private key (0600; keep offline, no node needs it)
     DIR/<role>/ca.crt           copy of the CA certificate, so a node's folder is self-contained
     DIR/<role>/node.crt         the node's certificate (role in subject, SANs for its host names)
     DIR/<role>/node.key         the node's TLS private key (0600)
-    DIR/party<i>/envelope.key   party i's X25519 private key, raw 32 bytes (0600)
-    DIR/party<i>/envelope.pub   party i's X25519 public key, raw 32 bytes
+    DIR/party<i>/envelope.key   party i's envelope private key, ``PrivateKey.encode()`` (0600)
+    DIR/party<i>/envelope.pub   party i's envelope public key, ``PublicKey.encode()``
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +49,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pinfer import envelope, trust
 
 ORCHESTRATOR = "orchestrator"
 DEALER = "dealer"
@@ -57,8 +64,6 @@ DEFAULT_VALIDITY_DAYS = 825  # the longest leaf lifetime common TLS clients stil
 
 _PARTY_ROLE = re.compile(r"^party([0-9])$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
-_LOOPBACK_NAMES = ("localhost",)
-_LOOPBACK_IPS = ("127.0.0.1", "::1")
 
 
 class KeyMaterialError(Exception):
@@ -122,6 +127,10 @@ class KeyDir:
     @property
     def ca_key(self) -> Path:
         return self.root / "ca" / "ca.key"
+
+    @property
+    def deployment(self) -> Path:
+        return self.root / "deployment.json"
 
     def node_dir(self, role: str) -> Path:
         return self.root / role
@@ -278,13 +287,17 @@ def issue_node_certificate(
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A key pair and CA-signed certificate for ``role``.
 
-    The certificate serves both TLS client and server auth (a party both dials and accepts), and its SAN
-    always covers ``localhost``/127.0.0.1/::1 and the role name (the docker-compose service name by
-    convention) besides ``hostnames``.
+    The certificate serves both TLS client and server auth (a party both dials and accepts). Its SAN
+    is the role name (the docker-compose service name by convention) and ``hostnames``, none of which
+    may be another role's name.
     """
     if not _is_known_role(role):
         raise ValueError(f"unknown role {role!r}")
-    dns, ips = _split_hosts([role, *_LOOPBACK_NAMES, *_LOOPBACK_IPS, *hostnames])
+    hostnames = list(hostnames)
+    taken = [h for h in hostnames if h.lower() != role and _is_known_role(h.lower())]
+    if taken:
+        raise ValueError(f"{role}'s certificate cannot carry another role's name ({', '.join(taken)})")
+    dns, ips = _split_hosts([role, *hostnames])
     key = ec.generate_private_key(ec.SECP256R1())
     not_before, not_after = _validity(validity_days)
     public = key.public_key()
@@ -434,12 +447,14 @@ def init_keys(
     *,
     validity_days: int = DEFAULT_VALIDITY_DAYS,
     overwrite: bool = False,
+    kem: envelope.Kem = envelope.DEFAULT_KEM,
 ) -> KeyManifest:
     """Create a complete key directory at ``out`` (layout in the module docstring).
 
     ``hostnames`` maps a role to extra DNS names / IPs for its certificate (for example the
     docker-compose service or Kubernetes DNS name). An existing key directory is refused unless
-    ``overwrite``: silently replacing a CA would cut every deployed node off.
+    ``overwrite``: silently replacing a CA would cut every deployed node off. ``kem`` is the parties'
+    envelope KEM; the CA-signed deployment statement names their public keys.
     """
     _check_parties(parties)
     roles = node_roles(parties)
@@ -468,14 +483,11 @@ def init_keys(
         fingerprints[role] = _fingerprint(cert)
         all_hosts[role] = hosts
         if party_index(role) is not None:
-            private = X25519PrivateKey.generate()
-            public_raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-            _write_private(
-                layout.envelope_private(role),
-                private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()),
-            )
-            _write_public(layout.envelope_public(role), public_raw)
-            envelope_keys[role] = public_raw
+            private = envelope.PrivateKey.generate(kem)
+            public_encoded = private.public_key().encode()
+            _write_private(layout.envelope_private(role), private.encode())
+            _write_public(layout.envelope_public(role), public_encoded)
+            envelope_keys[role] = public_encoded
 
     manifest = KeyManifest(
         parties=parties,
@@ -486,6 +498,12 @@ def init_keys(
         hostnames=all_hosts,
     )
     _write_public(layout.manifest, manifest.to_json().encode())
+    deployment = trust.Deployment(
+        deployment_id=secrets.token_hex(16),
+        party_keys=tuple(envelope.PublicKey.decode(envelope_keys[party_role(i)]) for i in range(parties)))
+    statement = trust.sign_statement(ca_key, trust.DEPLOYMENT, deployment.to_body())
+    _write_public(layout.deployment, statement)
+    _write_public(layout.node_dir(ORCHESTRATOR) / layout.deployment.name, statement)
     return manifest
 
 
@@ -517,21 +535,43 @@ def load_node_credentials(root: Path | str, role: str) -> NodeCredentials:
     raise KeyDirError(f"no credentials for role {role!r} under {base}")
 
 
-def load_envelope_private_key(root: Path | str, role: str) -> X25519PrivateKey:
-    """Party ``role``'s X25519 private key (from the key directory or the party's own folder)."""
+def load_envelope_private_key(root: Path | str, role: str) -> envelope.PrivateKey:
+    """Party ``role``'s envelope private key (from the key directory or the party's own folder)."""
     base = Path(root)
     for path in (KeyDir(base).envelope_private(role), base / "envelope.key"):
         if path.exists():
-            raw = path.read_bytes()
-            if len(raw) != 32:
-                raise KeyDirError(f"{path} is not a raw 32-byte X25519 key")
-            return X25519PrivateKey.from_private_bytes(raw)
+            try:
+                return envelope.PrivateKey.decode(path.read_bytes())
+            except envelope.EnvelopeError:
+                raise KeyDirError(f"{path} is not a pinfer envelope private key (re-run `pinfer keys init`)") from None
     raise KeyDirError(f"no envelope key for role {role!r} under {base}")
 
 
-def load_envelope_public_key(root: Path | str, role: str) -> X25519PublicKey:
-    """Party ``role``'s X25519 public key from the manifest of a key directory."""
+def load_envelope_public_key(root: Path | str, role: str) -> envelope.PublicKey:
+    """Party ``role``'s envelope public key from the manifest of a key directory."""
     raw = load_manifest(root).envelope_public_keys.get(role)
     if raw is None:
         raise KeyDirError(f"no envelope public key for role {role!r}")
-    return X25519PublicKey.from_public_bytes(raw)
+    try:
+        return envelope.PublicKey.decode(raw)
+    except envelope.EnvelopeError:
+        raise KeyDirError(f"the manifest's key for {role!r} is not a pinfer envelope key") from None
+
+
+def load_ca_key(root: Path | str) -> ec.EllipticCurvePrivateKey:
+    """The deployment CA's private key (only provisioning needs it, to sign model cards)."""
+    path = KeyDir(Path(root)).ca_key
+    if not path.exists():
+        raise KeyDirError(f"no CA key at {path}: model cards are signed where the CA key is kept")
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise KeyDirError(f"{path} is not an ECDSA key")
+    return key
+
+
+def load_deployment_statement(root: Path | str) -> bytes:
+    """The CA-signed deployment statement the orchestrator serves (key directory or its own folder)."""
+    path = KeyDir(Path(root)).deployment
+    if path.exists():
+        return path.read_bytes()
+    raise KeyDirError(f"no deployment statement under {root} (re-run `pinfer keys init`)")

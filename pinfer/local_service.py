@@ -86,7 +86,7 @@ class LocalService:
         shutil.copyfile(layout.manifest, self.node_keys(keys.ORCHESTRATOR) / layout.manifest.name)
         if not (self.root / "models" / self.model / "model.json").exists():
             party_keys = {i: keys.load_envelope_public_key(self.key_dir, keys.party_role(i)) for i in range(self.parties)}
-            provision(self.model, self.root / "models", party_keys)
+            provision(self.model, self.root / "models", party_keys, keys.load_ca_key(self.key_dir))
         token_file = self.root / "client.token"
         if not token_file.exists():
             fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import logging
 import queue
-import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
@@ -29,13 +28,12 @@ from pathlib import Path
 import grpc
 
 from pinfer import envelope, keys
-from pinfer.parties.share_store import ModelCard, load_card
+from pinfer.parties.share_store import SIGNED_CARD_FILE, ModelCard, load_card, signed_card
+from pinfer.session import REQUEST_ID, SEALED_INPUT_OVERHEAD
 from pinfer.proto import inference_pb2, inference_pb2_grpc, node_pb2, node_pb2_grpc
 
 log = logging.getLogger("pinfer.orchestrator")
 
-REQUEST_ID = re.compile(r"^[0-9a-f]{16,64}$")
-_TENSOR_OVERHEAD = 4 + 1 + 1 + 8 * 2  # PTEN, dtype, ndim, two dims (pinfer.envelope.encode_tensor)
 STEP_TIMEOUT_S = 600.0
 """Longest wait for the next event of a running session before it is declared lost (UNAVAILABLE)."""
 
@@ -171,23 +169,18 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
     # -- model catalogue ---------------------------------------------------------------------------
     def _cards(self) -> dict[str, ModelCard]:
         root = Path(self.config.models_root)
-        cards = (load_card(p.parent) for p in sorted(root.glob("*/model.json")))
+        cards = (load_card(p.parent) for p in sorted(root.glob("*/model.json")) if (p.parent / SIGNED_CARD_FILE).is_file())
         return {card.name: card for card in cards if card.parties == self.config.parties}
 
     def _info(self, card: ModelCard) -> inference_pb2.ModelInfo:
-        from pinfer.protocols.sharing import SCALE
-
+        """The public description; the client trusts only its two CA-signed statements."""
         config = card.config()
-        party_keys = [
-            inference_pb2.PartyKey(party=i, x25519_public_key=envelope.public_key_bytes(
-                keys.load_envelope_public_key(self.config.key_root, keys.party_role(i))))
-            for i in range(card.parties)
-        ]
         return inference_pb2.ModelInfo(
             name=card.name, architecture=config.family, tokenizer=card.tokenizer, vocab_size=config.vocab_size,
             context_length=config.max_positions, max_new_tokens=min(self.config.max_new_tokens, config.max_positions - 1),
-            kv_policy="full", kv_budget=config.max_positions, parties=card.parties, party_keys=party_keys,
-            eos_token_ids=list(config.eos_token_ids), input_scale=SCALE,
+            kv_policy="full", kv_budget=config.max_positions,
+            deployment=keys.load_deployment_statement(self.config.key_root),
+            card=signed_card(Path(self.config.models_root) / card.name),
         )
 
     def _authenticate(self, context: grpc.ServicerContext) -> None:
@@ -229,8 +222,6 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
 
         if not REQUEST_ID.match(request.request_id):
             invalid("request_id must be 16 to 64 lowercase hex characters")
-        if len(request.client_public_key) != envelope.PUBLIC_KEY_SIZE:
-            invalid("client_public_key must be a raw 32-byte X25519 key")
         if not 1 <= request.max_new_tokens <= info.max_new_tokens:
             invalid(f"max_new_tokens must be in [1, {info.max_new_tokens}]")
         if request.prompt_tokens < 1:
@@ -241,7 +232,8 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
         if len(request.input_shares) != card.parties:
             invalid(f"expected {card.parties} input shares, one per party")
         # Party 0 holds a dense (prompt x vocab) int64 share; the others a 32-byte seed.
-        limits = [_TENSOR_OVERHEAD + 8 * request.prompt_tokens * config.vocab_size] + [64] * (card.parties - 1)
+        shares = [8 * request.prompt_tokens * config.vocab_size] + [32] * (card.parties - 1)
+        limits = [envelope.TENSOR_OVERHEAD_2D + size + SEALED_INPUT_OVERHEAD for size in shares]
         for party, (sealed, limit) in enumerate(zip(request.input_shares, limits)):
             try:
                 envelope.parse_header(sealed, max_payload=limit)
@@ -297,8 +289,8 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
         for rank, stream in enumerate(streams):
             share = request.input_shares[rank] if rank < card.parties else b""
             stream.requests.put(node_pb2.SessionControl(start=node_pb2.StartSession(
-                endpoints=endpoints, input_share=share, client_public_key=request.client_public_key,
-                prompt_tokens=request.prompt_tokens, max_new_tokens=request.max_new_tokens)))
+                endpoints=endpoints, input_share=share, prompt_tokens=request.prompt_tokens,
+                max_new_tokens=request.max_new_tokens)))
         events: queue.Queue = queue.Queue()
         readers = [threading.Thread(target=self._pump, args=(session, stream, events), daemon=True) for stream in streams]
         for reader in readers:
@@ -321,10 +313,7 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
             while len(pending.get(step, {})) == card.parties:
                 shares = pending.pop(step)
                 yield inference_pb2.GenerateEvent(
-                    step=step, phase=shares[0].phase, scale=shares[0].scale,
-                    token_shares=[shares[i].envelope for i in range(card.parties)],
-                    costs=[inference_pb2.StepCost(party=i, seconds=s.seconds, bytes_sent=s.bytes_sent, rounds=s.rounds,
-                                                  dealer_bytes=s.dealer_bytes) for i, s in sorted(shares.items())])
+                    step=step, phase=shares[0].phase, token_shares=[shares[i].envelope for i in range(card.parties)])
                 step += 1
 
     def _next(self, session: _Session, stream: _NodeStream) -> node_pb2.SessionEvent | None:

@@ -22,16 +22,8 @@ class GetModelRequest(_message.Message):
     model: str
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
-class PartyKey(_message.Message):
-    __slots__ = ("party", "x25519_public_key")
-    PARTY_FIELD_NUMBER: _ClassVar[int]
-    X25519_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
-    party: int
-    x25519_public_key: bytes
-    def __init__(self, party: _Optional[int] = ..., x25519_public_key: _Optional[bytes] = ...) -> None: ...
-
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "architecture", "tokenizer", "vocab_size", "context_length", "max_new_tokens", "kv_policy", "kv_budget", "parties", "party_keys", "eos_token_ids", "input_scale")
+    __slots__ = ("name", "architecture", "tokenizer", "vocab_size", "context_length", "max_new_tokens", "kv_policy", "kv_budget", "deployment", "card")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FIELD_NUMBER: _ClassVar[int]
@@ -40,10 +32,8 @@ class ModelInfo(_message.Message):
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KV_POLICY_FIELD_NUMBER: _ClassVar[int]
     KV_BUDGET_FIELD_NUMBER: _ClassVar[int]
-    PARTIES_FIELD_NUMBER: _ClassVar[int]
-    PARTY_KEYS_FIELD_NUMBER: _ClassVar[int]
-    EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
-    INPUT_SCALE_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    CARD_FIELD_NUMBER: _ClassVar[int]
     name: str
     architecture: str
     tokenizer: str
@@ -52,55 +42,33 @@ class ModelInfo(_message.Message):
     max_new_tokens: int
     kv_policy: str
     kv_budget: int
-    parties: int
-    party_keys: _containers.RepeatedCompositeFieldContainer[PartyKey]
-    eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    input_scale: int
-    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., tokenizer: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_length: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., kv_policy: _Optional[str] = ..., kv_budget: _Optional[int] = ..., parties: _Optional[int] = ..., party_keys: _Optional[_Iterable[_Union[PartyKey, _Mapping]]] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., input_scale: _Optional[int] = ...) -> None: ...
+    deployment: bytes
+    card: bytes
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., tokenizer: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_length: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., kv_policy: _Optional[str] = ..., kv_budget: _Optional[int] = ..., deployment: _Optional[bytes] = ..., card: _Optional[bytes] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "request_id", "client_public_key", "input_shares", "prompt_tokens", "max_new_tokens")
+    __slots__ = ("model", "request_id", "input_shares", "prompt_tokens", "max_new_tokens")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    CLIENT_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHARES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
     request_id: str
-    client_public_key: bytes
     input_shares: _containers.RepeatedScalarFieldContainer[bytes]
     prompt_tokens: int
     max_new_tokens: int
-    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., client_public_key: _Optional[bytes] = ..., input_shares: _Optional[_Iterable[bytes]] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
-
-class StepCost(_message.Message):
-    __slots__ = ("party", "seconds", "bytes_sent", "rounds", "dealer_bytes")
-    PARTY_FIELD_NUMBER: _ClassVar[int]
-    SECONDS_FIELD_NUMBER: _ClassVar[int]
-    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
-    ROUNDS_FIELD_NUMBER: _ClassVar[int]
-    DEALER_BYTES_FIELD_NUMBER: _ClassVar[int]
-    party: int
-    seconds: float
-    bytes_sent: int
-    rounds: int
-    dealer_bytes: int
-    def __init__(self, party: _Optional[int] = ..., seconds: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., rounds: _Optional[int] = ..., dealer_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., input_shares: _Optional[_Iterable[bytes]] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
-    __slots__ = ("step", "phase", "token_shares", "scale", "costs")
+    __slots__ = ("step", "phase", "token_shares")
     STEP_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_SHARES_FIELD_NUMBER: _ClassVar[int]
-    SCALE_FIELD_NUMBER: _ClassVar[int]
-    COSTS_FIELD_NUMBER: _ClassVar[int]
     step: int
     phase: str
     token_shares: _containers.RepeatedScalarFieldContainer[bytes]
-    scale: int
-    costs: _containers.RepeatedCompositeFieldContainer[StepCost]
-    def __init__(self, step: _Optional[int] = ..., phase: _Optional[str] = ..., token_shares: _Optional[_Iterable[bytes]] = ..., scale: _Optional[int] = ..., costs: _Optional[_Iterable[_Union[StepCost, _Mapping]]] = ...) -> None: ...
+    def __init__(self, step: _Optional[int] = ..., phase: _Optional[str] = ..., token_shares: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("request_id",)

@@ -67,7 +67,8 @@ class InferenceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModel(self, request, context):
-        """One model's public description, including the parties' X25519 keys to seal input shares to.
+        """One model's public description, with the CA-signed deployment statement (the parties' envelope
+        keys) and model card that the client verifies before it seals anything.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

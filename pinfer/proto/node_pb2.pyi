@@ -43,18 +43,16 @@ class OpenSession(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., parties: _Optional[int] = ...) -> None: ...
 
 class StartSession(_message.Message):
-    __slots__ = ("endpoints", "input_share", "client_public_key", "prompt_tokens", "max_new_tokens")
+    __slots__ = ("endpoints", "input_share", "prompt_tokens", "max_new_tokens")
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHARE_FIELD_NUMBER: _ClassVar[int]
-    CLIENT_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
     input_share: bytes
-    client_public_key: bytes
     prompt_tokens: int
     max_new_tokens: int
-    def __init__(self, endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., input_share: _Optional[bytes] = ..., client_public_key: _Optional[bytes] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., input_share: _Optional[bytes] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class SessionControl(_message.Message):
     __slots__ = ("open", "start")
@@ -73,24 +71,14 @@ class WorkerReady(_message.Message):
     def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class TokenShare(_message.Message):
-    __slots__ = ("step", "phase", "envelope", "scale", "seconds", "bytes_sent", "rounds", "dealer_bytes")
+    __slots__ = ("step", "phase", "envelope")
     STEP_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
-    SCALE_FIELD_NUMBER: _ClassVar[int]
-    SECONDS_FIELD_NUMBER: _ClassVar[int]
-    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
-    ROUNDS_FIELD_NUMBER: _ClassVar[int]
-    DEALER_BYTES_FIELD_NUMBER: _ClassVar[int]
     step: int
     phase: str
     envelope: bytes
-    scale: int
-    seconds: float
-    bytes_sent: int
-    rounds: int
-    dealer_bytes: int
-    def __init__(self, step: _Optional[int] = ..., phase: _Optional[str] = ..., envelope: _Optional[bytes] = ..., scale: _Optional[int] = ..., seconds: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., rounds: _Optional[int] = ..., dealer_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, step: _Optional[int] = ..., phase: _Optional[str] = ..., envelope: _Optional[bytes] = ...) -> None: ...
 
 class SessionDone(_message.Message):
     __slots__ = ()

@@ -29,7 +29,7 @@ def test_three_party_generation_matches_plaintext(tmp_path: Path) -> None:
     with LocalService(tmp_path, model="tiny-llama", parties=3) as service, \
             pinfer.Client(service.endpoint, service.token, service.ca_path, timeout_s=300) as client:
         info = client.model_info("tiny-llama")
-        assert info.parties == 3 and len(info.party_keys) == 3
+        assert info.parties == 3 and len(info.deployment.party_keys) == 3
         tokens = list(client.generate_ids(PROMPT, 3))
     assert [t.token_id for t in tokens] == _plain(3)
     assert all(sorted(c.party for c in t.costs) == [0, 1, 2] for t in tokens)

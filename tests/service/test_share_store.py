@@ -17,7 +17,7 @@ from pinfer.protocols.sharing import encode
 @pytest.fixture(scope="module")
 def provisioned(key_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     party_keys = {i: keys.load_envelope_public_key(key_dir, keys.party_role(i)) for i in range(2)}
-    return share_store.provision("tiny-llama", tmp_path_factory.mktemp("models"), party_keys)
+    return share_store.provision("tiny-llama", tmp_path_factory.mktemp("models"), party_keys, keys.load_ca_key(key_dir))
 
 
 def test_shares_add_up_to_the_prepared_weights(provisioned: Path, key_dir: Path) -> None:

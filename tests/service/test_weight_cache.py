@@ -21,7 +21,7 @@ from pinfer.parties.weight_cache import SharedShares, WeightCache, open_shared
 @pytest.fixture(scope="module")
 def provisioned(key_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     party_keys = {i: keys.load_envelope_public_key(key_dir, keys.party_role(i)) for i in range(2)}
-    return share_store.provision("tiny-llama", tmp_path_factory.mktemp("models"), party_keys)
+    return share_store.provision("tiny-llama", tmp_path_factory.mktemp("models"), party_keys, keys.load_ca_key(key_dir))
 
 
 def _child_reads_then_scribbles(shares: SharedShares, conn: Connection) -> None:
@@ -77,7 +77,7 @@ def test_cache_opens_once_and_again_after_reprovisioning(provisioned: Path, key_
     first = cache.get("tiny-llama")
     assert cache.get("tiny-llama") is first
     party_keys = {i: keys.load_envelope_public_key(key_dir, keys.party_role(i)) for i in range(2)}
-    share_store.provision("tiny-llama", root, party_keys)
+    share_store.provision("tiny-llama", root, party_keys, keys.load_ca_key(key_dir))
     second = cache.get("tiny-llama")
     assert second is not first and second.card.provision_id != first.card.provision_id
     with pytest.raises(share_store.ShareFileError):
