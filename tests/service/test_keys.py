@@ -50,11 +50,22 @@ def test_envelope_keys_pair_up(key_dir: Path) -> None:
         envelope.open_envelope(sealed, keys.load_envelope_private_key(key_dir / "party1", "party1"), ctx)
 
 
-def test_sans_cover_loopback_role_and_extra_hosts(key_dir: Path) -> None:
-    cert = _cert(keys.KeyDir(key_dir).node_cert("party0"))
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert {"party0", "localhost", "party0.internal"} <= set(san.get_values_for_type(x509.DNSName))
-    assert "127.0.0.1" in {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+def test_sans_are_the_role_and_extra_hosts_only(key_dir: Path) -> None:
+    """gRPC checks a server's DNS name: a name only one role carries makes that a role check, so no
+    certificate carries a name that every certificate shares (localhost, 127.0.0.1)."""
+    layout = keys.KeyDir(key_dir)
+    for role in keys.load_manifest(key_dir).roles:
+        san = _cert(layout.node_cert(role)).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = set(san.get_values_for_type(x509.DNSName))
+        assert role in names and "localhost" not in names and not san.get_values_for_type(x509.IPAddress)
+        assert not names & (set(keys.load_manifest(key_dir).roles) - {role})
+    san = _cert(layout.node_cert("party0")).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"party0", "party0.internal"} == set(san.get_values_for_type(x509.DNSName))
+
+
+def test_a_certificate_cannot_carry_another_roles_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="another role"):
+        keys.init_keys(tmp_path / "k", hostnames={"party0": ["orchestrator"]})
 
 
 def test_check_peer_role_accepts_right_role(key_dir: Path) -> None:
