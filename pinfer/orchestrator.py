@@ -349,7 +349,8 @@ def _failure(session: _Session, role: str, exc: grpc.RpcError) -> _SessionFailed
     code = exc.code()
     if code == grpc.StatusCode.CANCELLED or session.cancelled.is_set():
         return _SessionFailed(grpc.StatusCode.CANCELLED, "session cancelled")
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND):
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.ALREADY_EXISTS):
         return _SessionFailed(code, f"{role}: {exc.details()}")
     log.warning("session failed at %s: %s", role, code.name)
     return _SessionFailed(grpc.StatusCode.UNAVAILABLE, f"{role} is unavailable ({code.name})")
