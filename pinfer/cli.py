@@ -25,6 +25,7 @@ _BENCH_MODULES = (
     "pinfer.bench.accel",
     "pinfer.bench.generate",
     "pinfer.bench.agreement",
+    "pinfer.bench.envelope",
     "pinfer.bench.kv",
     "pinfer.bench.nonlinear",
     "pinfer.bench.service",
