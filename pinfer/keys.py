@@ -46,9 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pinfer import envelope, trust
@@ -394,13 +394,16 @@ def check_peer_role(
     :class:`PeerRoleError` (a valid certificate for another role).
     """
     peer = _as_certificate(cert)
-    try:
-        peer.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        raise PeerCertificateError("peer certificate was not issued by the deployment CA") from None
     moment = now or _dt.datetime.now(_dt.timezone.utc)
     if not peer.not_valid_before_utc <= moment <= peer.not_valid_after_utc:
         raise PeerCertificateError("peer certificate is outside its validity period")
+    # RFC 5280 path validation by cryptography's verifier (signature, validity, CA constraints, key
+    # usages), not a home-made chain check; the client profile because every node cert is also a client.
+    verifier = verification.PolicyBuilder().store(verification.Store([ca])).time(moment).build_client_verifier()
+    try:
+        verifier.verify(peer, [])
+    except verification.VerificationError:
+        raise PeerCertificateError("peer certificate does not chain to the deployment CA") from None
     try:
         constraints = peer.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
