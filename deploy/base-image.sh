@@ -9,14 +9,23 @@
 # Where an image registry is reachable none of this is needed: the Dockerfile's default base is
 # python:3.11-slim.
 #
-# Environment: PINFER_BASE_IMAGE (tag to build), DEBIAN_MIRROR (default http://deb.debian.org/debian),
-#              DOCKERD_LOG (default /var/log/dockerd.log).
+# Environment: PINFER_BASE_IMAGE (tag to build), DEBIAN_MIRROR (default: the first Debian URI in this
+#              machine's apt sources, else debootstrap's own default), DOCKERD_LOG (default
+#              /var/log/dockerd.log).
 # Exit status: 0 when Docker works and the base image exists; 2 when this machine cannot be prepared
 # (not root, not Debian, no apt-get), with the reason on stderr; anything else is a failure.
 set -euo pipefail
 
 BASE_IMAGE="${PINFER_BASE_IMAGE:-pinfer-base:bookworm}"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# The mirror this machine's apt already uses (deb822 "URIs:" or one-line "deb URI suite"), so no
+# mirror is named here; empty lets debootstrap pick its default.
+apt_mirror() {
+    local files=(/etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list)
+    { grep -hE '^URIs:' "${files[@]}" 2>/dev/null | awk '{print $2}'
+      grep -hE '^deb ' "${files[@]}" 2>/dev/null | awk '{for (i = 2; i <= NF; i++) if ($i !~ /^\[/) {print $i; break}}'
+    } | grep -E '/debian/?$' | head -n 1
+}
+MIRROR="${DEBIAN_MIRROR:-$(apt_mirror)}"
 DOCKERD_LOG="${DOCKERD_LOG:-/var/log/dockerd.log}"
 
 log() { printf '[docker-prep] %s\n' "$*" >&2; }
@@ -73,9 +82,9 @@ fi
 command -v debootstrap >/dev/null 2>&1 || cannot "no debootstrap"
 rootfs="$(mktemp -d -t pinfer-rootfs-XXXXXX)"
 trap 'rm -rf "$rootfs"' EXIT
-log "debootstrap bookworm ($MIRROR) into $rootfs (a few minutes, once)"
+log "debootstrap bookworm (${MIRROR:-debootstrap's default mirror}) into $rootfs (a few minutes, once)"
 debootstrap --variant=minbase --include=python3,python3-pip,python3-venv,ca-certificates \
-    bookworm "$rootfs" "$MIRROR" >"$rootfs.log" 2>&1 \
+    bookworm "$rootfs" ${MIRROR:+"$MIRROR"} >"$rootfs.log" 2>&1 \
     || { log "debootstrap failed; tail of its log:"; tail -n 20 "$rootfs.log" >&2; rm -f "$rootfs.log"; exit 1; }
 rm -f "$rootfs.log"
 # Smaller image: no package lists, caches, docs or man pages.
