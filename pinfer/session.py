@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -81,7 +82,7 @@ class ModelCard:
         return cls(**data)
 
 
-def verify_card(ca: Any, statement: bytes, deployment: trust.Deployment) -> ModelCard:
+def verify_card(ca: x509.Certificate, statement: bytes, deployment: trust.Deployment) -> ModelCard:
     """The model card the pinned CA signed, provisioned for exactly ``deployment``'s party keys."""
     body = trust.verify_statement(ca, trust.MODEL_CARD, statement)
     try:

@@ -108,6 +108,15 @@ def _ca(service: LocalService) -> x509.Certificate:
     return x509.load_pem_x509_certificate(service.ca_path.read_bytes())
 
 
+def _serving(field: str, statement: bytes) -> Callable[[inference_pb2.ModelInfo], inference_pb2.ModelInfo]:
+    """A rewrite of ``ModelInfo`` that serves ``statement`` as its ``field`` (deployment or card)."""
+    def rewrite(info: inference_pb2.ModelInfo) -> inference_pb2.ModelInfo:
+        setattr(info, field, statement)
+        return info
+
+    return rewrite
+
+
 def _own_ca_statement(kind: str, body: bytes) -> bytes:
     """A statement signed by a CA the attacker made (not the deployment's)."""
     ca_key, _ = keys.make_ca()
@@ -133,11 +142,7 @@ def test_malicious_substituted_party_key_is_refused_before_anything_is_sealed(at
     original = keys.load_deployment_statement(service.key_dir)
     resigned = original.replace(b'"body": "', b'"body": "' + b"A" * 4, 1)  # body changed, signature kept
     for statement in (signed_by_attacker, resigned):
-        def substitute(info: inference_pb2.ModelInfo, statement: bytes = statement) -> inference_pb2.ModelInfo:
-            info.deployment = statement
-            return info
-
-        interceptor.rewrite_info = substitute
+        interceptor.rewrite_info = _serving("deployment", statement)
         with pytest.raises(trust.UntrustedStatementError):
             list(client.generate_ids(PROMPT, TOKENS, model="tiny-llama"))
     assert interceptor.requests == []  # nothing was ever sealed, to the attacker's key or any other
@@ -150,11 +155,7 @@ def test_malicious_one_party_deployment_is_refused(attack, service: LocalService
     # Even the real CA's signature on a one-party statement would not do: the client needs two parties.
     for statement in (_own_ca_statement(trust.DEPLOYMENT, one_party),
                       trust.sign_statement(keys.load_ca_key(service.key_dir), trust.DEPLOYMENT, one_party)):
-        def report_one(info: inference_pb2.ModelInfo, statement: bytes = statement) -> inference_pb2.ModelInfo:
-            info.deployment = statement
-            return info
-
-        interceptor.rewrite_info = report_one
+        interceptor.rewrite_info = _serving("deployment", statement)
         with pytest.raises(trust.UntrustedStatementError):
             list(client.generate_ids(PROMPT, TOKENS, model="tiny-llama"))
     assert interceptor.requests == []
@@ -168,11 +169,7 @@ def test_malicious_changed_card_eos_vocab_or_tokenizer_is_refused(attack, servic
     for statement in (_own_ca_statement(trust.MODEL_CARD, changed),
                       # a card the real CA signed, but served as the deployment statement
                       keys.load_deployment_statement(service.key_dir)):
-        def swap_card(info: inference_pb2.ModelInfo, statement: bytes = statement) -> inference_pb2.ModelInfo:
-            info.card = statement
-            return info
-
-        interceptor.rewrite_info = swap_card
+        interceptor.rewrite_info = _serving("card", statement)
         with pytest.raises(trust.UntrustedStatementError):
             client.model_info("tiny-llama")
     assert interceptor.requests == []
