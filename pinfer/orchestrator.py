@@ -15,6 +15,7 @@ malformed here or does not open at its party), ``RESOURCE_EXHAUSTED`` (slots and
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import logging
@@ -38,6 +39,8 @@ REQUEST_ID = re.compile(r"^[0-9a-f]{16,64}$")
 _TENSOR_OVERHEAD = 4 + 1 + 1 + 8 * 2  # PTEN, dtype, ndim, two dims (pinfer.envelope.encode_tensor)
 STEP_TIMEOUT_S = 600.0
 """Longest wait for the next event of a running session before it is declared lost (UNAVAILABLE)."""
+_WAITER_POLL_S = 0.5
+"""How often a queued caller checks whether its client is still there."""
 
 
 class _SessionFailed(Exception):
@@ -73,37 +76,66 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@dataclass(eq=False)
+class _Ticket:
+    """A queued caller's place: ``admitted`` is set when a slot is handed to it."""
+
+    still_wanted: Callable[[], bool]
+    admitted: threading.Event = field(default_factory=threading.Event)
+
+
 class Admission:
-    """Worker slots with a bounded queue: ``enter`` blocks in the queue, or refuses when it is full."""
+    """Worker slots with a bounded first-come, first-served queue behind them.
+
+    Why slots are handed over rather than taken: a freed slot goes straight to the head of the queue
+    (never back into a pool that a newcomer or a faster-waking waiter could grab first), so the order
+    of admission is the order of arrival. A waiter that left is skipped at hand-over and removes
+    itself within ``_WAITER_POLL_S``, so it neither stalls the queue nor keeps a slot.
+    """
 
     def __init__(self, slots: int, queue_size: int) -> None:
-        self._slots = slots
+        self._free = slots
         self._queue_size = queue_size
-        self._running = 0
-        self._waiting = 0
-        self._cond = threading.Condition()
+        self._queue: collections.deque[_Ticket] = collections.deque()
+        self._lock = threading.Lock()
+
+    @property
+    def waiting(self) -> int:
+        """Callers queued for a slot now."""
+        with self._lock:
+            return len(self._queue)
 
     def enter(self, still_wanted: Callable[[], bool]) -> bool:
         """Take a slot (True), or False if the queue is full or the caller left while queued."""
-        with self._cond:
-            if self._running >= self._slots:
-                if self._waiting >= self._queue_size:
-                    return False
-                self._waiting += 1
-                try:
-                    while self._running >= self._slots:
-                        self._cond.wait(timeout=0.5)
-                        if not still_wanted():
-                            return False
-                finally:
-                    self._waiting -= 1
-            self._running += 1
-            return True
+        with self._lock:
+            if self._free > 0:  # a free slot implies an empty queue: leave() hands slots to waiters first
+                self._free -= 1
+                return True
+            if len(self._queue) >= self._queue_size:
+                return False
+            ticket = _Ticket(still_wanted)
+            self._queue.append(ticket)
+        while not ticket.admitted.wait(_WAITER_POLL_S):
+            if not still_wanted():
+                with self._lock:
+                    if not ticket.admitted.is_set():
+                        if ticket in self._queue:  # else a hand-over already skipped it
+                            self._queue.remove(ticket)
+                        return False
+                # Handed a slot just as it left: pass the slot on rather than leak it.
+                self.leave()
+                return False
+        return True
 
     def leave(self) -> None:
-        with self._cond:
-            self._running -= 1
-            self._cond.notify()
+        """Give back a slot: to the first queued caller still waiting, else to the pool."""
+        with self._lock:
+            while self._queue:
+                ticket = self._queue.popleft()
+                if ticket.still_wanted():
+                    ticket.admitted.set()
+                    return
+            self._free += 1
 
 
 @dataclass

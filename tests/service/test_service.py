@@ -366,6 +366,77 @@ def test_admission_bounds_the_queue() -> None:
     assert not gone.enter(lambda: False)  # a caller that leaves the queue gives up its place
 
 
+def _wait_for(condition, timeout_s: float = 5, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_admission_is_first_come_first_served() -> None:
+    """Under contention for one slot, callers are admitted in the order they queued, and a newcomer
+    arriving while the queue is non-empty waits behind it rather than taking the freed slot."""
+    admission = Admission(slots=1, queue_size=5)
+    assert admission.enter(lambda: True)
+    order: list[int] = []
+
+    def caller(i: int) -> None:
+        assert admission.enter(lambda: True)
+        order.append(i)
+        time.sleep(0.05)  # hold the slot a while, so the later callers contend for it
+        admission.leave()
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(5)]
+    for i, thread in enumerate(threads):
+        thread.start()
+        _wait_for(lambda: admission.waiting == i + 1, what=f"caller {i} to queue")
+    admission.leave()
+    assert not admission.enter(lambda: False), "a newcomer took the slot freed for the head of the queue"
+    for thread in threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    assert order == [0, 1, 2, 3, 4]
+    assert admission.enter(lambda: True)  # every slot came back
+
+
+def test_admission_departed_waiter_does_not_stall_the_queue() -> None:
+    admission = Admission(slots=1, queue_size=2)
+    assert admission.enter(lambda: True)
+    gone = threading.Event()
+    outcomes: dict[str, bool] = {}
+    admitted_at: dict[str, float] = {}
+
+    def caller(name: str, still_wanted) -> None:
+        outcomes[name] = admission.enter(still_wanted)
+        admitted_at[name] = time.monotonic()
+
+    leaver = threading.Thread(target=caller, args=("leaver", lambda: not gone.is_set()))
+    leaver.start()
+    _wait_for(lambda: admission.waiting == 1, what="the leaver to queue")
+    stayer = threading.Thread(target=caller, args=("stayer", lambda: True))
+    stayer.start()
+    _wait_for(lambda: admission.waiting == 2, what="the stayer to queue")
+    gone.set()
+    released_at = time.monotonic()
+    admission.leave()  # the head has left: the slot goes to the next waiter at once
+    stayer.join(timeout=5)
+    leaver.join(timeout=5)
+    assert outcomes == {"leaver": False, "stayer": True}
+    assert admitted_at["stayer"] - released_at < 0.25, "the departed head held up the queue"
+    assert admission.waiting == 0
+    # A waiter that leaves while nothing is released frees its queue place too, and no slot leaked:
+    gone.clear()
+    leaver = threading.Thread(target=caller, args=("leaver", lambda: not gone.is_set()))
+    leaver.start()
+    _wait_for(lambda: admission.waiting == 1, what="the leaver to queue again")
+    gone.set()
+    leaver.join(timeout=5)
+    assert outcomes["leaver"] is False and admission.waiting == 0
+    admission.leave()  # the stayer's slot
+    assert admission.enter(lambda: True)
+    assert not admission.enter(lambda: False)  # exactly one slot: the next caller queues (and leaves)
+
+
 def test_cancel_ends_the_stream_and_the_workers(service: LocalService, client: pinfer.Client) -> None:
     stub = _stub(service, service.token)
     prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 40)
