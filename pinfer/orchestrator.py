@@ -148,10 +148,14 @@ class _NodeStream:
 
 
 class _Session:
-    """One generation across the nodes; ``cancel`` ends every node's stream (and so its worker)."""
+    """One generation across the nodes; ``cancel`` ends every node's stream (and so its worker).
 
-    def __init__(self, session_id: str) -> None:
+    ``owner`` is the SHA-256 of the bearer token that started it: only that token may cancel it.
+    """
+
+    def __init__(self, session_id: str, owner: str) -> None:
         self.session_id = session_id
+        self.owner = owner
         self.streams: list[_NodeStream] = []
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
@@ -222,12 +226,14 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
             eos_token_ids=list(config.eos_token_ids), input_scale=SCALE,
         )
 
-    def _authenticate(self, context: grpc.ServicerContext) -> None:
+    def _authenticate(self, context: grpc.ServicerContext) -> str:
+        """The caller's token digest, or an abort with UNAUTHENTICATED."""
         supplied = dict(context.invocation_metadata()).get("authorization", "")
         scheme, _, token = supplied.partition(" ")
         digest = token_digest(token) if scheme.lower() == "bearer" and token else ""
         if not any(hmac.compare_digest(digest, known) for known in self.config.token_sha256):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+        return digest
 
     def _card(self, name: str, context: grpc.ServicerContext) -> ModelCard:
         card = self._cards().get(name)
@@ -244,12 +250,19 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
         return self._info(self._card(request.model, context))
 
     def Cancel(self, request, context):
-        self._authenticate(context)
+        """Cancel a running or queued generation started with the caller's own token.
+
+        Another token's request is answered exactly as an unknown id (``cancelled=false``), not with
+        PERMISSION_DENIED: a distinct answer would let any token holder probe which request ids are
+        in flight.
+        """
+        caller = self._authenticate(context)
         with self._lock:
             session = self._sessions.get(request.request_id)
-        if session is not None:
-            session.cancel()
-        return inference_pb2.CancelResponse(cancelled=session is not None)
+        if session is None or not hmac.compare_digest(session.owner, caller):
+            return inference_pb2.CancelResponse(cancelled=False)
+        session.cancel()
+        return inference_pb2.CancelResponse(cancelled=True)
 
     # -- generation --------------------------------------------------------------------------------
     def _validate(self, request: inference_pb2.GenerateRequest, card: ModelCard, context: grpc.ServicerContext) -> None:
@@ -281,10 +294,10 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
                 invalid(f"input share for party {party}: {type(exc).__name__}")
 
     def Generate(self, request, context):
-        self._authenticate(context)
+        owner = self._authenticate(context)
         card = self._card(request.model, context)
         self._validate(request, card, context)
-        session = _Session(request.request_id)
+        session = _Session(request.request_id, owner)
         with self._lock:
             if request.request_id in self._sessions:
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, "request_id in use")

@@ -447,3 +447,38 @@ def test_cancel_ends_the_stream_and_the_workers(service: LocalService, client: p
         list(stream)
     assert info.value.code() == grpc.StatusCode.CANCELLED
     _wait_idle(service)
+
+
+def test_cancel_only_by_the_token_that_started_the_request(service: LocalService, client: pinfer.Client) -> None:
+    """Another accepted token's Cancel gets the unknown-id answer and leaves the generation running."""
+    other_token = "another-client-token"
+    config = OrchestratorConfig(
+        key_root=str(service.node_keys(keys.ORCHESTRATOR)), models_root=str(service.root / "models"),
+        nodes={role: f"127.0.0.1:{service.ports[role]}" for role in service.node_roles},
+        token_sha256=frozenset({token_digest(service.token), token_digest(other_token)}))
+    server, port, orchestrator = serve(config, "127.0.0.1:0")
+    try:
+        def stub(token: str) -> inference_pb2_grpc.InferenceStub:
+            creds = grpc.composite_channel_credentials(
+                grpc.ssl_channel_credentials(root_certificates=service.ca_path.read_bytes()),
+                grpc.access_token_call_credentials(token))
+            return inference_pb2_grpc.InferenceStub(grpc.secure_channel(
+                f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "orchestrator")]))
+
+        owner, intruder = stub(service.token), stub(other_token)
+        prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 40)
+        request_id = prepared.request.request_id
+        stream = owner.Generate(prepared.request, timeout=120)
+        next(stream)
+        unknown = intruder.Cancel(inference_pb2.CancelRequest(request_id="0" * 32))
+        foreign = intruder.Cancel(inference_pb2.CancelRequest(request_id=request_id))
+        assert foreign == unknown == inference_pb2.CancelResponse(cancelled=False)
+        next(stream)  # still running
+        assert owner.Cancel(inference_pb2.CancelRequest(request_id=request_id)).cancelled
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream)
+        assert info.value.code() == grpc.StatusCode.CANCELLED
+    finally:
+        orchestrator.close()
+        server.stop(grace=1)
+    _wait_idle(service)
