@@ -25,6 +25,9 @@ def dealer_worker_main(spec: WorkerSpec, conn: Connection) -> None:
     try:
         _serve_dealer_session(spec, conn)
     except BaseException as exc:  # reported by type only
+        from pinfer.parties.failure_log import log_worker_failure
+
+        log_worker_failure(spec.role, spec.session_id, exc)
         conn.send(("error", type(exc).__name__))
     finally:
         conn.close()

@@ -130,6 +130,9 @@ def party_worker_main(spec: WorkerSpec, conn: Connection) -> None:
     try:
         _serve_party_session(spec, conn)
     except BaseException as exc:  # reported by type only: messages may name sizes, never secrets
+        from pinfer.parties.failure_log import log_worker_failure
+
+        log_worker_failure(spec.role, spec.session_id, exc)
         conn.send(("error", type(exc).__name__))
     finally:
         conn.close()

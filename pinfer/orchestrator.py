@@ -15,6 +15,7 @@ malformed here or does not open at its party), ``RESOURCE_EXHAUSTED`` (slots and
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import logging
@@ -36,6 +37,8 @@ log = logging.getLogger("pinfer.orchestrator")
 
 STEP_TIMEOUT_S = 600.0
 """Longest wait for the next event of a running session before it is declared lost (UNAVAILABLE)."""
+_WAITER_POLL_S = 0.5
+"""How often a queued caller checks whether its client is still there."""
 
 
 class _SessionFailed(Exception):
@@ -71,37 +74,66 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@dataclass(eq=False)
+class _Ticket:
+    """A queued caller's place: ``admitted`` is set when a slot is handed to it."""
+
+    still_wanted: Callable[[], bool]
+    admitted: threading.Event = field(default_factory=threading.Event)
+
+
 class Admission:
-    """Worker slots with a bounded queue: ``enter`` blocks in the queue, or refuses when it is full."""
+    """Worker slots with a bounded first-come, first-served queue behind them.
+
+    Why slots are handed over rather than taken: a freed slot goes straight to the head of the queue
+    (never back into a pool that a newcomer or a faster-waking waiter could grab first), so the order
+    of admission is the order of arrival. A waiter that left is skipped at hand-over and removes
+    itself within ``_WAITER_POLL_S``, so it neither stalls the queue nor keeps a slot.
+    """
 
     def __init__(self, slots: int, queue_size: int) -> None:
-        self._slots = slots
+        self._free = slots
         self._queue_size = queue_size
-        self._running = 0
-        self._waiting = 0
-        self._cond = threading.Condition()
+        self._queue: collections.deque[_Ticket] = collections.deque()
+        self._lock = threading.Lock()
+
+    @property
+    def waiting(self) -> int:
+        """Callers queued for a slot now."""
+        with self._lock:
+            return len(self._queue)
 
     def enter(self, still_wanted: Callable[[], bool]) -> bool:
         """Take a slot (True), or False if the queue is full or the caller left while queued."""
-        with self._cond:
-            if self._running >= self._slots:
-                if self._waiting >= self._queue_size:
-                    return False
-                self._waiting += 1
-                try:
-                    while self._running >= self._slots:
-                        self._cond.wait(timeout=0.5)
-                        if not still_wanted():
-                            return False
-                finally:
-                    self._waiting -= 1
-            self._running += 1
-            return True
+        with self._lock:
+            if self._free > 0:  # a free slot implies an empty queue: leave() hands slots to waiters first
+                self._free -= 1
+                return True
+            if len(self._queue) >= self._queue_size:
+                return False
+            ticket = _Ticket(still_wanted)
+            self._queue.append(ticket)
+        while not ticket.admitted.wait(_WAITER_POLL_S):
+            if not still_wanted():
+                with self._lock:
+                    if not ticket.admitted.is_set():
+                        if ticket in self._queue:  # else a hand-over already skipped it
+                            self._queue.remove(ticket)
+                        return False
+                # Handed a slot just as it left: pass the slot on rather than leak it.
+                self.leave()
+                return False
+        return True
 
     def leave(self) -> None:
-        with self._cond:
-            self._running -= 1
-            self._cond.notify()
+        """Give back a slot: to the first queued caller still waiting, else to the pool."""
+        with self._lock:
+            while self._queue:
+                ticket = self._queue.popleft()
+                if ticket.still_wanted():
+                    ticket.admitted.set()
+                    return
+            self._free += 1
 
 
 @dataclass
@@ -114,10 +146,14 @@ class _NodeStream:
 
 
 class _Session:
-    """One generation across the nodes; ``cancel`` ends every node's stream (and so its worker)."""
+    """One generation across the nodes; ``cancel`` ends every node's stream (and so its worker).
 
-    def __init__(self, session_id: str) -> None:
+    ``owner`` is the SHA-256 of the bearer token that started it: only that token may cancel it.
+    """
+
+    def __init__(self, session_id: str, owner: str) -> None:
         self.session_id = session_id
+        self.owner = owner
         self.streams: list[_NodeStream] = []
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
@@ -183,12 +219,14 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
             card=signed_card(Path(self.config.models_root) / card.name),
         )
 
-    def _authenticate(self, context: grpc.ServicerContext) -> None:
+    def _authenticate(self, context: grpc.ServicerContext) -> str:
+        """The caller's token digest, or an abort with UNAUTHENTICATED."""
         supplied = dict(context.invocation_metadata()).get("authorization", "")
         scheme, _, token = supplied.partition(" ")
         digest = token_digest(token) if scheme.lower() == "bearer" and token else ""
         if not any(hmac.compare_digest(digest, known) for known in self.config.token_sha256):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+        return digest
 
     def _card(self, name: str, context: grpc.ServicerContext) -> ModelCard:
         card = self._cards().get(name)
@@ -205,12 +243,19 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
         return self._info(self._card(request.model, context))
 
     def Cancel(self, request, context):
-        self._authenticate(context)
+        """Cancel a running or queued generation started with the caller's own token.
+
+        Another token's request is answered exactly as an unknown id (``cancelled=false``), not with
+        PERMISSION_DENIED: a distinct answer would let any token holder probe which request ids are
+        in flight.
+        """
+        caller = self._authenticate(context)
         with self._lock:
             session = self._sessions.get(request.request_id)
-        if session is not None:
-            session.cancel()
-        return inference_pb2.CancelResponse(cancelled=session is not None)
+        if session is None or not hmac.compare_digest(session.owner, caller):
+            return inference_pb2.CancelResponse(cancelled=False)
+        session.cancel()
+        return inference_pb2.CancelResponse(cancelled=True)
 
     # -- generation --------------------------------------------------------------------------------
     def _validate(self, request: inference_pb2.GenerateRequest, card: ModelCard, context: grpc.ServicerContext) -> None:
@@ -241,10 +286,10 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
                 invalid(f"input share for party {party}: {type(exc).__name__}")
 
     def Generate(self, request, context):
-        self._authenticate(context)
+        owner = self._authenticate(context)
         card = self._card(request.model, context)
         self._validate(request, card, context)
-        session = _Session(request.request_id)
+        session = _Session(request.request_id, owner)
         with self._lock:
             if request.request_id in self._sessions:
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, "request_id in use")

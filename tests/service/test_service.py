@@ -364,6 +364,77 @@ def test_admission_bounds_the_queue() -> None:
     assert not gone.enter(lambda: False)  # a caller that leaves the queue gives up its place
 
 
+def _wait_for(condition, timeout_s: float = 5, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_admission_is_first_come_first_served() -> None:
+    """Under contention for one slot, callers are admitted in the order they queued, and a newcomer
+    arriving while the queue is non-empty waits behind it rather than taking the freed slot."""
+    admission = Admission(slots=1, queue_size=5)
+    assert admission.enter(lambda: True)
+    order: list[int] = []
+
+    def caller(i: int) -> None:
+        assert admission.enter(lambda: True)
+        order.append(i)
+        time.sleep(0.05)  # hold the slot a while, so the later callers contend for it
+        admission.leave()
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(5)]
+    for i, thread in enumerate(threads):
+        thread.start()
+        _wait_for(lambda: admission.waiting == i + 1, what=f"caller {i} to queue")
+    admission.leave()
+    assert not admission.enter(lambda: False), "a newcomer took the slot freed for the head of the queue"
+    for thread in threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    assert order == [0, 1, 2, 3, 4]
+    assert admission.enter(lambda: True)  # every slot came back
+
+
+def test_admission_departed_waiter_does_not_stall_the_queue() -> None:
+    admission = Admission(slots=1, queue_size=2)
+    assert admission.enter(lambda: True)
+    gone = threading.Event()
+    outcomes: dict[str, bool] = {}
+    admitted_at: dict[str, float] = {}
+
+    def caller(name: str, still_wanted) -> None:
+        outcomes[name] = admission.enter(still_wanted)
+        admitted_at[name] = time.monotonic()
+
+    leaver = threading.Thread(target=caller, args=("leaver", lambda: not gone.is_set()))
+    leaver.start()
+    _wait_for(lambda: admission.waiting == 1, what="the leaver to queue")
+    stayer = threading.Thread(target=caller, args=("stayer", lambda: True))
+    stayer.start()
+    _wait_for(lambda: admission.waiting == 2, what="the stayer to queue")
+    gone.set()
+    released_at = time.monotonic()
+    admission.leave()  # the head has left: the slot goes to the next waiter at once
+    stayer.join(timeout=5)
+    leaver.join(timeout=5)
+    assert outcomes == {"leaver": False, "stayer": True}
+    assert admitted_at["stayer"] - released_at < 0.25, "the departed head held up the queue"
+    assert admission.waiting == 0
+    # A waiter that leaves while nothing is released frees its queue place too, and no slot leaked:
+    gone.clear()
+    leaver = threading.Thread(target=caller, args=("leaver", lambda: not gone.is_set()))
+    leaver.start()
+    _wait_for(lambda: admission.waiting == 1, what="the leaver to queue again")
+    gone.set()
+    leaver.join(timeout=5)
+    assert outcomes["leaver"] is False and admission.waiting == 0
+    admission.leave()  # the stayer's slot
+    assert admission.enter(lambda: True)
+    assert not admission.enter(lambda: False)  # exactly one slot: the next caller queues (and leaves)
+
+
 def test_cancel_ends_the_stream_and_the_workers(service: LocalService, client: pinfer.Client) -> None:
     stub = _stub(service, service.token)
     prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 40)
@@ -373,4 +444,39 @@ def test_cancel_ends_the_stream_and_the_workers(service: LocalService, client: p
     with pytest.raises(grpc.RpcError) as info:
         list(stream)
     assert info.value.code() == grpc.StatusCode.CANCELLED
+    _wait_idle(service)
+
+
+def test_cancel_only_by_the_token_that_started_the_request(service: LocalService, client: pinfer.Client) -> None:
+    """Another accepted token's Cancel gets the unknown-id answer and leaves the generation running."""
+    other_token = "another-client-token"
+    config = OrchestratorConfig(
+        key_root=str(service.node_keys(keys.ORCHESTRATOR)), models_root=str(service.root / "models"),
+        nodes={role: f"127.0.0.1:{service.ports[role]}" for role in service.node_roles},
+        token_sha256=frozenset({token_digest(service.token), token_digest(other_token)}))
+    server, port, orchestrator = serve(config, "127.0.0.1:0")
+    try:
+        def stub(token: str) -> inference_pb2_grpc.InferenceStub:
+            creds = grpc.composite_channel_credentials(
+                grpc.ssl_channel_credentials(root_certificates=service.ca_path.read_bytes()),
+                grpc.access_token_call_credentials(token))
+            return inference_pb2_grpc.InferenceStub(grpc.secure_channel(
+                f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "orchestrator")]))
+
+        owner, intruder = stub(service.token), stub(other_token)
+        prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 40)
+        request_id = prepared.request.request_id
+        stream = owner.Generate(prepared.request, timeout=120)
+        next(stream)
+        unknown = intruder.Cancel(inference_pb2.CancelRequest(request_id="0" * 32))
+        foreign = intruder.Cancel(inference_pb2.CancelRequest(request_id=request_id))
+        assert foreign == unknown == inference_pb2.CancelResponse(cancelled=False)
+        next(stream)  # still running
+        assert owner.Cancel(inference_pb2.CancelRequest(request_id=request_id)).cancelled
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream)
+        assert info.value.code() == grpc.StatusCode.CANCELLED
+    finally:
+        orchestrator.close()
+        server.stop(grace=1)
     _wait_idle(service)

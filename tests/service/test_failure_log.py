@@ -1,0 +1,64 @@
+"""A failing session worker logs where it failed (exception types, frames) and nothing it computed."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+
+from pinfer.parties import dealer_node, session_worker
+from pinfer.parties.session_worker import WorkerSpec
+
+SESSION = "5ec0e7" * 4
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()  # the worker mains pin one thread, as befits a worker process
+    yield
+    torch.set_num_threads(threads)
+
+
+def _open_input_share(spec: WorkerSpec, conn: object) -> None:
+    raise ValueError("SECRET123: a share value")
+
+
+def _join_mesh(spec: WorkerSpec, conn: object) -> None:
+    try:
+        _open_input_share(spec, conn)
+    except ValueError as exc:
+        raise RuntimeError("SECRET456 derived from a key") from exc
+
+
+def _run_worker(main: Callable[[WorkerSpec, object], None], role: str) -> tuple:
+    ours, theirs = mp.Pipe()
+    main(WorkerSpec(role, "/nonexistent", SESSION, 2, "127.0.0.1"), theirs)
+    return ours.recv()
+
+
+def test_party_worker_failure_logs_type_and_frames_but_no_message(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(session_worker, "_serve_party_session", _open_input_share)
+    with caplog.at_level(logging.ERROR, logger="pinfer.worker"):
+        assert _run_worker(session_worker.party_worker_main, "party1") == ("error", "ValueError")
+    [record] = [r for r in caplog.records if r.name == "pinfer.worker"]
+    message = record.getMessage()
+    assert "party1" in message and SESSION[:8] in message and "builtins.ValueError" in message
+    assert f"{__file__}:" in message and "in _open_input_share" in message and "in party_worker_main" in message
+    assert record.exc_info is None and "SECRET123" not in caplog.text
+
+
+def test_dealer_worker_failure_logs_the_cause_chain_but_no_message(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(dealer_node, "_serve_dealer_session", _join_mesh)
+    with caplog.at_level(logging.ERROR, logger="pinfer.worker"):
+        assert _run_worker(dealer_node.dealer_worker_main, "dealer") == ("error", "RuntimeError")
+    [record] = [r for r in caplog.records if r.name == "pinfer.worker"]
+    message = record.getMessage()
+    assert "builtins.RuntimeError at" in message and "caused by builtins.ValueError at" in message
+    assert "in _join_mesh" in message and "in _open_input_share" in message and "in dealer_worker_main" in message
+    assert record.exc_info is None
+    assert "SECRET123" not in caplog.text and "SECRET456" not in caplog.text
