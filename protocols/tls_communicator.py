@@ -67,7 +67,22 @@ log = logging.getLogger(__name__)
 WIRE_VERSION = 1
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 DEFAULT_RECV_TIMEOUT_S = 120.0
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 32
+# Largest payload one frame may announce; a bigger announcement fails the link (MessageTooLargeError)
+# before a byte is allocated. Sized from the largest frames SmolLM2-135M really sends, both in prefill
+# (measured on tiny-llama, scaled by heads, prompt length T and vocabulary V):
+#   - the dealer's correction for a softmax over the attention scores: about 24 B x 9 heads x T^2;
+#   - the opened one-hot prompt rows of the embedding product: T x V x 8 B = T x 384 KiB;
+#   - (set-up) the embedding table's opened mask: V x 576 x 8 B = 216 MiB.
+# The service admits prompts whose party-0 input share fits its 1 GiB envelope cap, T <= 2,730 tokens,
+# where the softmax correction is 1.5 GiB; 2 GiB covers that with a third to spare, and covers a
+# local (PrivateModel) prefill of up to 3,150 tokens. Raise TlsCommConfig.max_message_bytes for longer.
+MAX_MESSAGE_BYTES = 1 << 31
+DEFAULT_MAX_MESSAGE_BYTES = MAX_MESSAGE_BYTES
+# Frames a link holds received but not yet taken by the program. Beyond this (or beyond
+# max_message_bytes of buffered frames) the link stops reading, so a peer that floods is held back by
+# TCP flow control instead of growing this process. MPC traffic keeps a handful outstanding (party 0
+# reads the dealer's replies a round late); 4,096 small frames cost a few MB of bookkeeping.
+MAX_INBOX_MESSAGES = 4096
 MAX_DIMS = 8
 MAX_OBJECT_DEPTH = 32
 _HANDSHAKE_TIMEOUT_S = 10.0
@@ -109,6 +124,11 @@ class PeerDisconnectedError(CommError):
 
 class CommProtocolError(CommError):
     """A peer sent a frame that does not fit what the local program expects (kind, dtype, size)."""
+
+
+class MessageTooLargeError(CommProtocolError):
+    """A peer announced a frame over ``max_message_bytes`` (or one this host cannot allocate); refused
+    from its header, before any memory is set aside for it."""
 
 
 class UnsupportedObjectError(TypeError):
@@ -157,7 +177,8 @@ class TlsCommConfig:
     listen: tuple[str, int] | None = None
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     recv_timeout_s: float = DEFAULT_RECV_TIMEOUT_S
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_inbox_messages: int = MAX_INBOX_MESSAGES
     emulation: LinkEmulation | None = None
     verify_hostname: bool = False
 
@@ -188,6 +209,8 @@ class TlsCommConfig:
             raise ValueError("session id too long")
         if self.connect_timeout_s <= 0 or self.recv_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if self.max_message_bytes < 1 or self.max_inbox_messages < 1:
+            raise ValueError("message and inbox limits must be positive")
 
 
 @dataclass(frozen=True)
@@ -505,18 +528,21 @@ class _Link:
         self.counters = _Counters()
         self.error: CommError | None = None
         self.inbox: deque[_Incoming] = deque()
+        self.inbox_bytes = 0
         self.outgoing: deque[_SendRequest] = deque()
         self._posted: deque[_RecvRequest] = deque()
         self._max_message = config.max_message_bytes
+        self._max_inbox = config.max_inbox_messages
         self._emulation = config.emulation
         self._emulated_free_at = 0.0
-        # read state machine: header -> dims (tensors) -> payload
+        # read state machine: header -> dims (tensors) -> [held until the inbox has room] -> payload
         self._head = bytearray(_FRAME.size)
         self._dims = bytearray()
         self._stage = "head"
         self._target: memoryview = memoryview(self._head)
         self._filled = 0
         self._frame: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self._shape: tuple[int, ...] = ()
         self._value: Any = None
         # write state: the frame being written, which part, where, and the chunk OpenSSL last refused
         self._current: _SendRequest | None = None
@@ -559,6 +585,7 @@ class _Link:
                 self.engine.progress(lambda: time.monotonic() >= item.deliver_at, None, "emulated delay",
                                      wake_at=item.deliver_at)
             self.inbox.popleft()
+            self.inbox_bytes -= item.nbytes
             self.counters.bytes_received += item.nbytes
             self.counters.messages_received += 1
             self._posted.popleft().fulfil(item)
@@ -566,6 +593,11 @@ class _Link:
     @property
     def busy(self) -> bool:
         return self._current is not None or bool(self.outgoing)
+
+    @property
+    def wants_read(self) -> bool:
+        """False while a parsed frame waits for inbox room: the engine then stops watching the socket."""
+        return self._stage != "held"
 
     def fail(self, error: CommError) -> None:
         if self.error is None:
@@ -581,6 +613,12 @@ class _Link:
         """Read what the socket has (a bounded amount); return whether any byte arrived."""
         progressed = False
         for _ in range(64):
+            if self._stage == "held":
+                if not self._has_room():
+                    return progressed
+                self._admit()
+                progressed = True
+                continue
             want = self._target.nbytes - self._filled
             if want == 0:
                 self._advance()
@@ -607,40 +645,69 @@ class _Link:
             kind, code, ndim, reserved, nbytes = _FRAME.unpack(self._head)
             if kind not in _KIND_NAMES or reserved != 0 or ndim > MAX_DIMS or (kind != _KIND_TENSOR and (ndim or code)):
                 raise CommProtocolError(f"malformed frame header from rank {self.peer}")
+            # Checked on the header alone, so an announced size never turns into an allocation.
             if nbytes > self._max_message:
-                raise CommProtocolError(f"rank {self.peer} announced a {nbytes}-byte message (limit {self._max_message})")
+                raise MessageTooLargeError(
+                    f"rank {self.peer} announced a {nbytes}-byte message (limit {self._max_message})"
+                )
             self._frame = (kind, code, ndim, nbytes)
             if ndim:
                 self._dims = bytearray(8 * ndim)
                 self._stage, self._target, self._filled = "dims", memoryview(self._dims), 0
                 return
-            self._start_payload(())
+            self._parsed(())
         elif self._stage == "dims":
-            self._start_payload(struct.unpack(f">{self._frame[2]}Q", self._dims))
+            self._parsed(struct.unpack(f">{self._frame[2]}Q", self._dims))
         else:
             self._deliver()
 
-    def _start_payload(self, shape: tuple[int, ...]) -> None:
+    def _parsed(self, shape: tuple[int, ...]) -> None:
         kind, code, _, nbytes = self._frame
         if kind == _KIND_TENSOR:
             try:
-                dtype, _ = _tensor_type(code, shape, nbytes)
+                _tensor_type(code, shape, nbytes)
             except ValueError:
                 raise CommProtocolError(f"malformed tensor frame from rank {self.peer}") from None
-            self._value = torch.empty(shape, dtype=dtype)
-            # read straight into the tensor's memory
-            target = memoryview(self._value.reshape(-1).numpy()).cast("B") if nbytes else memoryview(b"")
+        self._shape = shape
+        if self._has_room():
+            self._admit()
         else:
-            self._value = bytearray(nbytes)
-            target = memoryview(self._value)
+            self._stage = "held"
+
+    def _framed_size(self) -> int:
+        _, _, ndim, nbytes = self._frame
+        return _FRAME.size + 8 * ndim + nbytes
+
+    def _has_room(self) -> bool:
+        # An empty inbox always takes the next frame, so any frame within the size limit gets through and
+        # a program that consumes its messages never stalls; buffered bytes stay under the limit.
+        if not self.inbox:
+            return True
+        return len(self.inbox) < self._max_inbox and self.inbox_bytes + self._framed_size() <= self._max_message
+
+    def _admit(self) -> None:
+        """Allocate the payload's destination and start reading into it."""
+        kind, code, _, nbytes = self._frame
+        try:
+            if kind == _KIND_TENSOR:
+                dtype, _ = _DTYPES[code]
+                self._value = torch.empty(self._shape, dtype=dtype)
+                # read straight into the tensor's memory
+                target = memoryview(self._value.reshape(-1).numpy()).cast("B") if nbytes else memoryview(b"")
+            else:
+                self._value = bytearray(nbytes)
+                target = memoryview(self._value)
+        except (MemoryError, RuntimeError):  # torch reports a failed allocation as RuntimeError
+            raise MessageTooLargeError(f"rank {self.peer} announced a {nbytes}-byte message this host cannot hold") from None
         self._stage, self._target, self._filled = "payload", target, 0
         if nbytes == 0:
             self._deliver()
 
     def _deliver(self) -> None:
-        kind, _, ndim, nbytes = self._frame
         delay = self._emulation.one_way_delay_s if self._emulation else 0.0
-        self.inbox.append(_Incoming(kind, self._value, _FRAME.size + 8 * ndim + nbytes, time.monotonic() + delay))
+        size = self._framed_size()
+        self.inbox.append(_Incoming(self._frame[0], self._value, size, time.monotonic() + delay))
+        self.inbox_bytes += size
         self._value = None
         self._stage, self._target, self._filled = "head", memoryview(self._head), 0
 
@@ -723,11 +790,22 @@ class _Engine:
         except CommError as exc:
             link.fail(exc)
             return True, None
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if blocked else 0)
-        if self._events[link.peer] != events:
-            self._selector.modify(link.sock, events, link)
-            self._events[link.peer] = events
+        self._watch(link, (selectors.EVENT_READ if link.wants_read else 0) | (selectors.EVENT_WRITE if blocked else 0))
         return read or wrote, due
+
+    def _watch(self, link: _Link, events: int) -> None:
+        # A held link's socket stays readable while its data waits in the kernel; watching it would turn
+        # select() into a busy loop. A selector cannot watch for no event, so such a link is unregistered.
+        current = self._events[link.peer]
+        if current == events:
+            return
+        if not events:
+            self._selector.unregister(link.sock)
+        elif not current:
+            self._selector.register(link.sock, events, link)
+        else:
+            self._selector.modify(link.sock, events, link)
+        self._events[link.peer] = events
 
     def progress(self, done: Callable[[], bool], timeout: float | None, what: str, wake_at: float | None = None) -> None:
         """Service every link until ``done()``; raise :class:`CommTimeoutError` after ``timeout`` seconds.

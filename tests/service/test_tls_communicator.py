@@ -4,6 +4,7 @@ authentication failures, timeouts, disconnects, link emulation, and the typed ob
 from __future__ import annotations
 
 import math
+import resource
 import socket
 import ssl
 import threading
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mesh_workers as mw
-from pinfer import keys
+from pinfer import envelope, keys
 from pinfer.protocols import tls_communicator as tc
 
 MASK = (1 << 64) - 1
@@ -398,3 +399,103 @@ def test_posted_receives_fill_in_posting_order_even_when_waited_out_of_order(key
             send.wait()
         stats = one.stats()
         assert stats.rounds == 4 and stats.links[0].messages_received == 4 and stats.links[0].rounds == 4
+
+
+
+# --- resource limits: frame sizes and inbox depth ----------------------------------------------------
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("kind", ["tensor", "bytes"])
+def test_default_limit_refuses_an_oversized_header_before_allocating(key_dir: Path, kind: str) -> None:
+    comm, peer = _pair(key_dir)
+    over = tc.MAX_MESSAGE_BYTES + 1
+    int8 = tc._DTYPE_CODES[torch.int8]
+    header = (tc._FRAME.pack(tc._KIND_TENSOR, int8, 1, 0, over) + tc._DIM.pack(over) if kind == "tensor"
+              else tc._FRAME.pack(tc._KIND_BYTES, 0, 0, 0, over))
+    before = _peak_rss_mib()
+    with comm, peer:
+        assert comm.config.max_message_bytes == tc.MAX_MESSAGE_BYTES
+        peer.sendall(header)
+        with pytest.raises(tc.MessageTooLargeError, match="limit") as raised:
+            if kind == "tensor":
+                comm.recv(torch.zeros(1, dtype=torch.int8), 1)
+            else:
+                comm.recv_bytes(1)
+        assert isinstance(raised.value, tc.CommProtocolError)
+        with pytest.raises(tc.MessageTooLargeError):  # the link stays failed
+            comm.send_bytes(b"x", 1)
+    assert _peak_rss_mib() - before < 256  # nothing near the announced 2 GiB was set aside
+
+
+def test_message_limit_covers_the_largest_smollm2_frames() -> None:
+    # the service's longest prompt is the one whose party-0 one-hot share fits the 1 GiB envelope cap
+    vocab, heads = 49152, 9
+    longest = (envelope.DEFAULT_MAX_PAYLOAD - 64) // (8 * vocab)
+    assert longest >= 2730
+    one_hot_rows = longest * vocab * 8
+    softmax_correction = 24 * heads * longest**2 + 4096  # dealer reply: 3 int64 per score plus its header
+    assert max(one_hot_rows, softmax_correction, vocab * 576 * 8) < tc.MAX_MESSAGE_BYTES
+
+
+def _flood(peer: socket.socket, frames: list[bytes]) -> threading.Thread:
+    thread = threading.Thread(target=lambda: peer.sendall(b"".join(frames)), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_flooding_peer_is_held_back_at_the_inbox_bound_and_nothing_is_lost(key_dir: Path) -> None:
+    comm, peer = _pair(key_dir, max_inbox_messages=8)
+    with comm, peer:
+        frames = [_frame(tc._KIND_TENSOR, torch.tensor([i], dtype=torch.int64).numpy().tobytes(), code=1, dims=(1,))
+                  for i in range(20_000)]
+        flooder = _flood(peer, frames)
+        link = comm._links[1]
+        # let the engine run while the program takes nothing
+        with pytest.raises(tc.CommTimeoutError):
+            comm._engine.progress(lambda: False, 0.5, "nothing")
+        assert len(link.inbox) == 8 and flooder.is_alive()  # the rest waits in the kernel: the peer is blocked
+        got = [int(comm.recv(torch.zeros(1, dtype=torch.int64), 1)) for _ in range(len(frames))]
+        assert got == list(range(len(frames)))
+        flooder.join(5)
+        assert not flooder.is_alive() and link.error is None
+
+
+def test_buffered_bytes_are_bounded_by_the_message_limit(key_dir: Path) -> None:
+    comm, peer = _pair(key_dir, max_message_bytes=1024)
+    with comm, peer:
+        frames = [_frame(tc._KIND_BYTES, bytes([i % 256]) * 600) for i in range(2_000)]  # 1.2 MB in all
+        flooder = _flood(peer, frames)
+        link = comm._links[1]
+        with pytest.raises(tc.CommTimeoutError):
+            comm._engine.progress(lambda: False, 0.5, "nothing")
+        assert len(link.inbox) == 1 and link.inbox_bytes <= 1024
+        for i in range(len(frames)):
+            assert comm.recv_bytes(1) == bytes([i % 256]) * 600
+            assert link.inbox_bytes <= 1024
+        flooder.join(5)
+        assert not flooder.is_alive()
+
+
+def test_held_link_does_not_spin_and_other_links_keep_flowing(key_dir: Path) -> None:
+    """Rank 0 with links to 1 (flooding, held) and 2 (a real exchange): 2's message still arrives."""
+    flood_ours, flood_theirs = socket.socketpair()
+    ours, theirs = socket.socketpair()
+    config = mw.make_config(key_dir, 0, 3, [1, 2, 3], recv_timeout_s=5.0, max_inbox_messages=4)
+    with tc.TlsCommunicator(config, {1: flood_ours, 2: ours}) as comm, flood_theirs, theirs:  # type: ignore[dict-item]
+        flooder = _flood(flood_theirs, [_frame(tc._KIND_BARRIER)] * 200_000)
+        time.sleep(0.3)
+        cpu = time.process_time()
+        start = time.monotonic()
+        threading.Timer(0.5, lambda: theirs.sendall(_frame(tc._KIND_OBJECT, tc.encode_object("late")))).start()
+        assert comm.recv_obj(2) == "late"
+        waited, spent = time.monotonic() - start, time.process_time() - cpu
+        assert waited >= 0.4 and spent < 0.5 * waited  # it slept in select, not in a loop over the held socket
+        assert len(comm._links[1].inbox) == 4
+        for _ in range(200_000):
+            comm._links[1].post(tc._KIND_BARRIER, lambda item: None).wait()
+        flooder.join(5)
+        assert not flooder.is_alive()
