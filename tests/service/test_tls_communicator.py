@@ -499,3 +499,160 @@ def test_held_link_does_not_spin_and_other_links_keep_flowing(key_dir: Path) -> 
             comm._links[1].post(tc._KIND_BARRIER, lambda item: None).wait()
         flooder.join(5)
         assert not flooder.is_alive()
+
+
+# --- mesh set-up under strangers' connections, and TLS 1.3 only --------------------------------------
+
+
+def _open_when_listening(port: int, deadline_s: float = 20.0) -> socket.socket:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _strangers(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections that never authenticate: half silent, half stalled inside a ClientHello."""
+    sockets = [_open_when_listening(port)]
+    sockets += [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count - 1)]
+    for sock in sockets[::2]:
+        sock.sendall(b"\x16\x03\x01\x02\x00")  # a TLS record header announcing a ClientHello that never comes
+    return sockets
+
+
+def _connect_in_thread(config: tc.TlsCommConfig, listener: socket.socket | None = None) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["comm"] = tc.TlsCommunicator.connect(config, listener=listener)
+        except tc.CommError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_idle_connections_to_the_listener_do_not_delay_the_real_peer(key_dir: Path) -> None:
+    ports = mw.free_ports(2)
+    process, queue = mw.start(mw.connect_timed, 0, (key_dir, ports, 2, {"connect_timeout_s": 30.0}))
+    # more strangers than the listener keeps pending handshakes for, all there before the real peer
+    strangers = _strangers(ports[0], tc._MAX_PENDING_HANDSHAKES + 16)
+    try:
+        joined = mw.launch(mw.connect_timed, [1], (key_dir, ports, 2, {"connect_timeout_s": 30.0}))
+        _, status, listener_side = queue.get(timeout=30)
+    finally:
+        for sock in strangers:
+            sock.close()
+    process.join(5)
+    status_1, dialer_side = joined[1]
+    assert status == "ok" and listener_side["error"] is None and listener_side["sum"] == [3], listener_side
+    assert status_1 == "ok" and dialer_side["error"] is None and dialer_side["sum"] == [3], dialer_side
+    # in before any stranger's handshake slot even expired (serial accepts took 10 s per stranger)
+    assert dialer_side["elapsed"] < tc._ACCEPT_HANDSHAKE_S, dialer_side
+
+
+def _closed_by_peer_after(sock: socket.socket, trickle: bool) -> float:
+    """Seconds until the listener drops ``sock``; with ``trickle`` it keeps feeding a well-formed
+    ClientHello record one byte every 0.3 s, so only the absolute deadline can end it."""
+    start = time.monotonic()
+    sock.settimeout(0.3)
+    if trickle:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01")  # record header (512 bytes to come), ClientHello type
+    while time.monotonic() - start < 15:
+        try:
+            if trickle:
+                sock.sendall(b"\x00")
+            if sock.recv(1) == b"":
+                break
+        except TimeoutError:
+            continue
+        except OSError:  # reset
+            break
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["idle", "slowloris"])
+def test_unauthenticated_connections_are_dropped_within_seconds(key_dir: Path, trickle: bool) -> None:
+    listener = tc.bind_listener("127.0.0.1", 0)
+    ports = [listener.getsockname()[1], mw.free_ports(1)[0]]
+    thread, result = _connect_in_thread(mw.make_config(key_dir, 0, 2, ports, connect_timeout_s=20.0), listener)
+    with socket.create_connection(("127.0.0.1", ports[0]), timeout=5) as stranger:
+        elapsed = _closed_by_peer_after(stranger, trickle)
+    assert tc._ACCEPT_HANDSHAKE_S - 0.5 < elapsed < tc._ACCEPT_HANDSHAKE_S + 2.0
+    # the listener is still waiting for its real peer, which joins
+    with tc.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, ports, connect_timeout_s=10.0)) as one:
+        thread.join(10)
+        with result["comm"] as zero:
+            one.send_obj("hello", 0)
+            assert zero.recv_obj(1) == "hello"
+
+
+def test_dials_run_concurrently_so_a_stalled_lower_rank_delays_no_other_link(key_dir: Path) -> None:
+    # rank 0's port takes TCP connections but never answers a handshake (bound, never accepting)
+    stalled = tc.bind_listener("127.0.0.1", 0)
+    listener_1 = tc.bind_listener("127.0.0.1", 0)
+    ports = [stalled.getsockname()[1], listener_1.getsockname()[1], mw.free_ports(1)[0]]
+    thread, result = _connect_in_thread(mw.make_config(key_dir, 1, 3, ports, connect_timeout_s=4.0), listener_1)
+    with stalled, pytest.raises(tc.CommTimeoutError) as raised:
+        tc.TlsCommunicator.connect(mw.make_config(key_dir, 2, 3, ports, connect_timeout_s=4.0))
+    thread.join(10)
+    # rank 2's link to rank 1 formed while its dial to rank 0 hung: only rank 0 is missing, on both sides
+    assert "ranks [0]" in str(raised.value)
+    assert isinstance(result["error"], tc.CommTimeoutError) and "ranks [0]" in str(result["error"])
+
+
+def test_data_plane_contexts_require_tls_1_3(key_dir: Path) -> None:
+    credentials = keys.load_node_credentials(key_dir, "party0")
+    for context in (tc._server_context(credentials), tc._client_context(credentials, False)):
+        assert context.minimum_version == ssl.TLSVersion.TLSv1_3
+
+
+def test_tls_1_2_only_client_is_refused_and_the_real_peer_still_joins(key_dir: Path) -> None:
+    listener = tc.bind_listener("127.0.0.1", 0)
+    ports = [listener.getsockname()[1], mw.free_ports(1)[0]]
+    thread, result = _connect_in_thread(mw.make_config(key_dir, 0, 2, ports, connect_timeout_s=20.0), listener)
+    credentials = keys.load_node_credentials(key_dir, "party1")  # a valid certificate of the right role
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    old.load_cert_chain(credentials.cert_path, credentials.key_path)
+    old.load_verify_locations(cafile=str(credentials.ca_path))
+    old.check_hostname = False
+    with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION"):
+        old.wrap_socket(_open_when_listening(ports[0]))
+    with tc.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, ports, connect_timeout_s=10.0)) as one:
+        thread.join(10)
+        with result["comm"] as zero:
+            one.send_obj("over TLS 1.3", 0)
+            assert zero.recv_obj(1) == "over TLS 1.3"
+
+
+def test_dialer_refuses_a_tls_1_2_only_listener(key_dir: Path) -> None:
+    credentials = keys.load_node_credentials(key_dir, "party0")  # right CA and role, old protocol
+    listener = tc.bind_listener("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(credentials.cert_path, credentials.key_path)
+        listener.settimeout(10)
+        try:
+            raw, _ = listener.accept()
+            with context.wrap_socket(raw, server_side=True) as sock:
+                sock.recv(1)
+        except (OSError, ssl.SSLError):
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    config = mw.make_config(key_dir, 1, 2, [port, mw.free_ports(1)[0]], connect_timeout_s=5.0)
+    with pytest.raises(tc.PeerAuthError, match="TLS 1.3"):
+        tc.TlsCommunicator.connect(config)
+    listener.close()
+    thread.join(5)
