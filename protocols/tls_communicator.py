@@ -11,7 +11,13 @@ Layout. Ranks ``0..world_size-1`` are the parties (role ``party<i>``). With ``wi
 ``world_size`` is the dealer (role ``dealer``), as CrypTen's TTP layout has it: ``get_world_size()`` still
 reports the parties only, ``ttp_group`` spans parties and dealer, ``ttp_comm_group`` is ``(0, dealer)``
 and ``main_group`` the parties. Every pair of ranks shares one persistent TLS connection: the higher rank
-dials the lower one, so a rank listens only if a higher rank exists.
+dials the lower one, so a rank listens only if a higher rank exists. Set-up dials every lower rank at once
+and authenticates every accepted connection at once, dropping one that has not authenticated within a few
+seconds, so strangers who connect to a listening port cannot keep the real peers out.
+
+Limits. A frame announcing more than ``max_message_bytes`` (:data:`MAX_MESSAGE_BYTES`) is refused from its
+header, before anything is allocated; a link whose program has not taken its frames stops reading at
+``max_inbox_messages`` frames or ``max_message_bytes`` bytes, so a flooding peer is held back by TCP.
 
 All socket work runs on the caller's thread: whenever a call waits (for a receive, for a send to reach the
 kernel), a progress engine reads and writes every link without blocking, as MPI implementations do. There

@@ -656,3 +656,22 @@ def test_dialer_refuses_a_tls_1_2_only_listener(key_dir: Path) -> None:
         tc.TlsCommunicator.connect(config)
     listener.close()
     thread.join(5)
+
+
+def test_authenticated_peer_announcing_a_huge_frame_over_tls_is_refused(key_dir: Path) -> None:
+    listener = tc.bind_listener("127.0.0.1", 0)
+    ports = [listener.getsockname()[1], mw.free_ports(1)[0]]
+    thread, result = _connect_in_thread(mw.make_config(key_dir, 0, 2, ports, connect_timeout_s=20.0), listener)
+    with tc.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, ports, connect_timeout_s=10.0)) as one:
+        thread.join(10)
+        with result["comm"] as zero:
+            # rank 1 writes a raw header on its own TLS link: 2^62 int64s announced, none sent
+            raw = one._links[0].sock
+            raw.setblocking(True)
+            raw.sendall(tc._FRAME.pack(tc._KIND_TENSOR, tc._DTYPE_CODES[torch.int64], 1, 0, 1 << 62) + tc._DIM.pack(1 << 59))
+            before = _peak_rss_mib()
+            start = time.monotonic()
+            with pytest.raises(tc.MessageTooLargeError) as raised:
+                zero.recv(torch.zeros(1, dtype=torch.int64), 1)
+            assert time.monotonic() - start < 2.0 and _peak_rss_mib() - before < 256
+            assert f"limit {tc.MAX_MESSAGE_BYTES}" in str(raised.value)
