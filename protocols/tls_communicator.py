@@ -11,7 +11,13 @@ Layout. Ranks ``0..world_size-1`` are the parties (role ``party<i>``). With ``wi
 ``world_size`` is the dealer (role ``dealer``), as CrypTen's TTP layout has it: ``get_world_size()`` still
 reports the parties only, ``ttp_group`` spans parties and dealer, ``ttp_comm_group`` is ``(0, dealer)``
 and ``main_group`` the parties. Every pair of ranks shares one persistent TLS connection: the higher rank
-dials the lower one, so a rank listens only if a higher rank exists.
+dials the lower one, so a rank listens only if a higher rank exists. Set-up dials every lower rank at once
+and authenticates every accepted connection at once, dropping one that has not authenticated within a few
+seconds, so strangers who connect to a listening port cannot keep the real peers out.
+
+Limits. A frame announcing more than ``max_message_bytes`` (:data:`MAX_MESSAGE_BYTES`) is refused from its
+header, before anything is allocated; a link whose program has not taken its frames stops reading at
+``max_inbox_messages`` frames or ``max_message_bytes`` bytes, so a flooding peer is held back by TCP.
 
 All socket work runs on the caller's thread: whenever a call waits (for a receive, for a send to reach the
 kernel), a progress engine reads and writes every link without blocking, as MPI implementations do. There
@@ -67,10 +73,32 @@ log = logging.getLogger(__name__)
 WIRE_VERSION = 1
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 DEFAULT_RECV_TIMEOUT_S = 120.0
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 32
+# Largest payload one frame may announce; a bigger announcement fails the link (MessageTooLargeError)
+# before a byte is allocated. Sized from the largest frames SmolLM2-135M really sends, both in prefill
+# (measured on tiny-llama, scaled by heads, prompt length T and vocabulary V):
+#   - the dealer's correction for a softmax over the attention scores: about 24 B x 9 heads x T^2;
+#   - the opened one-hot prompt rows of the embedding product: T x V x 8 B = T x 384 KiB;
+#   - (set-up) the embedding table's opened mask: V x 576 x 8 B = 216 MiB.
+# The service admits prompts whose party-0 input share fits its 1 GiB envelope cap, T <= 2,730 tokens,
+# where the softmax correction is 1.5 GiB; 2 GiB covers that with a third to spare, and covers a
+# local (PrivateModel) prefill of up to 3,150 tokens. Raise TlsCommConfig.max_message_bytes for longer.
+MAX_MESSAGE_BYTES = 1 << 31
+DEFAULT_MAX_MESSAGE_BYTES = MAX_MESSAGE_BYTES
+# Frames a link holds received but not yet taken by the program. Beyond this (or beyond
+# max_message_bytes of buffered frames) the link stops reading, so a peer that floods is held back by
+# TCP flow control instead of growing this process. MPC traffic keeps a handful outstanding (party 0
+# reads the dealer's replies a round late); 4,096 small frames cost a few MB of bookkeeping.
+MAX_INBOX_MESSAGES = 4096
 MAX_DIMS = 8
 MAX_OBJECT_DEPTH = 32
-_HANDSHAKE_TIMEOUT_S = 10.0
+_HANDSHAKE_TIMEOUT_S = 10.0  # a dialler's TLS handshake and hello (the listener may still be starting up)
+# A listener drops an accepted connection that has not authenticated (TLS handshake, role, hello) within
+# this long. A real peer needs milliseconds even over a WAN; one it drops just dials again.
+_ACCEPT_HANDSHAKE_S = 3.0
+# Accepted connections mid-handshake at once (file descriptors held for strangers at most).
+_MAX_PENDING_HANDSHAKES = 64
+_ACCEPT_POLL_S = 0.1  # how often the acceptor looks at build()'s stop flag
+_LISTEN_BACKLOG = 128
 _CHUNK = 1 << 20  # bytes per TLS write / read call: big enough to amortize, small enough to interleave
 _SMALL_PAYLOAD = 1 << 16  # payloads up to this size are written together with their header
 
@@ -109,6 +137,11 @@ class PeerDisconnectedError(CommError):
 
 class CommProtocolError(CommError):
     """A peer sent a frame that does not fit what the local program expects (kind, dtype, size)."""
+
+
+class MessageTooLargeError(CommProtocolError):
+    """A peer announced a frame over ``max_message_bytes`` (or one this host cannot allocate); refused
+    from its header, before any memory is set aside for it."""
 
 
 class UnsupportedObjectError(TypeError):
@@ -157,7 +190,8 @@ class TlsCommConfig:
     listen: tuple[str, int] | None = None
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     recv_timeout_s: float = DEFAULT_RECV_TIMEOUT_S
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_inbox_messages: int = MAX_INBOX_MESSAGES
     emulation: LinkEmulation | None = None
     verify_hostname: bool = False
 
@@ -188,6 +222,8 @@ class TlsCommConfig:
             raise ValueError("session id too long")
         if self.connect_timeout_s <= 0 or self.recv_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if self.max_message_bytes < 1 or self.max_inbox_messages < 1:
+            raise ValueError("message and inbox limits must be positive")
 
 
 @dataclass(frozen=True)
@@ -505,18 +541,21 @@ class _Link:
         self.counters = _Counters()
         self.error: CommError | None = None
         self.inbox: deque[_Incoming] = deque()
+        self.inbox_bytes = 0
         self.outgoing: deque[_SendRequest] = deque()
         self._posted: deque[_RecvRequest] = deque()
         self._max_message = config.max_message_bytes
+        self._max_inbox = config.max_inbox_messages
         self._emulation = config.emulation
         self._emulated_free_at = 0.0
-        # read state machine: header -> dims (tensors) -> payload
+        # read state machine: header -> dims (tensors) -> [held until the inbox has room] -> payload
         self._head = bytearray(_FRAME.size)
         self._dims = bytearray()
         self._stage = "head"
         self._target: memoryview = memoryview(self._head)
         self._filled = 0
         self._frame: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self._shape: tuple[int, ...] = ()
         self._value: Any = None
         # write state: the frame being written, which part, where, and the chunk OpenSSL last refused
         self._current: _SendRequest | None = None
@@ -559,6 +598,7 @@ class _Link:
                 self.engine.progress(lambda: time.monotonic() >= item.deliver_at, None, "emulated delay",
                                      wake_at=item.deliver_at)
             self.inbox.popleft()
+            self.inbox_bytes -= item.nbytes
             self.counters.bytes_received += item.nbytes
             self.counters.messages_received += 1
             self._posted.popleft().fulfil(item)
@@ -566,6 +606,11 @@ class _Link:
     @property
     def busy(self) -> bool:
         return self._current is not None or bool(self.outgoing)
+
+    @property
+    def wants_read(self) -> bool:
+        """False while a parsed frame waits for inbox room: the engine then stops watching the socket."""
+        return self._stage != "held"
 
     def fail(self, error: CommError) -> None:
         if self.error is None:
@@ -581,6 +626,12 @@ class _Link:
         """Read what the socket has (a bounded amount); return whether any byte arrived."""
         progressed = False
         for _ in range(64):
+            if self._stage == "held":
+                if not self._has_room():
+                    return progressed
+                self._admit()
+                progressed = True
+                continue
             want = self._target.nbytes - self._filled
             if want == 0:
                 self._advance()
@@ -607,40 +658,69 @@ class _Link:
             kind, code, ndim, reserved, nbytes = _FRAME.unpack(self._head)
             if kind not in _KIND_NAMES or reserved != 0 or ndim > MAX_DIMS or (kind != _KIND_TENSOR and (ndim or code)):
                 raise CommProtocolError(f"malformed frame header from rank {self.peer}")
+            # Checked on the header alone, so an announced size never turns into an allocation.
             if nbytes > self._max_message:
-                raise CommProtocolError(f"rank {self.peer} announced a {nbytes}-byte message (limit {self._max_message})")
+                raise MessageTooLargeError(
+                    f"rank {self.peer} announced a {nbytes}-byte message (limit {self._max_message})"
+                )
             self._frame = (kind, code, ndim, nbytes)
             if ndim:
                 self._dims = bytearray(8 * ndim)
                 self._stage, self._target, self._filled = "dims", memoryview(self._dims), 0
                 return
-            self._start_payload(())
+            self._parsed(())
         elif self._stage == "dims":
-            self._start_payload(struct.unpack(f">{self._frame[2]}Q", self._dims))
+            self._parsed(struct.unpack(f">{self._frame[2]}Q", self._dims))
         else:
             self._deliver()
 
-    def _start_payload(self, shape: tuple[int, ...]) -> None:
+    def _parsed(self, shape: tuple[int, ...]) -> None:
         kind, code, _, nbytes = self._frame
         if kind == _KIND_TENSOR:
             try:
-                dtype, _ = _tensor_type(code, shape, nbytes)
+                _tensor_type(code, shape, nbytes)
             except ValueError:
                 raise CommProtocolError(f"malformed tensor frame from rank {self.peer}") from None
-            self._value = torch.empty(shape, dtype=dtype)
-            # read straight into the tensor's memory
-            target = memoryview(self._value.reshape(-1).numpy()).cast("B") if nbytes else memoryview(b"")
+        self._shape = shape
+        if self._has_room():
+            self._admit()
         else:
-            self._value = bytearray(nbytes)
-            target = memoryview(self._value)
+            self._stage = "held"
+
+    def _framed_size(self) -> int:
+        _, _, ndim, nbytes = self._frame
+        return _FRAME.size + 8 * ndim + nbytes
+
+    def _has_room(self) -> bool:
+        # An empty inbox always takes the next frame, so any frame within the size limit gets through and
+        # a program that consumes its messages never stalls; buffered bytes stay under the limit.
+        if not self.inbox:
+            return True
+        return len(self.inbox) < self._max_inbox and self.inbox_bytes + self._framed_size() <= self._max_message
+
+    def _admit(self) -> None:
+        """Allocate the payload's destination and start reading into it."""
+        kind, code, _, nbytes = self._frame
+        try:
+            if kind == _KIND_TENSOR:
+                dtype, _ = _DTYPES[code]
+                self._value = torch.empty(self._shape, dtype=dtype)
+                # read straight into the tensor's memory
+                target = memoryview(self._value.reshape(-1).numpy()).cast("B") if nbytes else memoryview(b"")
+            else:
+                self._value = bytearray(nbytes)
+                target = memoryview(self._value)
+        except (MemoryError, RuntimeError):  # torch reports a failed allocation as RuntimeError
+            raise MessageTooLargeError(f"rank {self.peer} announced a {nbytes}-byte message this host cannot hold") from None
         self._stage, self._target, self._filled = "payload", target, 0
         if nbytes == 0:
             self._deliver()
 
     def _deliver(self) -> None:
-        kind, _, ndim, nbytes = self._frame
         delay = self._emulation.one_way_delay_s if self._emulation else 0.0
-        self.inbox.append(_Incoming(kind, self._value, _FRAME.size + 8 * ndim + nbytes, time.monotonic() + delay))
+        size = self._framed_size()
+        self.inbox.append(_Incoming(self._frame[0], self._value, size, time.monotonic() + delay))
+        self.inbox_bytes += size
         self._value = None
         self._stage, self._target, self._filled = "head", memoryview(self._head), 0
 
@@ -723,11 +803,22 @@ class _Engine:
         except CommError as exc:
             link.fail(exc)
             return True, None
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if blocked else 0)
-        if self._events[link.peer] != events:
-            self._selector.modify(link.sock, events, link)
-            self._events[link.peer] = events
+        self._watch(link, (selectors.EVENT_READ if link.wants_read else 0) | (selectors.EVENT_WRITE if blocked else 0))
         return read or wrote, due
+
+    def _watch(self, link: _Link, events: int) -> None:
+        # A held link's socket stays readable while its data waits in the kernel; watching it would turn
+        # select() into a busy loop. A selector cannot watch for no event, so such a link is unregistered.
+        current = self._events[link.peer]
+        if current == events:
+            return
+        if not events:
+            self._selector.unregister(link.sock)
+        elif not current:
+            self._selector.register(link.sock, events, link)
+        else:
+            self._selector.modify(link.sock, events, link)
+        self._events[link.peer] = events
 
     def progress(self, done: Callable[[], bool], timeout: float | None, what: str, wake_at: float | None = None) -> None:
         """Service every link until ``done()``; raise :class:`CommTimeoutError` after ``timeout`` seconds.
@@ -805,8 +896,22 @@ def _tune(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
+def _hello(rank: int, session: bytes) -> bytes:
+    return _HELLO.pack(_HELLO_MAGIC, WIRE_VERSION, rank, len(session)) + session
+
+
 def _send_hello(sock: ssl.SSLSocket, rank: int, session: bytes) -> None:
-    sock.sendall(_HELLO.pack(_HELLO_MAGIC, WIRE_VERSION, rank, len(session)) + session)
+    sock.sendall(_hello(rank, session))
+
+
+def _parse_hello_head(head: bytes, session: bytes) -> tuple[int, int]:
+    """(claimed rank, session length) from a hello's fixed part; refuses a foreign version or session."""
+    magic, version, rank, length = _HELLO.unpack(head)
+    if magic != _HELLO_MAGIC or version != WIRE_VERSION:
+        raise PeerAuthError("peer does not speak this data-plane version")
+    if length != len(session):
+        raise PeerAuthError("peer belongs to another session")
+    return rank, length
 
 
 def _recv_exact(sock: ssl.SSLSocket, count: int) -> bytes:
@@ -821,15 +926,13 @@ def _recv_exact(sock: ssl.SSLSocket, count: int) -> bytes:
 
 
 def _recv_hello(sock: ssl.SSLSocket, session: bytes) -> int:
-    magic, version, rank, length = _HELLO.unpack(_recv_exact(sock, _HELLO.size))
-    if magic != _HELLO_MAGIC or version != WIRE_VERSION:
-        raise PeerAuthError("peer does not speak this data-plane version")
-    if length != len(session) or _recv_exact(sock, length) != session:
+    rank, length = _parse_hello_head(_recv_exact(sock, _HELLO.size), session)
+    if _recv_exact(sock, length) != session:
         raise PeerAuthError("peer belongs to another session")
     return rank
 
 
-def _discard(raw: socket.socket, sock: ssl.SSLSocket | None) -> None:
+def _discard(raw: socket.socket | None, sock: ssl.SSLSocket | None) -> None:
     """Close a refused connection (after a handshake the TLS socket owns the file descriptor)."""
     for each in (sock, raw):
         if each is not None:
@@ -845,12 +948,74 @@ def bind_listener(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    sock.listen(16)
+    # Deep enough that a burst of strangers' connects cannot fill the kernel's accept queue and drop the
+    # real peer's SYN (a dropped SYN costs a 1 s retransmit) before the acceptor drains it.
+    sock.listen(_LISTEN_BACKLOG)
     return sock
 
 
+class _Handshake:
+    """One accepted connection on its way to an authenticated link, driven without blocking:
+    TLS handshake, certificate role, our hello out, the peer's hello in."""
+
+    __slots__ = ("sock", "address", "deadline", "stage", "role", "out", "inbuf", "need", "claimed")
+
+    def __init__(self, sock: ssl.SSLSocket, address: str, deadline: float) -> None:
+        self.sock = sock
+        self.address = address
+        self.deadline = deadline
+        self.stage = "tls"
+        self.role = ""
+        self.out = memoryview(b"")
+        self.inbuf = bytearray()
+        self.need = _HELLO.size
+        self.claimed = -1
+
+    def advance(self, builder: _MeshBuilder, roles: Mapping[str, int]) -> int | None:
+        """Move as far as the socket allows; the rank once authenticated, None while more I/O is needed.
+
+        Raises on any refusal; waiting on the socket surfaces as ``ssl.SSLWantReadError`` /
+        ``ssl.SSLWantWriteError``, which the caller turns into the events to watch.
+        """
+        while True:
+            if self.stage == "tls":
+                self.sock.do_handshake()
+                self.role = keys.check_peer_role(self.sock.getpeercert(binary_form=True) or b"", set(roles), builder.ca)
+                self.out = memoryview(_hello(builder.config.rank, builder.session))
+                self.stage = "send"
+            elif self.stage == "send":
+                self.out = self.out[self.sock.send(self.out) :]
+                if not self.out:
+                    self.stage = "recv"
+            else:
+                chunk = self.sock.recv(self.need - len(self.inbuf))
+                if not chunk:
+                    raise PeerDisconnectedError("peer closed the connection during the hello")
+                self.inbuf += chunk
+                if len(self.inbuf) < self.need:
+                    continue
+                if self.claimed < 0:
+                    self.claimed, length = _parse_hello_head(bytes(self.inbuf[: _HELLO.size]), builder.session)
+                    self.need += length
+                    if length:
+                        continue
+                if bytes(self.inbuf[_HELLO.size :]) != builder.session:
+                    raise PeerAuthError("peer belongs to another session")
+                if self.role not in roles:  # another connection of the same role got there first
+                    raise PeerAuthError(f"a second {self.role} connection")
+                if self.claimed != roles[self.role]:
+                    raise PeerAuthError(f"a {self.role} certificate claimed rank {self.claimed}")
+                return roles[self.role]
+
+
 class _MeshBuilder:
-    """Dials lower ranks and accepts higher ranks until every link is authenticated or time runs out."""
+    """Dials lower ranks and accepts higher ranks, all at once, until every link is authenticated or time
+    runs out.
+
+    Each lower rank is dialled from its own thread and one acceptor thread drives every accepted
+    connection's handshake without blocking, so nothing waits on anything else: a stranger's idle or
+    slow connection holds a slot for at most ``_ACCEPT_HANDSHAKE_S`` and never delays the real peer.
+    """
 
     def __init__(self, config: TlsCommConfig, listener: socket.socket | None) -> None:
         self.config = config
@@ -861,35 +1026,76 @@ class _MeshBuilder:
         self.deadline = time.monotonic() + config.connect_timeout_s
         self.listener = listener
         self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+        self._wake = threading.Event()
 
     def build(self) -> dict[int, ssl.SSLSocket]:
         config = self.config
-        higher = [r for r in range(config.rank + 1, config.mesh_size)]
+        higher = set(range(config.rank + 1, config.mesh_size))
         if higher and self.listener is None:
             self.listener = bind_listener(*(config.listen or config.endpoints[config.rank]))
+        workers = [threading.Thread(target=self._guarded, args=(self._dial, peer), daemon=True, name=f"dial-{peer}")
+                   for peer in range(config.rank)]
         acceptor = None
         if higher:
-            acceptor = threading.Thread(target=self._accept_all, args=(set(higher),), daemon=True)
-            acceptor.start()
+            acceptor = threading.Thread(target=self._guarded, args=(self._accept_all, higher), daemon=True,
+                                        name="accept")
+            workers.append(acceptor)
         try:
-            for peer in range(config.rank):
-                self._dial(peer)
-            if acceptor is not None:
-                acceptor.join(max(0.0, self.deadline - time.monotonic()) + 1.0)
+            for worker in workers:
+                worker.start()
+            # Every worker has the same deadline; the grace second lets one finish a handshake it began.
+            while any(w.is_alive() for w in workers) and time.monotonic() < self.deadline + 1.0:
+                with self.lock:
+                    failure = self.failure
+                if failure is not None:
+                    raise failure
+                self._wake.wait(0.05)
+                self._wake.clear()
+            with self.lock:
+                failure = self.failure
+            if failure is not None:
+                raise failure
         except BaseException:
+            self.stop.set()
             self._close_all()
             raise
         finally:
+            self.stop.set()
+            if acceptor is not None:
+                acceptor.join(1.0)  # it polls the stop flag at least every _ACCEPT_POLL_S
             if self.listener is not None:
                 self.listener.close()
-        if len(self.links) != config.mesh_size - 1:
-            self._close_all()
+        with self.lock:
             missing = sorted(set(range(config.mesh_size)) - set(self.links) - {config.rank})
+        if missing:
+            self._close_all()
             detail = f" (refused: {'; '.join(self.errors[-3:])})" if self.errors else ""
             raise CommTimeoutError(
                 f"rank {config.rank}: no authenticated link to ranks {missing} within {config.connect_timeout_s:.1f}s{detail}"
             )
         return self.links
+
+    def _guarded(self, work: Callable[[Any], None], arg: Any) -> None:
+        """Run one worker; its first exception is what build() raises."""
+        try:
+            work(arg)
+        except BaseException as exc:
+            with self.lock:
+                if self.failure is None:
+                    self.failure = exc
+        finally:
+            self._wake.set()
+
+    def _add(self, peer: int, sock: ssl.SSLSocket) -> None:
+        sock.settimeout(None)
+        with self.lock:
+            # A dial that finishes after build() gave up must not leave an open link behind.
+            if self.stop.is_set():
+                sock.close()
+                return
+            self.links[peer] = sock
 
     def _close_all(self) -> None:
         with self.lock:
@@ -897,20 +1103,24 @@ class _MeshBuilder:
                 sock.close()
             self.links.clear()
 
+    def _pause(self, pause: float) -> float:
+        """Back off before the next dial (cut short when build() stops); returns the next pause."""
+        self.stop.wait(min(pause, max(0.0, self.deadline - time.monotonic())))
+        return min(pause * 2, 0.5)
+
     def _dial(self, peer: int) -> None:
         config = self.config
         host, port = config.endpoints[peer]
         context = _client_context(config.credentials, config.verify_hostname)
         pause = 0.02
-        while True:
+        while not self.stop.is_set():
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 return  # reported as missing by build()
             try:
                 raw = socket.create_connection((host, port), timeout=min(remaining, _HANDSHAKE_TIMEOUT_S))
             except OSError:
-                time.sleep(min(pause, max(0.0, self.deadline - time.monotonic())))
-                pause = min(pause * 2, 0.5)
+                pause = self._pause(pause)
                 continue
             _tune(raw)
             sock: ssl.SSLSocket | None = None
@@ -928,65 +1138,117 @@ class _MeshBuilder:
                 raise PeerAuthError(f"rank {peer} at {host}:{port} failed certificate verification: {exc.verify_message}") from None
             except ssl.SSLError as exc:
                 _discard(raw, sock)
-                if "ALERT" in str(exc.reason or ""):  # the listener rejected this node's certificate
-                    raise PeerAuthError(f"rank {peer} at {host}:{port} rejected this node's certificate ({exc.reason})") from None
+                reason = str(exc.reason or "")
+                if "PROTOCOL_VERSION" in reason or "UNSUPPORTED_PROTOCOL" in reason:
+                    raise PeerAuthError(f"rank {peer} at {host}:{port} does not speak TLS 1.3 ({reason})") from None
+                if "ALERT" in reason:  # the listener rejected this node's certificate
+                    raise PeerAuthError(f"rank {peer} at {host}:{port} rejected this node's certificate ({reason})") from None
                 self.errors.append(f"rank {peer}: {type(exc).__name__}")
-                time.sleep(min(pause, max(0.0, self.deadline - time.monotonic())))
-                pause = min(pause * 2, 0.5)
+                pause = self._pause(pause)
                 continue
             except PeerAuthError:
                 _discard(raw, sock)
                 raise
             except (OSError, PeerDisconnectedError) as exc:
-                # The listener closed on us (it refused our role, or raced a restart); keep trying until
-                # the deadline, remembering why.
+                # The listener closed on us (it refused our role, dropped a handshake that took too long,
+                # or raced a restart); keep trying until the deadline, remembering why.
                 _discard(raw, sock)
                 self.errors.append(f"rank {peer}: {type(exc).__name__}")
-                time.sleep(min(pause, max(0.0, self.deadline - time.monotonic())))
-                pause = min(pause * 2, 0.5)
+                pause = self._pause(pause)
                 continue
-            sock.settimeout(None)
-            with self.lock:
-                self.links[peer] = sock
+            self._add(peer, sock)
             return
+
+    def _refuse(self, handshake: _Handshake, reason: str) -> None:
+        # A stranger (foreign CA, wrong role, other session, idle or too slow) is refused; the mesh keeps
+        # waiting for the real peer. Only the reason's type is logged, never certificate contents.
+        _discard(None, handshake.sock)
+        detail = f"{handshake.address}: {reason}"
+        self.errors.append(detail)
+        log.warning("rank %d refused a data-plane connection from %s", self.config.rank, detail)
 
     def _accept_all(self, expected: set[int]) -> None:
         config = self.config
         context = _server_context(config.credentials)
         roles = {config.role_of(r): r for r in expected}
-        assert self.listener is not None
-        while expected:
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self.listener.settimeout(remaining)
+        listener = self.listener
+        assert listener is not None
+        listener.setblocking(False)
+        selector = selectors.DefaultSelector()
+        selector.register(listener, selectors.EVENT_READ, None)
+        pending: dict[int, _Handshake] = {}  # by file descriptor, oldest first
+
+        def drop(handshake: _Handshake, reason: str) -> None:
+            selector.unregister(handshake.sock)
+            del pending[handshake.sock.fileno()]
+            self._refuse(handshake, reason)
+
+        def step(handshake: _Handshake) -> None:
             try:
-                raw, address = self.listener.accept()
-            except OSError:  # timed out, or build() closed the listener
+                rank = handshake.advance(self, roles)
+            except ssl.SSLWantReadError:
+                selector.modify(handshake.sock, selectors.EVENT_READ, handshake)
                 return
-            _tune(raw)
-            raw.settimeout(min(_HANDSHAKE_TIMEOUT_S, max(0.1, remaining)))
-            sock = None
+            except ssl.SSLWantWriteError:
+                selector.modify(handshake.sock, selectors.EVENT_WRITE, handshake)
+                return
+            except (keys.PeerCertificateError, PeerAuthError, PeerDisconnectedError, ssl.SSLError, OSError,
+                    struct.error) as exc:
+                drop(handshake, type(exc).__name__)
+                return
+            assert rank is not None
+            selector.unregister(handshake.sock)
+            del pending[handshake.sock.fileno()]
+            handshake.sock.setblocking(True)
+            self._add(rank, handshake.sock)
+            del roles[handshake.role]
+
+        try:
+            while roles and not self.stop.is_set():
+                now = time.monotonic()
+                if now >= self.deadline:
+                    return
+                for handshake in [h for h in pending.values() if now >= h.deadline]:
+                    drop(handshake, "handshake timeout")
+                wake = min([self.deadline, now + _ACCEPT_POLL_S, *(h.deadline for h in pending.values())])
+                for key, _ in selector.select(max(0.0, wake - now)):
+                    if key.data is None:
+                        self._accept_ready(listener, context, selector, pending, drop, step)
+                    elif pending.get(key.data.sock.fileno()) is key.data:  # not dropped earlier in this batch
+                        step(key.data)
+        finally:
+            for handshake in list(pending.values()):
+                _discard(None, handshake.sock)
+            selector.close()
+
+    def _accept_ready(self, listener: socket.socket, context: ssl.SSLContext, selector: selectors.BaseSelector,
+                      pending: dict[int, _Handshake], drop: Callable[[_Handshake, str], None],
+                      step: Callable[[_Handshake], None]) -> None:
+        """Take every connection the kernel has queued and start its handshake."""
+        while True:
             try:
-                sock = context.wrap_socket(raw, server_side=True)
-                role = keys.check_peer_role(sock.getpeercert(binary_form=True) or b"", set(roles), self.ca)
-                _send_hello(sock, config.rank, self.session)
-                claimed = _recv_hello(sock, self.session)
-                if claimed != roles[role]:
-                    raise PeerAuthError(f"a {role} certificate claimed rank {claimed}")
-            except (keys.PeerCertificateError, PeerAuthError, PeerDisconnectedError, ssl.SSLError, OSError) as exc:
-                # A stranger (foreign CA, wrong role, other session) is refused; the mesh keeps waiting
-                # for the real peer. Only the reason's type is logged, never certificate contents.
-                _discard(raw, sock)
-                reason = f"{address[0]}: {type(exc).__name__}"
-                self.errors.append(reason)
-                log.warning("rank %d refused a data-plane connection from %s", config.rank, reason)
+                raw, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of file descriptors: leave the rest queued, and do not spin on the listener
+                self.stop.wait(_ACCEPT_POLL_S)
+                return
+            if len(pending) >= _MAX_PENDING_HANDSHAKES:
+                # Evict the oldest: a real peer finishes in milliseconds, so it is never the oldest for long,
+                # while refusing newcomers would let a stranger who holds every slot lock the peer out.
+                drop(next(iter(pending.values())), "too many pending handshakes")
+            try:
+                _tune(raw)
+                raw.setblocking(False)
+                sock = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            except OSError:
+                _discard(raw, None)
                 continue
-            sock.settimeout(None)
-            with self.lock:
-                self.links[roles[role]] = sock
-            expected.discard(roles[role])
-            del roles[role]
+            deadline = min(time.monotonic() + _ACCEPT_HANDSHAKE_S, self.deadline)
+            handshake = _Handshake(sock, str(address[0]), deadline)
+            pending[sock.fileno()] = handshake
+            selector.register(sock, selectors.EVENT_READ, handshake)
+            step(handshake)  # the ClientHello is often already there
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -246,6 +246,19 @@ def connect_only(rank: int, key_dir: Path, ports: list[int], world_size: int, ov
         return {"error": None, "sum": comm.all_reduce(torch.tensor([rank + 1], dtype=torch.int64)).tolist()}
 
 
+def connect_timed(rank: int, key_dir: Path, ports: list[int], world_size: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Join a mesh and report how long ``connect()`` took (measured here, without process start-up)."""
+    start = time.monotonic()
+    try:
+        comm = tc.TlsCommunicator.connect(make_config(key_dir, rank, world_size, ports, **overrides))
+    except tc.CommError as exc:
+        return {"error": type(exc).__name__, "message": str(exc), "elapsed": time.monotonic() - start}
+    elapsed = time.monotonic() - start
+    with comm:
+        return {"error": None, "elapsed": elapsed,
+                "sum": comm.all_reduce(torch.tensor([rank + 1], dtype=torch.int64)).tolist()}
+
+
 def emulated_link(rank: int, key_dir: Path, ports: list[int], bandwidth: float, delay: float) -> dict[str, Any]:
     """Ping-pong (latency) and one bulk tensor (bandwidth) over an emulated link."""
     emulation = tc.LinkEmulation(bandwidth_bps=bandwidth, one_way_delay_s=delay)

@@ -4,6 +4,7 @@ authentication failures, timeouts, disconnects, link emulation, and the typed ob
 from __future__ import annotations
 
 import math
+import resource
 import socket
 import ssl
 import threading
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mesh_workers as mw
-from pinfer import keys
+from pinfer import envelope, keys
 from pinfer.protocols import tls_communicator as tc
 
 MASK = (1 << 64) - 1
@@ -398,3 +399,279 @@ def test_posted_receives_fill_in_posting_order_even_when_waited_out_of_order(key
             send.wait()
         stats = one.stats()
         assert stats.rounds == 4 and stats.links[0].messages_received == 4 and stats.links[0].rounds == 4
+
+
+
+# --- resource limits: frame sizes and inbox depth ----------------------------------------------------
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("kind", ["tensor", "bytes"])
+def test_default_limit_refuses_an_oversized_header_before_allocating(key_dir: Path, kind: str) -> None:
+    comm, peer = _pair(key_dir)
+    over = tc.MAX_MESSAGE_BYTES + 1
+    int8 = tc._DTYPE_CODES[torch.int8]
+    header = (tc._FRAME.pack(tc._KIND_TENSOR, int8, 1, 0, over) + tc._DIM.pack(over) if kind == "tensor"
+              else tc._FRAME.pack(tc._KIND_BYTES, 0, 0, 0, over))
+    before = _peak_rss_mib()
+    with comm, peer:
+        assert comm.config.max_message_bytes == tc.MAX_MESSAGE_BYTES
+        peer.sendall(header)
+        with pytest.raises(tc.MessageTooLargeError, match="limit") as raised:
+            if kind == "tensor":
+                comm.recv(torch.zeros(1, dtype=torch.int8), 1)
+            else:
+                comm.recv_bytes(1)
+        assert isinstance(raised.value, tc.CommProtocolError)
+        with pytest.raises(tc.MessageTooLargeError):  # the link stays failed
+            comm.send_bytes(b"x", 1)
+    assert _peak_rss_mib() - before < 256  # nothing near the announced 2 GiB was set aside
+
+
+def test_message_limit_covers_the_largest_smollm2_frames() -> None:
+    # the service's longest prompt is the one whose party-0 one-hot share fits the 1 GiB envelope cap
+    vocab, heads = 49152, 9
+    longest = (envelope.DEFAULT_MAX_PAYLOAD - 64) // (8 * vocab)
+    assert longest >= 2730
+    one_hot_rows = longest * vocab * 8
+    softmax_correction = 24 * heads * longest**2 + 4096  # dealer reply: 3 int64 per score plus its header
+    assert max(one_hot_rows, softmax_correction, vocab * 576 * 8) < tc.MAX_MESSAGE_BYTES
+
+
+def _flood(peer: socket.socket, frames: list[bytes]) -> threading.Thread:
+    thread = threading.Thread(target=lambda: peer.sendall(b"".join(frames)), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_flooding_peer_is_held_back_at_the_inbox_bound_and_nothing_is_lost(key_dir: Path) -> None:
+    comm, peer = _pair(key_dir, max_inbox_messages=8)
+    with comm, peer:
+        frames = [_frame(tc._KIND_TENSOR, torch.tensor([i], dtype=torch.int64).numpy().tobytes(), code=1, dims=(1,))
+                  for i in range(20_000)]
+        flooder = _flood(peer, frames)
+        link = comm._links[1]
+        # let the engine run while the program takes nothing
+        with pytest.raises(tc.CommTimeoutError):
+            comm._engine.progress(lambda: False, 0.5, "nothing")
+        assert len(link.inbox) == 8 and flooder.is_alive()  # the rest waits in the kernel: the peer is blocked
+        got = [int(comm.recv(torch.zeros(1, dtype=torch.int64), 1)) for _ in range(len(frames))]
+        assert got == list(range(len(frames)))
+        flooder.join(5)
+        assert not flooder.is_alive() and link.error is None
+
+
+def test_buffered_bytes_are_bounded_by_the_message_limit(key_dir: Path) -> None:
+    comm, peer = _pair(key_dir, max_message_bytes=1024)
+    with comm, peer:
+        frames = [_frame(tc._KIND_BYTES, bytes([i % 256]) * 600) for i in range(2_000)]  # 1.2 MB in all
+        flooder = _flood(peer, frames)
+        link = comm._links[1]
+        with pytest.raises(tc.CommTimeoutError):
+            comm._engine.progress(lambda: False, 0.5, "nothing")
+        assert len(link.inbox) == 1 and link.inbox_bytes <= 1024
+        for i in range(len(frames)):
+            assert comm.recv_bytes(1) == bytes([i % 256]) * 600
+            assert link.inbox_bytes <= 1024
+        flooder.join(5)
+        assert not flooder.is_alive()
+
+
+def test_held_link_does_not_spin_and_other_links_keep_flowing(key_dir: Path) -> None:
+    """Rank 0 with links to 1 (flooding, held) and 2 (a real exchange): 2's message still arrives."""
+    flood_ours, flood_theirs = socket.socketpair()
+    ours, theirs = socket.socketpair()
+    config = mw.make_config(key_dir, 0, 3, [1, 2, 3], recv_timeout_s=5.0, max_inbox_messages=4)
+    with tc.TlsCommunicator(config, {1: flood_ours, 2: ours}) as comm, flood_theirs, theirs:  # type: ignore[dict-item]
+        flooder = _flood(flood_theirs, [_frame(tc._KIND_BARRIER)] * 200_000)
+        time.sleep(0.3)
+        cpu = time.process_time()
+        start = time.monotonic()
+        threading.Timer(0.5, lambda: theirs.sendall(_frame(tc._KIND_OBJECT, tc.encode_object("late")))).start()
+        assert comm.recv_obj(2) == "late"
+        waited, spent = time.monotonic() - start, time.process_time() - cpu
+        assert waited >= 0.4 and spent < 0.5 * waited  # it slept in select, not in a loop over the held socket
+        assert len(comm._links[1].inbox) == 4
+        for _ in range(200_000):
+            comm._links[1].post(tc._KIND_BARRIER, lambda item: None).wait()
+        flooder.join(5)
+        assert not flooder.is_alive()
+
+
+# --- mesh set-up under strangers' connections, and TLS 1.3 only --------------------------------------
+
+
+def _open_when_listening(port: int, deadline_s: float = 20.0) -> socket.socket:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _strangers(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections that never authenticate: half silent, half stalled inside a ClientHello."""
+    sockets = [_open_when_listening(port)]
+    sockets += [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count - 1)]
+    for sock in sockets[::2]:
+        sock.sendall(b"\x16\x03\x01\x02\x00")  # a TLS record header announcing a ClientHello that never comes
+    return sockets
+
+
+def _connect_in_thread(config: tc.TlsCommConfig, listener: socket.socket | None = None) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["comm"] = tc.TlsCommunicator.connect(config, listener=listener)
+        except tc.CommError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_idle_connections_to_the_listener_do_not_delay_the_real_peer(key_dir: Path) -> None:
+    ports = mw.free_ports(2)
+    process, queue = mw.start(mw.connect_timed, 0, (key_dir, ports, 2, {"connect_timeout_s": 30.0}))
+    # more strangers than the listener keeps pending handshakes for, all there before the real peer
+    strangers = _strangers(ports[0], tc._MAX_PENDING_HANDSHAKES + 16)
+    try:
+        joined = mw.launch(mw.connect_timed, [1], (key_dir, ports, 2, {"connect_timeout_s": 30.0}))
+        _, status, listener_side = queue.get(timeout=30)
+    finally:
+        for sock in strangers:
+            sock.close()
+    process.join(5)
+    status_1, dialer_side = joined[1]
+    assert status == "ok" and listener_side["error"] is None and listener_side["sum"] == [3], listener_side
+    assert status_1 == "ok" and dialer_side["error"] is None and dialer_side["sum"] == [3], dialer_side
+    # in before any stranger's handshake slot even expired (serial accepts took 10 s per stranger)
+    assert dialer_side["elapsed"] < tc._ACCEPT_HANDSHAKE_S, dialer_side
+
+
+def _closed_by_peer_after(sock: socket.socket, trickle: bool) -> float:
+    """Seconds until the listener drops ``sock``; with ``trickle`` it keeps feeding a well-formed
+    ClientHello record one byte every 0.3 s, so only the absolute deadline can end it."""
+    start = time.monotonic()
+    sock.settimeout(0.3)
+    if trickle:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01")  # record header (512 bytes to come), ClientHello type
+    while time.monotonic() - start < 15:
+        try:
+            if trickle:
+                sock.sendall(b"\x00")
+            if sock.recv(1) == b"":
+                break
+        except TimeoutError:
+            continue
+        except OSError:  # reset
+            break
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["idle", "slowloris"])
+def test_unauthenticated_connections_are_dropped_within_seconds(key_dir: Path, trickle: bool) -> None:
+    listener = tc.bind_listener("127.0.0.1", 0)
+    ports = [listener.getsockname()[1], mw.free_ports(1)[0]]
+    thread, result = _connect_in_thread(mw.make_config(key_dir, 0, 2, ports, connect_timeout_s=20.0), listener)
+    with socket.create_connection(("127.0.0.1", ports[0]), timeout=5) as stranger:
+        elapsed = _closed_by_peer_after(stranger, trickle)
+    assert tc._ACCEPT_HANDSHAKE_S - 0.5 < elapsed < tc._ACCEPT_HANDSHAKE_S + 2.0
+    # the listener is still waiting for its real peer, which joins
+    with tc.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, ports, connect_timeout_s=10.0)) as one:
+        thread.join(10)
+        with result["comm"] as zero:
+            one.send_obj("hello", 0)
+            assert zero.recv_obj(1) == "hello"
+
+
+def test_dials_run_concurrently_so_a_stalled_lower_rank_delays_no_other_link(key_dir: Path) -> None:
+    # rank 0's port takes TCP connections but never answers a handshake (bound, never accepting)
+    stalled = tc.bind_listener("127.0.0.1", 0)
+    listener_1 = tc.bind_listener("127.0.0.1", 0)
+    ports = [stalled.getsockname()[1], listener_1.getsockname()[1], mw.free_ports(1)[0]]
+    thread, result = _connect_in_thread(mw.make_config(key_dir, 1, 3, ports, connect_timeout_s=4.0), listener_1)
+    with stalled, pytest.raises(tc.CommTimeoutError) as raised:
+        tc.TlsCommunicator.connect(mw.make_config(key_dir, 2, 3, ports, connect_timeout_s=4.0))
+    thread.join(10)
+    # rank 2's link to rank 1 formed while its dial to rank 0 hung: only rank 0 is missing, on both sides
+    assert "ranks [0]" in str(raised.value)
+    assert isinstance(result["error"], tc.CommTimeoutError) and "ranks [0]" in str(result["error"])
+
+
+def test_data_plane_contexts_require_tls_1_3(key_dir: Path) -> None:
+    credentials = keys.load_node_credentials(key_dir, "party0")
+    for context in (tc._server_context(credentials), tc._client_context(credentials, False)):
+        assert context.minimum_version == ssl.TLSVersion.TLSv1_3
+
+
+def test_tls_1_2_only_client_is_refused_and_the_real_peer_still_joins(key_dir: Path) -> None:
+    listener = tc.bind_listener("127.0.0.1", 0)
+    ports = [listener.getsockname()[1], mw.free_ports(1)[0]]
+    thread, result = _connect_in_thread(mw.make_config(key_dir, 0, 2, ports, connect_timeout_s=20.0), listener)
+    credentials = keys.load_node_credentials(key_dir, "party1")  # a valid certificate of the right role
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    old.load_cert_chain(credentials.cert_path, credentials.key_path)
+    old.load_verify_locations(cafile=str(credentials.ca_path))
+    old.check_hostname = False
+    with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION"):
+        old.wrap_socket(_open_when_listening(ports[0]))
+    with tc.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, ports, connect_timeout_s=10.0)) as one:
+        thread.join(10)
+        with result["comm"] as zero:
+            one.send_obj("over TLS 1.3", 0)
+            assert zero.recv_obj(1) == "over TLS 1.3"
+
+
+def test_dialer_refuses_a_tls_1_2_only_listener(key_dir: Path) -> None:
+    credentials = keys.load_node_credentials(key_dir, "party0")  # right CA and role, old protocol
+    listener = tc.bind_listener("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(credentials.cert_path, credentials.key_path)
+        listener.settimeout(10)
+        try:
+            raw, _ = listener.accept()
+            with context.wrap_socket(raw, server_side=True) as sock:
+                sock.recv(1)
+        except (OSError, ssl.SSLError):
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    config = mw.make_config(key_dir, 1, 2, [port, mw.free_ports(1)[0]], connect_timeout_s=5.0)
+    with pytest.raises(tc.PeerAuthError, match="TLS 1.3"):
+        tc.TlsCommunicator.connect(config)
+    listener.close()
+    thread.join(5)
+
+
+def test_authenticated_peer_announcing_a_huge_frame_over_tls_is_refused(key_dir: Path) -> None:
+    listener = tc.bind_listener("127.0.0.1", 0)
+    ports = [listener.getsockname()[1], mw.free_ports(1)[0]]
+    thread, result = _connect_in_thread(mw.make_config(key_dir, 0, 2, ports, connect_timeout_s=20.0), listener)
+    with tc.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, ports, connect_timeout_s=10.0)) as one:
+        thread.join(10)
+        with result["comm"] as zero:
+            # rank 1 writes a raw header on its own TLS link: 2^62 int64s announced, none sent
+            raw = one._links[0].sock
+            raw.setblocking(True)
+            raw.sendall(tc._FRAME.pack(tc._KIND_TENSOR, tc._DTYPE_CODES[torch.int64], 1, 0, 1 << 62) + tc._DIM.pack(1 << 59))
+            before = _peak_rss_mib()
+            start = time.monotonic()
+            with pytest.raises(tc.MessageTooLargeError) as raised:
+                zero.recv(torch.zeros(1, dtype=torch.int64), 1)
+            assert time.monotonic() - start < 2.0 and _peak_rss_mib() - before < 256
+            assert f"limit {tc.MAX_MESSAGE_BYTES}" in str(raised.value)
