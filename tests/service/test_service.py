@@ -7,6 +7,7 @@ numerics are covered in tests/protocols.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -348,6 +349,22 @@ def test_orchestrator_restart_leaves_no_orphan_workers(service: LocalService, pl
     service.restart("orchestrator")
     with pinfer.Client(service.endpoint, service.token, service.ca_path, timeout_s=120) as again:
         assert [t.token_id for t in again.generate_ids(PROMPT, 3)] == plain_tokens
+
+
+def test_a_killed_party_is_restarted_by_the_supervisor(service: LocalService, client: pinfer.Client,
+                                                        plain_tokens: list[int],
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    killed = service.processes["party1"]
+    with caplog.at_level(logging.INFO, logger="pinfer.local_service"):
+        service.kill("party1")
+        deadline = time.monotonic() + 60
+        while service.processes["party1"] is killed or not (service.root / "party1.port").exists():
+            assert time.monotonic() < deadline, "party1 was not restarted"
+            time.sleep(0.2)
+    assert service.processes["party1"].poll() is None
+    assert any("party1 exited" in r.getMessage() for r in caplog.records)
+    assert any("party1 restarted" in r.getMessage() for r in caplog.records)
+    assert [t.token_id for t in client.generate_ids(PROMPT, 3)] == plain_tokens
 
 
 def test_admission_bounds_the_queue() -> None:
