@@ -351,6 +351,34 @@ def test_orchestrator_restart_leaves_no_orphan_workers(service: LocalService, pl
         assert [t.token_id for t in again.generate_ids(PROMPT, 3)] == plain_tokens
 
 
+def _health(service: LocalService) -> int:
+    channel = grpc.secure_channel(service.endpoint, grpc.ssl_channel_credentials(service.ca_path.read_bytes()),
+                                  options=[("grpc.ssl_target_name_override", "orchestrator")])
+    with channel:
+        return health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="pinfer.v1.Inference"), timeout=10).status
+
+
+def _wait_health(service: LocalService, status: int, timeout_s: float) -> float:
+    """Seconds until the orchestrator's health reads ``status``."""
+    start = time.monotonic()
+    while _health(service) != status:
+        assert time.monotonic() - start < timeout_s, f"health not {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}"
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def test_health_follows_the_nodes(service: LocalService, client: pinfer.Client, plain_tokens: list[int]) -> None:
+    assert _health(service) == health_pb2.HealthCheckResponse.SERVING
+    service.kill("party1", hold=True)
+    try:
+        assert _wait_health(service, health_pb2.HealthCheckResponse.NOT_SERVING, timeout_s=8) < 8
+    finally:
+        service.restart("party1")
+    _wait_health(service, health_pb2.HealthCheckResponse.SERVING, timeout_s=10)
+    assert [t.token_id for t in client.generate_ids(PROMPT, 3)] == plain_tokens
+
+
 def test_a_killed_party_is_restarted_by_the_supervisor(service: LocalService, client: pinfer.Client,
                                                         plain_tokens: list[int],
                                                         caplog: pytest.LogCaptureFixture) -> None:
