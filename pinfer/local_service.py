@@ -10,21 +10,34 @@ and the service tests both use :class:`LocalService`.
 holds no envelope key), ``models/`` (provisioned shares),
 ``client.token`` (the bearer token, 0600), ``tokens.sha256`` (what the orchestrator checks), one
 ``<role>.port`` and ``<role>.log`` per process.
+
+While the service is up, a supervisor thread restarts any process that exits, after a backoff that
+doubles while it keeps failing soon after start - what the compose stack's ``restart:
+unless-stopped`` does, so ``pinfer up`` recovers from a crashed node the same way.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from pinfer import keys
 
 START_TIMEOUT_S = 120.0
+RESTART_MIN_BACKOFF_S = 1.0
+RESTART_MAX_BACKOFF_S = 30.0
+STABLE_S = 60.0
+"""A process that ran this long before it exited is restarted after the shortest backoff again."""
+_SUPERVISE_POLL_S = 0.5
+
+log = logging.getLogger("pinfer.local_service")
 
 
 class ServiceError(RuntimeError):
@@ -46,6 +59,13 @@ class LocalService:
         self.processes: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
         self.token = ""
+        self._lock = threading.Lock()  # spawning, by start, restart and the supervisor, and stopping
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._held: set[str] = set()
+        self._started_at: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
+        self._restart_due: dict[str, float] = {}
 
     @property
     def key_dir(self) -> Path:
@@ -96,8 +116,9 @@ class LocalService:
         (self.root / "tokens.sha256").write_text(token_digest(self.token) + "\n")
 
     def start(self) -> str:
-        """Prepare, start the nodes then the orchestrator; return the orchestrator's endpoint."""
+        """Prepare, start the nodes then the orchestrator, then supervise them; return the orchestrator's endpoint."""
         self.prepare()
+        self._stopping.clear()
         try:
             for role in self.node_roles:
                 self.start_node(role)
@@ -108,18 +129,24 @@ class LocalService:
         except BaseException:
             self.stop()
             raise
+        self._supervisor = threading.Thread(target=self._supervise, name="pinfer-supervisor", daemon=True)
+        self._supervisor.start()
         return self.endpoint
 
     def _spawn(self, name: str, args: list[str]) -> None:
         port_file = self.root / f"{name}.port"
         if name not in self.ports:
             port_file.unlink(missing_ok=True)
-        log = open(self.root / f"{name}.log", "ab")
+        output = open(self.root / f"{name}.log", "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "pinfer.cli", *args, "--port-file", str(port_file)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        log.close()
+            stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            # Out of the terminal's process group: Ctrl-C reaches only `pinfer up`, which stops them
+            # itself, rather than every process at once, which the supervisor would take for crashes.
+            start_new_session=True)
+        self._started_at[name] = time.monotonic()
+        output.close()
 
     def start_node(self, role: str) -> None:
         """Start (or restart, on its previous port) one party or dealer node."""
@@ -151,31 +178,74 @@ class LocalService:
             time.sleep(0.1)
         raise ServiceError(f"{name} did not start within {START_TIMEOUT_S:.0f} s")
 
-    def restart(self, name: str) -> None:
-        """Start a stopped or killed process again on its port and wait until it serves."""
+    def _respawn(self, name: str) -> None:
+        """Start ``name`` again on its port; its port file reappears once it serves."""
         (self.root / f"{name}.port").unlink(missing_ok=True)
         if name == "orchestrator":
             self.start_orchestrator()
         else:
             self.start_node(name)
+
+    def restart(self, name: str) -> None:
+        """Start a stopped or killed process again on its port (unless the supervisor already did) and
+        wait until it serves; a process held down by :meth:`kill` is supervised again."""
+        with self._lock:
+            self._held.discard(name)
+            self._restart_due.pop(name, None)
+            if self.processes[name].poll() is not None:
+                self._respawn(name)
         self._wait_port(name)
 
-    def kill(self, name: str) -> None:
-        """SIGKILL one process (a crash, for fault tests)."""
-        process = self.processes[name]
+    def kill(self, name: str, hold: bool = False) -> None:
+        """SIGKILL one process (a crash, for fault tests). The supervisor restarts it, unless ``hold``
+        keeps it down until :meth:`restart` (like a stopped container, which no restart policy revives)."""
+        with self._lock:
+            if hold:
+                self._held.add(name)
+            process = self.processes[name]
         process.kill()
         process.wait(timeout=10)
 
+    def _supervise(self) -> None:
+        # Restarts are scheduled rather than slept on, so one process's backoff never delays noticing another's exit.
+        while not self._stopping.wait(_SUPERVISE_POLL_S):
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                now = time.monotonic()
+                for name, process in self.processes.items():
+                    if name in self._held or process.poll() is None:
+                        continue
+                    due = self._restart_due.get(name)
+                    if due is None:
+                        ran = now - self._started_at[name]
+                        previous = self._backoff.get(name)
+                        backoff = (RESTART_MIN_BACKOFF_S if previous is None or ran >= STABLE_S
+                                   else min(RESTART_MAX_BACKOFF_S, 2 * previous))
+                        self._backoff[name] = backoff
+                        self._restart_due[name] = now + backoff
+                        log.warning("%s exited (status %s) after %.0f s; restarting it in %.0f s",
+                                    name, process.returncode, ran, backoff)
+                    elif now >= due:
+                        del self._restart_due[name]
+                        self._respawn(name)
+                        log.info("%s restarted (pid %d)", name, self.processes[name].pid)
+
     def stop(self) -> None:
-        """SIGTERM every process, then SIGKILL what is still running after a grace period."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        deadline = time.monotonic() + 10
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-        self.processes = {}
+        """Stop supervising, SIGTERM every process, then SIGKILL what is still running after a grace period."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join()
+            self._supervisor = None
+        with self._lock:
+            for process in self.processes.values():
+                if process.poll() is None:
+                    process.terminate()
+            deadline = time.monotonic() + 10
+            for process in self.processes.values():
+                try:
+                    process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=5)
+            self.processes = {}

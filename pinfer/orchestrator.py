@@ -39,6 +39,9 @@ STEP_TIMEOUT_S = 600.0
 """Longest wait for the next event of a running session before it is declared lost (UNAVAILABLE)."""
 _WAITER_POLL_S = 0.5
 """How often a queued caller checks whether its client is still there."""
+HEALTH_INTERVAL_S = 2.0
+"""How often the orchestrator asks every node to ``Describe`` itself; its health status follows."""
+HEALTH_DEADLINE_S = 1.5
 
 
 class _SessionFailed(Exception):
@@ -187,20 +190,34 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
         self.config = config
         creds = keys.load_node_credentials(config.key_root, keys.ORCHESTRATOR)
         self._channels = {}
+        self._health_channels = {}
         for role, address in config.nodes.items():
             channel_creds = grpc.ssl_channel_credentials(
                 root_certificates=creds.ca_pem(), private_key=creds.private_key_pem(),
                 certificate_chain=creds.certificate_pem())
             # The node's certificate must carry its role as a DNS name (only the CA can grant it).
-            self._channels[role] = grpc.secure_channel(address, channel_creds, options=[
+            options = [
                 ("grpc.ssl_target_name_override", role),
                 ("grpc.max_send_message_length", envelope.MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", envelope.MAX_MESSAGE_BYTES),
-            ])
+                # A restarted node must be usable (and reported healthy) within seconds, not after
+                # gRPC's default reconnect backoff, which grows to minutes while a node is down.
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ]
+            self._channels[role] = grpc.secure_channel(address, channel_creds, options=options)
+            # Health probes get a connection of their own (a local subchannel pool, or gRPC would share
+            # one between channels of equal settings): probing a dead node leaves a connection in
+            # reconnect backoff, which must not fail the first session after the node is back.
+            self._health_channels[role] = grpc.secure_channel(
+                address, channel_creds, options=[*options, ("grpc.use_local_subchannel_pool", 1)])
         self._stubs = {role: node_pb2_grpc.NodeStub(ch) for role, ch in self._channels.items()}
+        self._health_stubs = {role: node_pb2_grpc.NodeStub(ch) for role, ch in self._health_channels.items()}
         self._admission = Admission(config.slots, config.queue)
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._unreachable: list[str] | None = None
+        self._watcher: threading.Thread | None = None
 
     # -- model catalogue ---------------------------------------------------------------------------
     def _cards(self) -> dict[str, ModelCard]:
@@ -381,12 +398,55 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
         except grpc.RpcError as exc:
             events.put((stream.role, _failure(session, stream.role, exc)))
 
+    # -- node health -----------------------------------------------------------------------------
+    def unreachable_nodes(self) -> list[str]:
+        """Roles of the nodes that did not answer ``Describe`` within ``HEALTH_DEADLINE_S`` (asked at once)."""
+        calls = {role: stub.Describe.future(node_pb2.DescribeRequest(), timeout=HEALTH_DEADLINE_S)
+                 for role, stub in self._health_stubs.items()}
+        down = []
+        for role, call in calls.items():
+            try:
+                call.result()
+            except grpc.RpcError:
+                down.append(role)
+        return down
+
+    def watch_nodes(self, report: Callable[[bool], None]) -> None:
+        """Report whether every node answers, now and then every ``HEALTH_INTERVAL_S`` until :meth:`close`.
+
+        Why every node: a session needs each party and the dealer, so with any one of them down
+        every request fails, and a load balancer should be told so rather than see SERVING.
+        The first check runs before this returns, so the status is right from the start.
+        """
+        self._check_nodes(report)
+        self._watcher = threading.Thread(target=self._watch_nodes, args=(report,), name="pinfer-node-health",
+                                         daemon=True)
+        self._watcher.start()
+
+    def _watch_nodes(self, report: Callable[[bool], None]) -> None:
+        while not self._closed.wait(HEALTH_INTERVAL_S):
+            self._check_nodes(report)
+
+    def _check_nodes(self, report: Callable[[bool], None]) -> None:
+        down = self.unreachable_nodes()
+        if self._closed.is_set() or down == self._unreachable:
+            return
+        if down:
+            log.warning("unreachable: %s; health NOT_SERVING", ", ".join(down))
+        else:
+            log.info("every node answers; health SERVING")
+        self._unreachable = down
+        report(not down)
+
     def close(self) -> None:
+        self._closed.set()
+        if self._watcher is not None:
+            self._watcher.join()  # a check in flight ends within HEALTH_DEADLINE_S; then its channels can close
         with self._lock:
             sessions = list(self._sessions.values())
         for session in sessions:
             session.cancel()
-        for channel in self._channels.values():
+        for channel in [*self._channels.values(), *self._health_channels.values()]:
             channel.close()
 
 
@@ -403,7 +463,10 @@ def _failure(session: _Session, role: str, exc: grpc.RpcError) -> _SessionFailed
 
 def serve(config: OrchestratorConfig, address: str,
           interceptors: Iterable[grpc.ServerInterceptor] = ()) -> tuple[grpc.Server, int, Orchestrator]:
-    """Start the orchestrator (TLS with its ``orchestrator`` certificate, health, reflection) on ``address``."""
+    """Start the orchestrator (TLS with its ``orchestrator`` certificate, health, reflection) on ``address``.
+
+    Health is SERVING only while every node answers (:meth:`Orchestrator.watch_nodes`).
+    """
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
@@ -421,7 +484,12 @@ def serve(config: OrchestratorConfig, address: str,
     creds = keys.load_node_credentials(config.key_root, keys.ORCHESTRATOR)
     port = server.add_secure_port(address, grpc.ssl_server_credentials([(creds.private_key_pem(), creds.certificate_pem())]))
     server.start()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set("pinfer.v1.Inference", health_pb2.HealthCheckResponse.SERVING)
+
+    def report(serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", "pinfer.v1.Inference"):
+            health_servicer.set(name, status)
+
+    service.watch_nodes(report)
     log.info("orchestrator listening on port %d", port)
     return server, port, service

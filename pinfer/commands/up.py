@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import tempfile
@@ -22,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pinfer.local_service import LocalService, ServiceError
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s up %(levelname)s %(message)s")  # restarts, on stderr
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="pinfer-up-"))
     service = LocalService(root, model=args.model, parties=args.parties, slots=args.slots, queue=args.queue)
     # SIGTERM (a script's clean-up, a container's stop) interrupts like Ctrl-C, also while the nodes
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"logs     : {root}/<role>.log")
         print(f"try      : pinfer generate --endpoint {endpoint} --token-file {token_file} --ca {service.ca_path} "
               f"--model {args.model} --prompt 'Hello'")
-        print("Ctrl-C stops every process.", flush=True)
+        print("A process that exits is restarted; Ctrl-C stops every process.", flush=True)
         while True:
             signal.pause()
     except (ServiceError, FileNotFoundError) as exc:  # a node that failed, or a model that is not there

@@ -7,6 +7,7 @@ numerics are covered in tests/protocols.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -346,6 +347,50 @@ def test_orchestrator_restart_leaves_no_orphan_workers(service: LocalService, pl
     service.restart("orchestrator")
     with pinfer.Client(service.endpoint, service.token, service.ca_path, timeout_s=120) as again:
         assert [t.token_id for t in again.generate_ids(PROMPT, 3)] == plain_tokens
+
+
+def _health(service: LocalService) -> int:
+    channel = grpc.secure_channel(service.endpoint, grpc.ssl_channel_credentials(service.ca_path.read_bytes()),
+                                  options=[("grpc.ssl_target_name_override", "orchestrator")])
+    with channel:
+        return health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="pinfer.v1.Inference"), timeout=10).status
+
+
+def _wait_health(service: LocalService, status: int, timeout_s: float) -> float:
+    """Seconds until the orchestrator's health reads ``status``."""
+    start = time.monotonic()
+    while _health(service) != status:
+        assert time.monotonic() - start < timeout_s, f"health not {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}"
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def test_health_follows_the_nodes(service: LocalService, client: pinfer.Client, plain_tokens: list[int]) -> None:
+    assert _health(service) == health_pb2.HealthCheckResponse.SERVING
+    service.kill("party1", hold=True)
+    try:
+        assert _wait_health(service, health_pb2.HealthCheckResponse.NOT_SERVING, timeout_s=8) < 8
+    finally:
+        service.restart("party1")
+    _wait_health(service, health_pb2.HealthCheckResponse.SERVING, timeout_s=10)
+    assert [t.token_id for t in client.generate_ids(PROMPT, 3)] == plain_tokens
+
+
+def test_a_killed_party_is_restarted_by_the_supervisor(service: LocalService, client: pinfer.Client,
+                                                        plain_tokens: list[int],
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    killed = service.processes["party1"]
+    with caplog.at_level(logging.INFO, logger="pinfer.local_service"):
+        service.kill("party1")
+        deadline = time.monotonic() + 60
+        while service.processes["party1"] is killed or not (service.root / "party1.port").exists():
+            assert time.monotonic() < deadline, "party1 was not restarted"
+            time.sleep(0.2)
+    assert service.processes["party1"].poll() is None
+    assert any("party1 exited" in r.getMessage() for r in caplog.records)
+    assert any("party1 restarted" in r.getMessage() for r in caplog.records)
+    assert [t.token_id for t in client.generate_ids(PROMPT, 3)] == plain_tokens
 
 
 def test_admission_bounds_the_queue() -> None:
