@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import struct
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from pinfer import envelope
+from pinfer.atomic_file import write_atomic
 from pinfer.protocols.sharing import ShareBundle, share
 
 SHARE_MAGIC = b"PSHR"
@@ -96,15 +96,6 @@ def _context(provision_id: str, party: int, purpose: str) -> envelope.EnvelopeCo
     return envelope.EnvelopeContext(session_id=f"provision/{provision_id}", party=party, purpose=purpose)
 
 
-def _write_private(path: Path, chunks: list[bytes]) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-    tmp.replace(path)
-
-
 def write_share_file(path: Path, bundle: ShareBundle, party: int, model: str, provision_id: str,
                      recipient: X25519PublicKey) -> None:
     """Seal one party's bundle to ``recipient``: per tensor for dense shares, one envelope for a seed."""
@@ -123,7 +114,7 @@ def write_share_file(path: Path, bundle: ShareBundle, party: int, model: str, pr
                   for name in names]
     for item in sealed:
         chunks += [_LENGTH.pack(len(item)), item]
-    _write_private(path, chunks)
+    write_atomic(path, chunks, mode=0o600)
 
 
 def read_share_file(path: Path | str, party: int, private_key: X25519PrivateKey, card: ModelCard) -> ShareBundle:
@@ -202,7 +193,7 @@ def provision(model: str, out: Path | str, party_keys: Mapping[int, X25519Public
     bundles = share(prepare_weights(config, weights), parties)
     for party, bundle in enumerate(bundles):
         write_share_file(share_file(target, party), bundle, party, name, card.provision_id, party_keys[party])
-    (target / CARD_FILE).write_text(card.to_json() + "\n", encoding="utf-8")
+    write_atomic(target / CARD_FILE, (card.to_json() + "\n").encode(), mode=0o644)
     return target
 
 

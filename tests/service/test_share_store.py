@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pinfer import keys
+from pinfer import atomic_file, keys
 from pinfer.decoder import prepare_weights
 from pinfer.models.registry import load_model
 from pinfer.parties import share_store
-from pinfer.protocols.sharing import encode
+from pinfer.protocols.sharing import ShareBundle, encode
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +58,30 @@ def test_tampered_or_truncated_files_are_refused(provisioned: Path, key_dir: Pat
         path.write_bytes(content)
         with pytest.raises(share_store.ShareFileError):
             share_store.read_share_file(path, 0, key0, card)
+
+
+def _seed_file(key_dir: Path, path: Path) -> None:
+    bundle = ShareBundle({"w": (2, 3)}, seed=bytes(32))
+    share_store.write_share_file(path, bundle, 1, "m", "p", keys.load_envelope_public_key(key_dir, "party1"))
+
+
+def test_write_never_follows_a_planted_link(key_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched")
+    store = tmp_path / "store"
+    store.mkdir()
+    path = store / "party1.shares"
+    (store / "party1.tmp").symlink_to(victim)  # the fixed temporary name earlier versions used
+    monkeypatch.setattr(atomic_file.secrets, "token_hex", lambda n: "f" * 2 * n)
+    guessed = store / f".party1.shares.{'f' * 16}.tmp"
+    guessed.symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        _seed_file(key_dir, path)
+    assert victim.read_bytes() == b"untouched" and not path.exists() and guessed.is_symlink()
+
+    guessed.unlink()
+    path.symlink_to(victim)  # a link at the final name is replaced, not written through
+    _seed_file(key_dir, path)
+    assert victim.read_bytes() == b"untouched"
+    assert not path.is_symlink() and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert sorted(p.name for p in store.iterdir()) == ["party1.shares", "party1.tmp"]
