@@ -15,8 +15,11 @@ As in :mod:`pinfer.protocols.sharing`, party 0 holds dense shares while every ot
 a 32-byte seed that expands to its shares, so party 1's file is a few hundred bytes whatever the
 model size. A share file is ``PSHR | u8 version | u32 header length | header (JSON, public: model,
 party, provisioning id, tensor names and shapes) | (u64 length | envelope)*``. Each envelope's
-context binds the provisioning id, the party and the tensor name, so envelopes cannot be swapped
-between tensors, parties or provisioning runs.
+context binds the provisioning id, the party, the tensor name and the SHA-256 of everything before
+the first envelope (magic, version, length and the header's exact bytes). The last is what makes the
+header trustworthy: party 1's file holds a seed only, so the tensor names and shapes it expands to
+come from the header alone, and an edited header must fail to open rather than change the model.
+Envelopes therefore cannot be swapped between tensors, parties, provisioning runs or headers.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from pinfer.atomic_file import write_atomic
 from pinfer.protocols.sharing import ShareBundle, share
 
 SHARE_MAGIC = b"PSHR"
-SHARE_VERSION = 1
+SHARE_VERSION = 2
 CARD_FILE = "model.json"
 _HEAD = struct.Struct(">4sBI")
 _LENGTH = struct.Struct(">Q")
@@ -92,8 +95,11 @@ def key_fingerprint(key: X25519PublicKey) -> str:
     return hashlib.sha256(envelope.public_key_bytes(key)).hexdigest()
 
 
-def _context(provision_id: str, party: int, purpose: str) -> envelope.EnvelopeContext:
-    return envelope.EnvelopeContext(session_id=f"provision/{provision_id}", party=party, purpose=purpose)
+def _context(provision_id: str, party: int, purpose: str, preamble: bytes) -> envelope.EnvelopeContext:
+    # EnvelopeContext has no field for the header, so its digest rides in the purpose.
+    digest = hashlib.sha256(preamble).hexdigest()
+    return envelope.EnvelopeContext(session_id=f"provision/{provision_id}", party=party,
+                                    purpose=f"{purpose} header-sha256:{digest}")
 
 
 def write_share_file(path: Path, bundle: ShareBundle, party: int, model: str, provision_id: str,
@@ -106,11 +112,13 @@ def write_share_file(path: Path, bundle: ShareBundle, party: int, model: str, pr
         "tensors": [[name, list(bundle.shapes[name])] for name in names],
     }
     head = json.dumps(header, sort_keys=True).encode()
-    chunks = [_HEAD.pack(SHARE_MAGIC, SHARE_VERSION, len(head)), head]
+    preamble = _HEAD.pack(SHARE_MAGIC, SHARE_VERSION, len(head)) + head
+    chunks = [preamble]
     if bundle.seed is not None:
-        sealed = [envelope.seal(bundle.seed, recipient, _context(provision_id, party, _SEED_PURPOSE))]
+        sealed = [envelope.seal(bundle.seed, recipient, _context(provision_id, party, _SEED_PURPOSE, preamble))]
     else:
-        sealed = [envelope.seal_tensor(bundle.dense[name], recipient, _context(provision_id, party, f"weights/{name}"))
+        sealed = [envelope.seal_tensor(bundle.dense[name], recipient,
+                                       _context(provision_id, party, f"weights/{name}", preamble))
                   for name in names]
     for item in sealed:
         chunks += [_LENGTH.pack(len(item)), item]
@@ -123,9 +131,15 @@ def read_share_file(path: Path | str, party: int, private_key: X25519PrivateKey,
     if len(data) < _HEAD.size:
         raise ShareFileError("share file is truncated")
     magic, version, head_len = _HEAD.unpack_from(data)
+    if magic == SHARE_MAGIC and 0 < version < SHARE_VERSION:
+        raise ShareFileError(f"share file format version {version} does not authenticate its header; "
+                             f"re-provision the model (pinfer provision) to write version {SHARE_VERSION}")
     if magic != SHARE_MAGIC or version != SHARE_VERSION or head_len > _MAX_HEADER:
         raise ShareFileError("not a pinfer share file of a known version")
     offset = _HEAD.size + head_len
+    if offset > len(data):
+        raise ShareFileError("share file is truncated")
+    preamble = data[:offset]
     try:
         header = json.loads(data[_HEAD.size:offset])
         shapes = {str(name): tuple(int(d) for d in shape) for name, shape in header["tensors"]}
@@ -148,12 +162,14 @@ def read_share_file(path: Path | str, party: int, private_key: X25519PrivateKey,
         if kind == "seed":
             if len(envelopes) != 1:
                 raise ShareFileError("a seed share file holds exactly one envelope")
-            seed = envelope.open_envelope(envelopes[0], private_key, _context(card.provision_id, party, _SEED_PURPOSE))
+            seed = envelope.open_envelope(envelopes[0], private_key,
+                                          _context(card.provision_id, party, _SEED_PURPOSE, preamble))
             return ShareBundle(shapes, seed=seed)
         if kind != "dense" or len(envelopes) != len(shapes):
             raise ShareFileError("share file lists other tensors than it holds")
         dense = {
-            name: envelope.open_tensor(item, private_key, _context(card.provision_id, party, f"weights/{name}"),
+            name: envelope.open_tensor(item, private_key,
+                                       _context(card.provision_id, party, f"weights/{name}", preamble),
                                        expected_shape=shapes[name])
             for name, item in zip(sorted(shapes), envelopes)
         }
