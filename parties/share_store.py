@@ -18,14 +18,17 @@ As in :mod:`pinfer.protocols.sharing`, party 0 holds dense shares while every ot
 a 32-byte seed that expands to its shares, so party 1's file is a few hundred bytes whatever the
 model size. A share file is ``PSHR | u8 version | u32 header length | header (JSON, public: model,
 party, provisioning id, tensor names and shapes) | (u64 length | envelope)*``. Each envelope's
-context binds the provisioning id, the party and the tensor name, so envelopes cannot be swapped
-between tensors, parties or provisioning runs.
+context binds the provisioning id, the party, the tensor name and the SHA-256 of everything before
+the first envelope (magic, version, length and the header's exact bytes). The last is what makes the
+header trustworthy: party 1's file holds a seed only, so the tensor names and shapes it expands to
+come from the header alone, and an edited header must fail to open rather than change the model.
+Envelopes therefore cannot be swapped between tensors, parties, provisioning runs or headers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import secrets
 import struct
 from collections.abc import Mapping
@@ -34,11 +37,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pinfer import envelope, trust
+from pinfer.atomic_file import write_atomic
 from pinfer.session import ModelCard
 from pinfer.protocols.sharing import ShareBundle, share
 
 SHARE_MAGIC = b"PSHR"
-SHARE_VERSION = 1
+SHARE_VERSION = 2
 CARD_FILE = "model.json"
 SIGNED_CARD_FILE = "model.card"
 _HEAD = struct.Struct(">4sBI")
@@ -65,17 +69,11 @@ def signed_card(model_dir: Path | str) -> bytes:
     return (Path(model_dir) / SIGNED_CARD_FILE).read_bytes()
 
 
-def _context(provision_id: str, party: int, purpose: str) -> envelope.EnvelopeContext:
-    return envelope.EnvelopeContext(session_id=f"provision/{provision_id}", party=party, purpose=purpose)
-
-
-def _write_private(path: Path, chunks: list[bytes]) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-    tmp.replace(path)
+def _context(provision_id: str, party: int, purpose: str, preamble: bytes) -> envelope.EnvelopeContext:
+    # EnvelopeContext has no field for the header, so its digest rides in the purpose.
+    digest = hashlib.sha256(preamble).hexdigest()
+    return envelope.EnvelopeContext(session_id=f"provision/{provision_id}", party=party,
+                                    purpose=f"{purpose} header-sha256:{digest}")
 
 
 def write_share_file(path: Path, bundle: ShareBundle, party: int, model: str, provision_id: str,
@@ -88,15 +86,17 @@ def write_share_file(path: Path, bundle: ShareBundle, party: int, model: str, pr
         "tensors": [[name, list(bundle.shapes[name])] for name in names],
     }
     head = json.dumps(header, sort_keys=True).encode()
-    chunks = [_HEAD.pack(SHARE_MAGIC, SHARE_VERSION, len(head)), head]
+    preamble = _HEAD.pack(SHARE_MAGIC, SHARE_VERSION, len(head)) + head
+    chunks = [preamble]
     if bundle.seed is not None:
-        sealed = [envelope.seal(bundle.seed, recipient, _context(provision_id, party, _SEED_PURPOSE))]
+        sealed = [envelope.seal(bundle.seed, recipient, _context(provision_id, party, _SEED_PURPOSE, preamble))]
     else:
-        sealed = [envelope.seal_tensor(bundle.dense[name], recipient, _context(provision_id, party, f"weights/{name}"))
+        sealed = [envelope.seal_tensor(bundle.dense[name], recipient,
+                                       _context(provision_id, party, f"weights/{name}", preamble))
                   for name in names]
     for item in sealed:
         chunks += [_LENGTH.pack(len(item)), item]
-    _write_private(path, chunks)
+    write_atomic(path, chunks, mode=0o600)
 
 
 def read_share_file(path: Path | str, party: int, private_key: envelope.PrivateKey, card: ModelCard) -> ShareBundle:
@@ -105,9 +105,15 @@ def read_share_file(path: Path | str, party: int, private_key: envelope.PrivateK
     if len(data) < _HEAD.size:
         raise ShareFileError("share file is truncated")
     magic, version, head_len = _HEAD.unpack_from(data)
+    if magic == SHARE_MAGIC and 0 < version < SHARE_VERSION:
+        raise ShareFileError(f"share file format version {version} does not authenticate its header; "
+                             f"re-provision the model (pinfer provision) to write version {SHARE_VERSION}")
     if magic != SHARE_MAGIC or version != SHARE_VERSION or head_len > _MAX_HEADER:
         raise ShareFileError("not a pinfer share file of a known version")
     offset = _HEAD.size + head_len
+    if offset > len(data):
+        raise ShareFileError("share file is truncated")
+    preamble = data[:offset]
     try:
         header = json.loads(data[_HEAD.size:offset])
         shapes = {str(name): tuple(int(d) for d in shape) for name, shape in header["tensors"]}
@@ -130,12 +136,14 @@ def read_share_file(path: Path | str, party: int, private_key: envelope.PrivateK
         if kind == "seed":
             if len(envelopes) != 1:
                 raise ShareFileError("a seed share file holds exactly one envelope")
-            seed = envelope.open_envelope(envelopes[0], private_key, _context(card.provision_id, party, _SEED_PURPOSE))
+            seed = envelope.open_envelope(envelopes[0], private_key,
+                                          _context(card.provision_id, party, _SEED_PURPOSE, preamble))
             return ShareBundle(shapes, seed=seed)
         if kind != "dense" or len(envelopes) != len(shapes):
             raise ShareFileError("share file lists other tensors than it holds")
         dense = {
-            name: envelope.open_tensor(item, private_key, _context(card.provision_id, party, f"weights/{name}"),
+            name: envelope.open_tensor(item, private_key,
+                                       _context(card.provision_id, party, f"weights/{name}", preamble),
                                        expected_shape=shapes[name])
             for name, item in zip(sorted(shapes), envelopes)
         }
@@ -178,8 +186,8 @@ def provision(model: str, out: Path | str, party_keys: Mapping[int, envelope.Pub
     for party, bundle in enumerate(bundles):
         write_share_file(share_file(target, party), bundle, party, name, card.provision_id, party_keys[party])
     text = card.to_json() + "\n"
-    (target / CARD_FILE).write_text(text, encoding="utf-8")
-    (target / SIGNED_CARD_FILE).write_bytes(trust.sign_statement(ca_key, trust.MODEL_CARD, text.encode()))
+    write_atomic(target / CARD_FILE, text.encode(), mode=0o644)
+    write_atomic(target / SIGNED_CARD_FILE, trust.sign_statement(ca_key, trust.MODEL_CARD, text.encode()), mode=0o644)
     return target
 
 

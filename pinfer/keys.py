@@ -16,8 +16,10 @@ Why it looks like this:
 * A certificate's DNS names are its role name plus operator-given host names, never another role's
   name and never a name every certificate shares (``localhost``): gRPC checks a server's DNS name, so
   a name only one role's certificate carries makes that check a role check.
-* Private keys live on disk only in files created with mode 0600 inside 0700 directories; nothing in this
-  module logs or raises with key bytes.
+* Private keys live on disk only in files created with mode 0600 inside 0700 directories, and the loaders
+  refuse a private key file that is a symbolic link or that group or others may access: either means
+  someone other than the node's user could read the key or swap it. Nothing in this module logs or
+  raises with key bytes.
 
 Directory layout written by :func:`init_keys` (``KeyDir`` knows the paths)::
 
@@ -41,6 +43,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +55,7 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pinfer import envelope, trust
+from pinfer.atomic_file import write_atomic
 
 ORCHESTRATOR = "orchestrator"
 DEALER = "dealer"
@@ -79,7 +83,7 @@ class PeerRoleError(PeerCertificateError):
 
 
 class KeyDirError(KeyMaterialError):
-    """The key directory is missing, incomplete, or would be overwritten."""
+    """The key directory is missing, incomplete, would be overwritten, or exposes a private key."""
 
 
 def party_role(index: int) -> str:
@@ -417,20 +421,47 @@ def check_peer_role(
     return role
 
 
+def _key_folder(path: Path) -> None:
+    """Create ``path`` as 0700, or tighten an existing one: whoever may write a key folder may swap its keys."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        path.chmod(0o700)
+
+
 def _write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 from the start (no window where the key is world-readable)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.exists():
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    """Write a private key 0600 from its first byte, never through a link planted at its name."""
+    _key_folder(path.parent)
+    write_atomic(path, data, mode=0o600)
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.write_bytes(data)
-    path.chmod(0o644)
+    _key_folder(path.parent)
+    write_atomic(path, data, mode=0o644)
+
+
+def _refuse_exposed_key(path: Path, info: os.stat_result) -> None:
+    """Raise unless ``info`` shows a regular file that only its owner may access.
+
+    Only permission bits are checked, not the owner: a container may read the key as another uid than
+    the one that wrote it (docker-compose hands the key folders to uid 10001).
+    """
+    if stat.S_ISLNK(info.st_mode):
+        raise KeyDirError(f"private key {path} is a symbolic link; put the key file itself there "
+                          f"(cp --remove-destination <target> {path}) and chmod 600 {path}")
+    if not stat.S_ISREG(info.st_mode):
+        raise KeyDirError(f"private key {path} is not a regular file")
+    if info.st_mode & 0o077:
+        raise KeyDirError(f"private key {path} is accessible by group or others "
+                          f"(mode {stat.S_IMODE(info.st_mode):04o}); run chmod 600 {path}")
+
+
+def _read_private_key_file(path: Path) -> bytes:
+    """The bytes of a checked private key file, re-checked on the descriptor they are read from."""
+    _refuse_exposed_key(path, os.lstat(path))
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # a link swapped in since fails here
+    with os.fdopen(fd, "rb") as handle:
+        _refuse_exposed_key(path, os.fstat(handle.fileno()))
+        return handle.read()
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -530,10 +561,11 @@ def load_node_credentials(root: Path | str, role: str) -> NodeCredentials:
         (base / "node.crt", base / "node.key", base / "ca.crt"),
     ]
     for cert, key, ca in candidates:
-        if cert.exists() and key.exists() and ca.exists():
+        if cert.exists() and os.path.lexists(key) and ca.exists():
             loaded = x509.load_pem_x509_certificate(cert.read_bytes())
             if certificate_role(loaded) != role:
                 raise KeyDirError(f"{cert} is a certificate for another role")
+            _refuse_exposed_key(key, os.lstat(key))  # checked here: TLS libraries read it by path later
             return NodeCredentials(role=role, cert_path=cert, key_path=key, ca_path=ca)
     raise KeyDirError(f"no credentials for role {role!r} under {base}")
 
@@ -542,9 +574,9 @@ def load_envelope_private_key(root: Path | str, role: str) -> envelope.PrivateKe
     """Party ``role``'s envelope private key (from the key directory or the party's own folder)."""
     base = Path(root)
     for path in (KeyDir(base).envelope_private(role), base / "envelope.key"):
-        if path.exists():
+        if os.path.lexists(path):
             try:
-                return envelope.PrivateKey.decode(path.read_bytes())
+                return envelope.PrivateKey.decode(_read_private_key_file(path))
             except envelope.EnvelopeError:
                 raise KeyDirError(f"{path} is not a pinfer envelope private key (re-run `pinfer keys init`)") from None
     raise KeyDirError(f"no envelope key for role {role!r} under {base}")

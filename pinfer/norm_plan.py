@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from pinfer.atomic_file import write_atomic
 from pinfer.calibration import default_prompts, norm_shift
 from pinfer.decoder import Decoder, prepare_weights
 from pinfer.generation import one_hot
@@ -85,9 +86,7 @@ def for_model(model_dir: Path, config: ModelConfig, weights: Mapping[str, torch.
     prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in default_prompts(tokenizer)]
     shifts = calibrate(config, prepare_weights(config, weights), prompts)
     try:
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(shifts, indent=1, sort_keys=True))
-        tmp.replace(cache)
+        write_atomic(cache, json.dumps(shifts, indent=1, sort_keys=True).encode(), mode=0o644)
     except OSError:
-        pass  # a read-only model directory: recalibrate next time
+        pass  # a read-only model directory (or a planted temp name): recalibrate next time
     return shifts

@@ -8,6 +8,8 @@ import signal
 import threading
 from pathlib import Path
 
+from pinfer.atomic_file import write_atomic
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("node", help="run a party or dealer node")
@@ -40,10 +42,9 @@ def clear_port_file(path: str | None) -> None:
 
 
 def write_port_file(path: str | None, port: int) -> None:
+    """Publish the bound port; the file often sits in a shared /tmp, where a fixed temp name is a trap."""
     if path:
-        tmp = Path(path).with_suffix(".tmp")
-        tmp.write_text(f"{port}\n")
-        tmp.replace(path)
+        write_atomic(path, f"{port}\n".encode(), mode=0o644)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import stat
 from pathlib import Path
 
@@ -155,3 +156,94 @@ def test_cli_keys_init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
         assert private.splitlines()[1] not in printed
     assert _run_cli(["keys", "init", "--out", str(out)]) == 2  # refuses to overwrite
     assert _run_cli(["keys", "init", "--out", str(tmp_path / "bad"), "--nodes", "party0"]) == 2
+
+
+@pytest.fixture
+def fresh_keys(tmp_path: Path) -> Path:
+    """A 2-party key directory of this test's own, free to break."""
+    root = tmp_path / "keys"
+    keys.init_keys(root, parties=2)
+    return root
+
+
+def test_fresh_keys_load_and_key_folders_are_tightened(tmp_path: Path) -> None:
+    root = tmp_path / "keys"
+    (root / "party0").mkdir(parents=True, mode=0o755)
+    (root / "party0").chmod(0o755)  # a folder made before init, with the usual umask
+    manifest = keys.init_keys(root, parties=2)
+    layout = keys.KeyDir(root)
+    assert _mode(root) == _mode(layout.ca_key.parent) == _mode(layout.node_dir("party0")) == 0o700
+    for role in manifest.roles:
+        assert keys.load_node_credentials(root, role).key_path == layout.node_key(role)
+        assert keys.load_node_credentials(layout.node_dir(role), role).role == role
+    for role in ("party0", "party1"):
+        keys.load_envelope_private_key(root, role)
+        keys.load_envelope_private_key(layout.node_dir(role), role)
+
+
+def test_compose_setup_layout_loads(tmp_path: Path) -> None:
+    """deploy/docker-compose.yml's setup: keys made under umask 077, then the shared folders opened to 0755."""
+    root = tmp_path / "state" / "keys"
+    old = os.umask(0o077)
+    try:
+        keys.init_keys(root, parties=2)
+    finally:
+        os.umask(old)
+    for folder in (root.parent, root, root / "ca"):
+        folder.chmod(0o755)
+    for role in ("party0", "party1", "dealer", "orchestrator"):
+        keys.load_node_credentials(root / role, role)
+    for role in ("party0", "party1"):
+        keys.load_envelope_private_key(root / role, role)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660], ids=oct)
+def test_exposed_envelope_key_is_refused(fresh_keys: Path, mode: int) -> None:
+    path = keys.KeyDir(fresh_keys).envelope_private("party0")
+    secret = path.read_bytes().hex()
+    path.chmod(mode)
+    for root in (fresh_keys, fresh_keys / "party0"):
+        with pytest.raises(keys.KeyDirError, match="chmod 600") as info:
+            keys.load_envelope_private_key(root, "party0")
+        assert str(path) in str(info.value) and secret not in str(info.value)
+
+
+def test_exposed_node_key_is_refused(fresh_keys: Path) -> None:
+    path = keys.KeyDir(fresh_keys).node_key("party1")
+    path.chmod(0o644)
+    with pytest.raises(keys.KeyDirError, match="chmod 600") as info:
+        keys.load_node_credentials(fresh_keys / "party1", "party1")
+    assert str(path) in str(info.value) and path.read_text().splitlines()[1] not in str(info.value)
+
+
+def test_symlinked_keys_are_refused(fresh_keys: Path, tmp_path: Path) -> None:
+    layout = keys.KeyDir(fresh_keys)
+    for path in (layout.envelope_private("party0"), layout.node_key("party0")):
+        elsewhere = tmp_path / f"elsewhere-{path.name}"
+        path.rename(elsewhere)  # still 0600: the link, not the mode, is what is refused
+        path.symlink_to(elsewhere)
+    with pytest.raises(keys.KeyDirError, match="symbolic link"):
+        keys.load_envelope_private_key(fresh_keys, "party0")
+    with pytest.raises(keys.KeyDirError, match="symbolic link"):
+        keys.load_node_credentials(fresh_keys, "party0")
+    dangling = layout.envelope_private("party1")
+    dangling.unlink()
+    dangling.symlink_to(tmp_path / "missing")
+    with pytest.raises(keys.KeyDirError, match="symbolic link"):
+        keys.load_envelope_private_key(fresh_keys, "party1")
+
+
+def test_rewriting_keys_never_follows_a_planted_link(fresh_keys: Path, tmp_path: Path) -> None:
+    layout = keys.KeyDir(fresh_keys)
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    planted = (layout.node_key("dealer"), layout.envelope_private("party1"), layout.node_cert("party0"))
+    for path in planted:
+        path.unlink()
+        path.symlink_to(victim)
+    keys.init_keys(fresh_keys, parties=2, overwrite=True)
+    assert victim.read_text() == "untouched"
+    for path in planted:
+        assert not path.is_symlink()
+    assert _mode(layout.node_key("dealer")) == _mode(layout.envelope_private("party1")) == 0o600
+    assert _mode(layout.node_cert("party0")) == 0o644

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from pinfer import keys
+from pinfer import atomic_file, keys
 from pinfer.decoder import prepare_weights
 from pinfer.models.registry import load_model
 from pinfer.parties import share_store
-from pinfer.protocols.sharing import encode
+from pinfer.protocols.sharing import ShareBundle, encode
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +59,77 @@ def test_tampered_or_truncated_files_are_refused(provisioned: Path, key_dir: Pat
         path.write_bytes(content)
         with pytest.raises(share_store.ShareFileError):
             share_store.read_share_file(path, 0, key0, card)
+
+
+def _split(data: bytes) -> tuple[int, dict, bytes]:
+    """A share file's version, parsed header and envelope section."""
+    _, version, head_len = share_store._HEAD.unpack_from(data)
+    end = share_store._HEAD.size + head_len
+    return version, json.loads(data[share_store._HEAD.size:end]), data[end:]
+
+
+def _join(version: int, head: bytes, body: bytes) -> bytes:
+    return share_store._HEAD.pack(share_store.SHARE_MAGIC, version, len(head)) + head + body
+
+
+_HEADER_EDITS = ("grown shape", "transposed shape", "renamed tensor", "same content, other bytes")
+
+
+def _edited_header(header: dict, edit: str) -> bytes:
+    """A header that still parses and still names this party, model and provisioning."""
+    (name, shape), *rest = header["tensors"]
+    if edit == "same content, other bytes":
+        return json.dumps(header, sort_keys=True, indent=1).encode()
+    tensors = {
+        "grown shape": [[name, [shape[0] + 1, *shape[1:]]], *rest],
+        "transposed shape": [[name, shape[::-1]], *rest],  # embed (512, 64): same size, other layout
+        "renamed tensor": [[name + "x", shape], *rest],
+    }[edit]
+    return json.dumps({**header, "tensors": tensors}, sort_keys=True).encode()
+
+
+@pytest.mark.parametrize("edit", _HEADER_EDITS)
+@pytest.mark.parametrize("party", [0, 1])
+def test_edited_header_is_refused(provisioned: Path, key_dir: Path, tmp_path: Path, party: int, edit: str) -> None:
+    key = keys.load_envelope_private_key(key_dir, keys.party_role(party))
+    version, header, body = _split(share_store.share_file(provisioned, party).read_bytes())
+    path = tmp_path / f"party{party}.shares"
+    path.write_bytes(_join(version, _edited_header(header, edit), body))
+    with pytest.raises(share_store.ShareFileError, match="does not open"):
+        share_store.read_share_file(path, party, key, share_store.load_card(provisioned))
+
+
+def test_version_1_file_asks_to_reprovision(provisioned: Path, key_dir: Path, tmp_path: Path) -> None:
+    key = keys.load_envelope_private_key(key_dir, "party1")
+    _, header, body = _split(share_store.share_file(provisioned, 1).read_bytes())
+    path = tmp_path / "old.shares"
+    path.write_bytes(_join(1, json.dumps(header, sort_keys=True).encode(), body))
+    with pytest.raises(share_store.ShareFileError, match="re-provision"):
+        share_store.read_share_file(path, 1, key, share_store.load_card(provisioned))
+
+
+def _seed_file(key_dir: Path, path: Path) -> None:
+    bundle = ShareBundle({"w": (2, 3)}, seed=bytes(32))
+    share_store.write_share_file(path, bundle, 1, "m", "p", keys.load_envelope_public_key(key_dir, "party1"))
+
+
+def test_write_never_follows_a_planted_link(key_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched")
+    store = tmp_path / "store"
+    store.mkdir()
+    path = store / "party1.shares"
+    (store / "party1.tmp").symlink_to(victim)  # the fixed temporary name earlier versions used
+    monkeypatch.setattr(atomic_file.secrets, "token_hex", lambda n: "f" * 2 * n)
+    guessed = store / f".party1.shares.{'f' * 16}.tmp"
+    guessed.symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        _seed_file(key_dir, path)
+    assert victim.read_bytes() == b"untouched" and not path.exists() and guessed.is_symlink()
+
+    guessed.unlink()
+    path.symlink_to(victim)  # a link at the final name is replaced, not written through
+    _seed_file(key_dir, path)
+    assert victim.read_bytes() == b"untouched"
+    assert not path.is_symlink() and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert sorted(p.name for p in store.iterdir()) == ["party1.shares", "party1.tmp"]
