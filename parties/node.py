@@ -244,7 +244,6 @@ class NodeService(node_pb2_grpc.NodeServicer):
                 log.warning("session worker failed: %s", message[1])
                 context.abort(grpc.StatusCode.UNAVAILABLE, f"session worker failed ({message[1]})")
 
-
     def _check_start(self, start: node_pb2.StartSession, card: session.ModelCard | None) -> str | None:
         """Why this node will not run ``start`` (None if it will): the orchestrator is not trusted to check."""
         ranks = sorted(e.rank for e in start.endpoints)

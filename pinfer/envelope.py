@@ -118,6 +118,14 @@ class Kem(enum.IntEnum):
         return self.hpke.enc_length()
 
     @property
+    def public_key_size(self) -> int:
+        return X25519_KEY_SIZE + (MLKEM768_PUBLIC_SIZE if self is Kem.MLKEM768_X25519 else 0)
+
+    @property
+    def private_key_size(self) -> int:
+        return X25519_KEY_SIZE + (MLKEM768_SEED_SIZE if self is Kem.MLKEM768_X25519 else 0)
+
+    @property
     def label(self) -> str:
         return {Kem.X25519: "X25519", Kem.MLKEM768_X25519: "MLKEM768-X25519"}[self]
 
@@ -151,9 +159,9 @@ class PublicKey:
     raw: bytes
 
     def __post_init__(self) -> None:
-        expected = X25519_KEY_SIZE + (MLKEM768_PUBLIC_SIZE if self.kem is Kem.MLKEM768_X25519 else 0)
-        if len(self.raw) != expected:
-            raise MalformedEnvelopeError(f"a {self.kem.label} public key is {expected} bytes, got {len(self.raw)}")
+        if len(self.raw) != self.kem.public_key_size:
+            raise MalformedEnvelopeError(
+                f"a {self.kem.label} public key is {self.kem.public_key_size} bytes, got {len(self.raw)}")
         if self.kem is Kem.X25519 and self.raw == bytes(X25519_KEY_SIZE):
             raise MalformedEnvelopeError("an all-zero X25519 public key is a low-order point")
 
@@ -189,8 +197,7 @@ class PrivateKey:
     def generate(cls, kem: Kem = DEFAULT_KEM) -> PrivateKey:
         import os
 
-        size = X25519_KEY_SIZE + (MLKEM768_SEED_SIZE if kem is Kem.MLKEM768_X25519 else 0)
-        key = cls(kem, os.urandom(size))
+        key = cls(kem, os.urandom(kem.private_key_size))
         key._hpke_key()  # every 32-byte string is an X25519 scalar and every 64-byte one an ML-KEM seed
         return key
 
@@ -203,9 +210,8 @@ class PrivateKey:
         if len(data) < 1:
             raise MalformedEnvelopeError("an encoded private key is at least one byte")
         kem = _kem_from_code(data[0])
-        expected = X25519_KEY_SIZE + (MLKEM768_SEED_SIZE if kem is Kem.MLKEM768_X25519 else 0)
-        if len(data) - 1 != expected:
-            raise MalformedEnvelopeError(f"a {kem.label} private key is {expected} bytes")
+        if len(data) - 1 != kem.private_key_size:
+            raise MalformedEnvelopeError(f"a {kem.label} private key is {kem.private_key_size} bytes")
         return cls(kem, bytes(data[1:]))
 
     def _x25519(self) -> X25519PrivateKey:

@@ -55,13 +55,12 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pinfer import envelope, trust
+from pinfer.trust import MAX_PARTIES, MIN_PARTIES
 from pinfer.atomic_file import write_atomic
 
 ORCHESTRATOR = "orchestrator"
 DEALER = "dealer"
 CLIENT = "client"
-MIN_PARTIES = 2
-MAX_PARTIES = 3
 ORGANIZATION = "pinfer"
 MANIFEST_VERSION = 1
 DEFAULT_VALIDITY_DAYS = 825  # the longest leaf lifetime common TLS clients still accept

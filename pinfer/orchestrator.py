@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -225,12 +226,16 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
         cards = (load_card(p.parent) for p in sorted(root.glob("*/model.json")) if (p.parent / SIGNED_CARD_FILE).is_file())
         return {card.name: card for card in cards if card.parties == self.config.parties}
 
+    def _max_new_tokens(self, config: Any) -> int:
+        """The serving limit on new tokens: the configured one, within the model's context."""
+        return min(self.config.max_new_tokens, config.max_positions - 1)
+
     def _info(self, card: ModelCard) -> inference_pb2.ModelInfo:
         """The public description; the client trusts only its two CA-signed statements."""
         config = card.config()
         return inference_pb2.ModelInfo(
             name=card.name, architecture=config.family, tokenizer=card.tokenizer, vocab_size=config.vocab_size,
-            context_length=config.max_positions, max_new_tokens=min(self.config.max_new_tokens, config.max_positions - 1),
+            context_length=config.max_positions, max_new_tokens=self._max_new_tokens(config),
             kv_policy="full", kv_budget=config.max_positions,
             deployment=keys.load_deployment_statement(self.config.key_root),
             card=signed_card(Path(self.config.models_root) / card.name),
@@ -277,15 +282,15 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
     # -- generation --------------------------------------------------------------------------------
     def _validate(self, request: inference_pb2.GenerateRequest, card: ModelCard, context: grpc.ServicerContext) -> None:
         config = card.config()
-        info = self._info(card)
+        limit = self._max_new_tokens(config)
 
         def invalid(detail: str) -> None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail)
 
         if not REQUEST_ID.match(request.request_id):
             invalid("request_id must be 16 to 64 lowercase hex characters")
-        if not 1 <= request.max_new_tokens <= info.max_new_tokens:
-            invalid(f"max_new_tokens must be in [1, {info.max_new_tokens}]")
+        if not 1 <= request.max_new_tokens <= limit:
+            invalid(f"max_new_tokens must be in [1, {limit}]")
         if request.prompt_tokens < 1:
             invalid("the prompt is empty")
         if request.prompt_tokens + request.max_new_tokens > config.max_positions:

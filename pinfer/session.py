@@ -131,10 +131,7 @@ def seal_input(parameters: SessionParameters, issued_at: int, reply_secret: byte
     """The client's envelope for one party."""
     if len(reply_secret) != REPLY_SECRET_BYTES:
         raise ValueError(f"a reply secret is {REPLY_SECRET_BYTES} bytes")
-    message = session_pb2.SealedInput(
-        request_id=parameters.request_id, model=parameters.model, parties=parameters.parties, party=parameters.party,
-        prompt_tokens=parameters.prompt_tokens, max_new_tokens=parameters.max_new_tokens, issued_at=issued_at,
-        reply_secret=reply_secret, share=share)
+    message = session_pb2.SealedInput(**vars(parameters), issued_at=issued_at, reply_secret=reply_secret, share=share)
     return envelope.seal(message.SerializeToString(), recipient, input_context(parameters.request_id, parameters.party),
                          max_payload=len(share) + SEALED_INPUT_OVERHEAD)
 
@@ -154,8 +151,7 @@ def open_input(sealed: bytes, private_key: envelope.PrivateKey, expected: Sessio
         message.ParseFromString(payload)
     except Exception:  # protobuf's DecodeError: the client sealed something that is not a SealedInput
         raise SessionContractError("the sealed input is not a SealedInput message") from None
-    sealed_parameters = SessionParameters(message.request_id, message.model, message.parties, message.party,
-                                          message.prompt_tokens, message.max_new_tokens)
+    sealed_parameters = SessionParameters(**{name: getattr(message, name) for name in vars(expected)})
     if sealed_parameters != expected:
         differing = [name for name in vars(expected) if getattr(expected, name) != getattr(sealed_parameters, name)]
         raise SessionContractError(f"the session's {', '.join(differing)} disagree with what the client sealed")
