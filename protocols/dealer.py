@@ -14,8 +14,11 @@ open ``W - B`` once, and each later product ``X @ W`` needs only a fresh ``A`` a
 
 from __future__ import annotations
 
+import os
 from collections import deque
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import crypten_compat  # noqa: F401
@@ -27,6 +30,7 @@ from crypten.mpc.provider.provider import TupleProvider
 
 from .channel import Channel, Message
 from .csprng import AesCtrStream, fresh_seed
+from .fss import dcf
 
 _SUPPORTED_OPS = ("mul", "matmul")
 
@@ -123,6 +127,29 @@ class DealerServer:
             bit ^= stream.bits(_shape(size), 1)
         return self._correction(bit)
 
+    def _on_sign_keys(self, count: int, bits: int) -> torch.Tensor:
+        """DCF keys for ``count`` sign tests of ``bits``-bit values (see :class:`SignKeys`).
+
+        Party 1's correction words are pushed on its own channel now; party 0's come back in the
+        reply with its shares of the mask and of the mask's top bit."""
+        if len(self._streams) != 2:
+            raise DealerProtocolError("FSS keys need exactly two parties")
+        if not 2 <= bits <= dcf.MAX_BITS or count < 0:
+            raise DealerProtocolError(f"cannot make {count} sign keys of {bits} bits")
+        root0 = _seeds(self._streams[0], count)
+        mask_share1 = self._streams[1].ring_elements((count,))
+        top_share1 = self._streams[1].ring_elements((count,))
+        root1 = _seeds(self._streams[1], count)
+        mask = torch.from_numpy(np.frombuffer(os.urandom(8 * count), dtype=np.int64).copy())
+        if bits < 64:
+            mask &= (1 << bits) - 1
+        top = (mask >> (bits - 1)) & 1
+        low = (mask & ((1 << (bits - 1)) - 1)).numpy().view(np.uint64)
+        beta = (1 - 2 * top).numpy().view(np.uint64)
+        words = torch.from_numpy(dcf.generate(low, beta, bits - 1, root0, root1).to_words().view(np.int64))
+        self._channels[1].send(Message("sign_keys", tensors=[words]))
+        return torch.cat([(mask - mask_share1)[:, None], (top - top_share1)[:, None], words], dim=1)
+
     def _on_fixed_new(self, handle: int, shape: list[int]) -> None:
         if handle in self._fixed_masks:
             raise DealerProtocolError(f"fixed operand {handle} already exists")
@@ -146,6 +173,40 @@ class DealerServer:
             return self._fixed_masks[handle]
         except KeyError:
             raise DealerProtocolError(f"unknown fixed operand {handle}") from None
+
+
+def _seeds(stream: AesCtrStream, count: int) -> np.ndarray:
+    """``count`` 128-bit DCF root seeds from a stream, as (count, 2) uint64."""
+    return stream.random_array(16 * count).view(np.uint64).reshape(count, 2)
+
+
+@dataclass
+class SignKeys:
+    """One party's material for ``count`` one-round sign tests of ``bits``-bit values.
+
+    The dealer draws a mask r uniform below 2^bits and makes DCF keys for the borrow
+    ``[y_low < r_low]`` of the low ``bits - 1`` bits, weighted ``1 - 2 r_top``, so that adding the
+    shares of ``r_top`` gives shares of ``r_top XOR borrow`` (see :mod:`pinfer.protocols.comparison`).
+    Party 0's shares arrive with the dealer's reply, read only when first needed.
+    """
+
+    bits: int
+    root: np.ndarray  # (count, 2) uint64, this party's root seeds
+    _words: Correction  # party 0: [mask, top, correction words...] per row; others: the words
+    _mask: torch.Tensor | None = None  # parties other than 0: (count,) int64 share of r
+    _top: torch.Tensor | None = None  # parties other than 0: (count,) int64 share of r's top bit
+
+    def mask(self) -> torch.Tensor:
+        return self._words.get()[:, 0] if self._mask is None else self._mask
+
+    def top(self) -> torch.Tensor:
+        return self._words.get()[:, 1] if self._top is None else self._top
+
+    def corrections(self) -> dcf.Corrections:
+        words = self._words.get()
+        if self._mask is None:
+            words = words[:, 2:]
+        return dcf.Corrections.from_words(words.contiguous().numpy().view(np.uint64), self.bits - 1)
 
 
 class Correction:
@@ -246,6 +307,7 @@ class DealerProvider(TupleProvider):
         self.stream = AesCtrStream(seed)
         self._next_handle = 0
         self._replies = _ReplyQueue(channel)
+        self._pushes = _ReplyQueue(channel)  # FSS keys the dealer sends parties other than 0 unasked
 
     @property
     def is_requester(self) -> bool:
@@ -297,6 +359,20 @@ class DealerProvider(TupleProvider):
         r = self._ring(size)
         theta = self._correlated("wraps", size, size=size)
         return _arithmetic(r), _arithmetic(theta)
+
+    def sign_keys(self, count: int, bits: int) -> SignKeys:
+        """Material for ``count`` sign tests of ``bits``-bit values (two parties only)."""
+        if comm.get().get_world_size() != 2:
+            raise DealerProtocolError("FSS keys need exactly two parties")
+        if self.is_requester:
+            root = _seeds(self.stream, count)
+            reply = self.request("sign_keys", count=count, bits=bits)
+            assert isinstance(reply, Correction)
+            return SignKeys(bits, root, reply)
+        mask = self._ring((count,))
+        top = self._ring((count,))
+        root = _seeds(self.stream, count)
+        return SignKeys(bits, root, self._pushes.expect(), mask, top)
 
     def B2A_rng(self, size, device=None):
         size = _shape(size)

@@ -1,0 +1,108 @@
+"""One interface for ``[x < 0]`` on shares, by function secret sharing or by a packed carry tree.
+
+=============  ========================================  ======  ====================  =================
+method         how                                       rounds  online B / compare    dealer B / compare
+=============  ========================================  ======  ====================  =================
+``fss``        open x + r, evaluate a DCF on the low     1       8                     16 + 16 w(k-1)
+               k-1 bits (keys from the dealer)
+``carry-tree`` bit-sliced carry into the top bit, then   ~log2 k + 2   ~1.5 k/8 + 1    ~k/8 + 1
+               a packed B2A (:func:`packed_bits.ltz`)
+=============  ========================================  ======  ====================  =================
+
+(k: lane width; w(n) = ``dcf.correction_words(n)`` 64-bit words, each sent to both parties.)
+``fss`` needs two parties and a provider that makes DCF keys (the dealer); ``carry-tree`` works with
+any provider that makes Beaver triples, which is what a dealer-free mode has. ``auto`` (the default)
+takes ``fss`` where it can. :func:`using` pins the method for a block, which the benchmark uses to
+run both side by side.
+
+The sign test reads ``x`` mod 2^k: the result is ``[x < 0]`` whenever ``|x| < 2^(k-1)`` in encoding
+units. Correctness of the FSS path: with ``y = x mod 2^k`` and the opened ``c = y + r mod 2^k``,
+``y``'s top bit is ``c_top XOR r_top XOR [c_low < r_low]`` (the borrow of ``c - r`` into the top bit);
+the DCF's output is weighted so the parties get shares of ``r_top XOR borrow`` directly, and the XOR
+with the public ``c_top`` is local.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+import torch
+
+from . import crypten_compat  # noqa: F401  (must precede every crypten import)
+import crypten
+import crypten.communicator as comm
+from crypten.encoder import FixedPointEncoder
+from crypten.mpc import MPCTensor
+from crypten.mpc.primitives import ArithmeticSharedTensor
+
+from . import packed_bits
+from .fss import dcf
+
+Method = Literal["auto", "fss", "carry-tree"]
+METHODS: tuple[Method, ...] = ("auto", "fss", "carry-tree")
+
+_method: contextvars.ContextVar[Method] = contextvars.ContextVar("pinfer_comparison_method", default="auto")
+
+
+class ComparisonUnavailableError(RuntimeError):
+    """The pinned method cannot run in this world (e.g. ``fss`` without a dealer or with 3 parties)."""
+
+
+@contextlib.contextmanager
+def using(method: Method) -> Iterator[None]:
+    """Run the block's comparisons with ``method``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown comparison method {method!r}; choose one of {', '.join(METHODS)}")
+    token = _method.set(method)
+    try:
+        yield
+    finally:
+        _method.reset(token)
+
+
+def fss_available() -> bool:
+    """Whether this world can make DCF keys: two parties and a provider with ``sign_keys``."""
+    provider = crypten.mpc.get_default_provider()
+    return comm.get().get_world_size() == 2 and callable(getattr(provider, "sign_keys", None))
+
+
+def active_method() -> Method:
+    """The method :func:`ltz` uses now (``auto`` resolved)."""
+    method = _method.get()
+    if method == "auto":
+        return "fss" if fss_available() else "carry-tree"
+    if method == "fss" and not fss_available():
+        raise ComparisonUnavailableError("fss comparisons need two parties and a dealer that makes DCF keys")
+    return method
+
+
+def ltz(x: MPCTensor, bits: int = packed_bits.WORD) -> MPCTensor:
+    """``[x < 0]`` as scale-1 0/1 shares shaped like x, for ``|x| < 2^(bits-1)`` in encoding units."""
+    if not 2 <= bits <= packed_bits.WORD:
+        raise ValueError(f"lane width {bits} must lie in 2..{packed_bits.WORD}")
+    if active_method() == "carry-tree":
+        return packed_bits.ltz(x, bits)
+    return _fss_ltz(x, bits)
+
+
+def _fss_ltz(x: MPCTensor, bits: int) -> MPCTensor:
+    share = x.share.reshape(-1)
+    keys = crypten.mpc.get_default_provider().sign_keys(share.numel(), bits)
+    opened = ArithmeticSharedTensor.from_shares(share + keys.mask(), precision=0).reveal()
+    if bits < packed_bits.WORD:
+        opened = opened & ((1 << bits) - 1)
+    top = (opened >> (bits - 1)) & 1
+    low = opened & ((1 << (bits - 1)) - 1)
+    rank = comm.get().get_rank()
+    borrow = dcf.evaluate(rank, keys.root, keys.corrections(), low.numpy().view(np.uint64))
+    flipped = keys.top() + torch.from_numpy(borrow.view(np.int64))  # shares of r_top XOR borrow
+    sign = flipped * (1 - 2 * top) + (top if rank == 0 else 0)
+    out = x.shallow_copy()
+    out._tensor = x._tensor.shallow_copy()
+    out._tensor.share = sign.reshape(x.share.shape)
+    out._tensor.encoder = FixedPointEncoder(precision_bits=0)
+    return out
