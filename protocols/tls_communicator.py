@@ -25,7 +25,11 @@ are no I/O threads, so nothing hands a message from one thread to another on the
 OpenSSL object is shared between threads; two ranks that send to each other at once never deadlock,
 because each keeps reading while it waits. Every wait has a deadline (:class:`CommTimeoutError`, never a
 hang). Tensors go on the wire as a small header (kind, dtype, shape, length) followed by their raw
-little-endian bytes, written from and read into the tensor's own memory.
+little-endian bytes. A frame whose payload is at most 64 KiB is joined with its header and written with one
+TLS write (for a small tensor: one record, one syscall); larger payloads are written from the tensor's
+own memory. Each link reads into a 128 KiB staging buffer, so a frame that fits one TLS record costs
+one TLS read, and its payload is copied from there into the new tensor; a payload that does not fit is
+read straight into the tensor.
 
 Accounting. Besides CrypTen's own ``comm_rounds``/``comm_bytes``/``comm_time`` (kept by CrypTen's
 ``_logging`` decorator exactly as in ``DistributedCommunicator`` when ``cfg.communicator.verbose``), the
