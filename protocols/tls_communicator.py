@@ -25,7 +25,11 @@ are no I/O threads, so nothing hands a message from one thread to another on the
 OpenSSL object is shared between threads; two ranks that send to each other at once never deadlock,
 because each keeps reading while it waits. Every wait has a deadline (:class:`CommTimeoutError`, never a
 hang). Tensors go on the wire as a small header (kind, dtype, shape, length) followed by their raw
-little-endian bytes, written from and read into the tensor's own memory.
+little-endian bytes. A frame whose payload is at most 64 KiB is joined with its header and written with one
+TLS write (for a small tensor: one record, one syscall); larger payloads are written from the tensor's
+own memory. Each link reads into a 128 KiB staging buffer, so a frame that fits one TLS record costs
+one TLS read, and its payload is copied from there into the new tensor; a payload that does not fit is
+read straight into the tensor.
 
 Accounting. Besides CrypTen's own ``comm_rounds``/``comm_bytes``/``comm_time`` (kept by CrypTen's
 ``_logging`` decorator exactly as in ``DistributedCommunicator`` when ``cfg.communicator.verbose``), the
@@ -101,10 +105,14 @@ _ACCEPT_POLL_S = 0.1  # how often the acceptor looks at build()'s stop flag
 _LISTEN_BACKLOG = 128
 _CHUNK = 1 << 20  # bytes per TLS write / read call: big enough to amortize, small enough to interleave
 _SMALL_PAYLOAD = 1 << 16  # payloads up to this size are written together with their header
+# Each link reads into a staging buffer of this size, so one TLS record (16 KiB at most) arrives with one
+# read call however many frames it holds; a payload that does not fit is read straight into its tensor.
+_RECV_BUFFER = 1 << 17
 
 # Frame: kind, dtype code, ndim, reserved, payload length; then ndim x u64 dims (tensor frames only).
 _FRAME = struct.Struct(">BBBBQ")
 _DIM = struct.Struct(">Q")
+_DIMS = tuple(struct.Struct(">" + "Q" * n) for n in range(MAX_DIMS + 1))
 _KIND_TENSOR, _KIND_OBJECT, _KIND_BARRIER, _KIND_BYTES = 1, 2, 3, 4
 _KIND_NAMES = {_KIND_TENSOR: "tensor", _KIND_OBJECT: "object", _KIND_BARRIER: "barrier", _KIND_BYTES: "bytes"}
 # Hello exchanged right after the TLS handshake: magic, wire version, claimed rank, session id.
@@ -453,23 +461,26 @@ def _tensor_wire(tensor: torch.Tensor) -> tuple[bytes, memoryview, torch.Tensor]
     owner = tensor.detach()
     if owner.device.type != "cpu":
         owner = owner.cpu()
-    owner = owner.contiguous()
-    data = memoryview(owner.reshape(-1).numpy()).cast("B")
-    header = _FRAME.pack(_KIND_TENSOR, _DTYPE_CODES[owner.dtype], owner.dim(), 0, data.nbytes)
-    header += b"".join(_DIM.pack(d) for d in owner.shape)
-    return header, data, owner
+    if not owner.is_contiguous():
+        owner = owner.contiguous()
+    array = owner.numpy()
+    data = memoryview(array.reshape(-1)).cast("B")
+    header = _FRAME.pack(_KIND_TENSOR, _DTYPE_CODES[owner.dtype], array.ndim, 0, data.nbytes)
+    return header + _DIMS[array.ndim].pack(*array.shape), data, owner
 
 
 # ----------------------------------------------------------------------------------------------------
 # Links and the progress engine
 
 
-@dataclass
 class _Incoming:
-    kind: int
-    value: Any  # torch.Tensor for tensors, bytearray otherwise
-    nbytes: int  # framed size on the wire
-    deliver_at: float
+    __slots__ = ("kind", "value", "nbytes", "deliver_at")
+
+    def __init__(self, kind: int, value: Any, nbytes: int, deliver_at: float) -> None:
+        self.kind = kind
+        self.value = value  # torch.Tensor for tensors, bytearray otherwise
+        self.nbytes = nbytes  # framed size on the wire
+        self.deliver_at = deliver_at
 
 
 class _SendRequest:
@@ -548,11 +559,15 @@ class _Link:
         self._max_inbox = config.max_inbox_messages
         self._emulation = config.emulation
         self._emulated_free_at = 0.0
-        # read state machine: header -> dims (tensors) -> [held until the inbox has room] -> payload
-        self._head = bytearray(_FRAME.size)
-        self._dims = bytearray()
+        # Read state: unparsed bytes are _buffer[_start:_end]; a frame goes header (with its dims) ->
+        # [held until the inbox has room] -> payload, copied from the buffer or read straight into _target.
+        self._buffer = bytearray(_RECV_BUFFER)
+        # plaintext OpenSSL has decrypted but not yet handed over (a plain socket, as in tests, has none)
+        self._pending: Callable[[], int] = sock.pending if isinstance(sock, ssl.SSLSocket) else lambda: 0
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0
         self._stage = "head"
-        self._target: memoryview = memoryview(self._head)
+        self._target: memoryview = memoryview(b"")
         self._filled = 0
         self._frame: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._shape: tuple[int, ...] = ()
@@ -623,69 +638,89 @@ class _Link:
     # -- socket side (called by the engine) ---------------------------------------------------------
 
     def read_some(self) -> bool:
-        """Read what the socket has (a bounded amount); return whether any byte arrived."""
-        progressed = False
+        """Read what the socket has (a bounded amount) and parse it; return whether any byte arrived or a
+        held frame was admitted.
+
+        A read that returns less than it asked for, with nothing left inside OpenSSL, ends the call: the
+        record is used up, and asking again would most often only raise SSLWantReadError. The caller
+        loops while anything moved, and waits on the (level-triggered) selector only after a read that
+        found nothing, so a record still in the kernel is never forgotten.
+        """
+        progressed = self._parse() if self._stage == "held" or self._start != self._end else False
         for _ in range(64):
             if self._stage == "held":
-                if not self._has_room():
-                    return progressed
-                self._admit()
-                progressed = True
-                continue
-            want = self._target.nbytes - self._filled
-            if want == 0:
-                self._advance()
-                progressed = True
-                continue
+                return progressed
+            direct = self._stage == "payload" and self._start == self._end
+            if direct:
+                target, size = self._target[self._filled :], min(self._target.nbytes - self._filled, _CHUNK)
+            else:
+                if self._start == self._end:
+                    self._start = self._end = 0
+                elif self._end == _RECV_BUFFER:  # a frame's start sits at the end: move it to the front
+                    kept = self._end - self._start
+                    self._buffer[:kept] = self._view[self._start : self._end]
+                    self._start, self._end = 0, kept
+                target, size = self._view[self._end :], _RECV_BUFFER - self._end
             try:
-                count = self.sock.recv_into(self._target[self._filled :], min(want, _CHUNK))
+                count = self.sock.recv_into(target, size)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
                 return progressed
             except (ssl.SSLError, OSError) as exc:
                 raise PeerDisconnectedError(f"link to rank {self.peer} failed: {type(exc).__name__}") from None
             if count == 0:
-                where = "" if self._stage == "head" and self._filled == 0 else " mid-message"
-                raise PeerDisconnectedError(f"rank {self.peer} closed the connection{where}")
-            self._filled += count
+                idle = self._stage == "head" and self._start == self._end
+                raise PeerDisconnectedError(f"rank {self.peer} closed the connection{'' if idle else ' mid-message'}")
             progressed = True
-            if self._filled == self._target.nbytes:
-                self._advance()
+            if direct:
+                self._filled += count
+            else:
+                self._end += count
+            self._parse()
+            if count < size and not self._pending():
+                return True
         return progressed
 
-    def _advance(self) -> None:
-        """A section (header, dims, payload) is complete: parse it and set up the next one."""
-        if self._stage == "head":
-            kind, code, ndim, reserved, nbytes = _FRAME.unpack(self._head)
-            if kind not in _KIND_NAMES or reserved != 0 or ndim > MAX_DIMS or (kind != _KIND_TENSOR and (ndim or code)):
-                raise CommProtocolError(f"malformed frame header from rank {self.peer}")
-            # Checked on the header alone, so an announced size never turns into an allocation.
-            if nbytes > self._max_message:
-                raise MessageTooLargeError(
-                    f"rank {self.peer} announced a {nbytes}-byte message (limit {self._max_message})"
-                )
-            self._frame = (kind, code, ndim, nbytes)
-            if ndim:
-                self._dims = bytearray(8 * ndim)
-                self._stage, self._target, self._filled = "dims", memoryview(self._dims), 0
-                return
-            self._parsed(())
-        elif self._stage == "dims":
-            self._parsed(struct.unpack(f">{self._frame[2]}Q", self._dims))
-        else:
+    def _parse(self) -> bool:
+        """Turn buffered bytes into frames (as far as they go and the inbox has room); return whether any
+        frame moved on."""
+        moved = False
+        while True:
+            buffered = self._end - self._start
+            if self._stage == "head":
+                if buffered < _FRAME.size:
+                    return moved
+                kind, code, ndim, reserved, nbytes = _FRAME.unpack_from(self._buffer, self._start)
+                if kind not in _KIND_NAMES or reserved != 0 or ndim > MAX_DIMS or (kind != _KIND_TENSOR and (ndim or code)):
+                    raise CommProtocolError(f"malformed frame header from rank {self.peer}")
+                # Checked on the header alone, so an announced size never turns into an allocation.
+                if nbytes > self._max_message:
+                    raise MessageTooLargeError(
+                        f"rank {self.peer} announced a {nbytes}-byte message (limit {self._max_message})"
+                    )
+                if buffered < _FRAME.size + 8 * ndim:
+                    return moved
+                shape = _DIMS[ndim].unpack_from(self._buffer, self._start + _FRAME.size)
+                if kind == _KIND_TENSOR:
+                    try:
+                        _tensor_type(code, shape, nbytes)
+                    except ValueError:
+                        raise CommProtocolError(f"malformed tensor frame from rank {self.peer}") from None
+                self._start += _FRAME.size + 8 * ndim
+                self._frame, self._shape, self._stage = (kind, code, ndim, nbytes), shape, "held"
+                moved = True
+            if self._stage == "held":
+                if not self._has_room():
+                    return moved
+                self._admit()
+                moved = True
+            take = min(self._end - self._start, self._target.nbytes - self._filled)
+            if take:
+                self._target[self._filled : self._filled + take] = self._view[self._start : self._start + take]
+                self._start += take
+                self._filled += take
+            if self._filled < self._target.nbytes:
+                return moved
             self._deliver()
-
-    def _parsed(self, shape: tuple[int, ...]) -> None:
-        kind, code, _, nbytes = self._frame
-        if kind == _KIND_TENSOR:
-            try:
-                _tensor_type(code, shape, nbytes)
-            except ValueError:
-                raise CommProtocolError(f"malformed tensor frame from rank {self.peer}") from None
-        self._shape = shape
-        if self._has_room():
-            self._admit()
-        else:
-            self._stage = "held"
 
     def _framed_size(self) -> int:
         _, _, ndim, nbytes = self._frame
@@ -699,30 +734,31 @@ class _Link:
         return len(self.inbox) < self._max_inbox and self.inbox_bytes + self._framed_size() <= self._max_message
 
     def _admit(self) -> None:
-        """Allocate the payload's destination and start reading into it."""
+        """Allocate the payload's destination (what the payload's bytes are read or copied into)."""
         kind, code, _, nbytes = self._frame
         try:
-            if kind == _KIND_TENSOR:
-                dtype, _ = _DTYPES[code]
-                self._value = torch.empty(self._shape, dtype=dtype)
-                # read straight into the tensor's memory
-                target = memoryview(self._value.reshape(-1).numpy()).cast("B") if nbytes else memoryview(b"")
+            if kind == _KIND_TENSOR and nbytes:
+                # numpy allocates faster than torch.empty, and the tensor shares the array's memory
+                array = np.empty(self._shape, dtype=_DTYPES[code][1])
+                self._value = torch.from_numpy(array)
+                self._target = memoryview(array.reshape(-1)).cast("B")
+            elif kind == _KIND_TENSOR:  # torch.from_numpy would give an empty tensor zero strides
+                self._value = torch.empty(self._shape, dtype=_DTYPES[code][0])
+                self._target = memoryview(b"")
             else:
                 self._value = bytearray(nbytes)
-                target = memoryview(self._value)
-        except (MemoryError, RuntimeError):  # torch reports a failed allocation as RuntimeError
+                self._target = memoryview(self._value)
+        except (MemoryError, ValueError):
             raise MessageTooLargeError(f"rank {self.peer} announced a {nbytes}-byte message this host cannot hold") from None
-        self._stage, self._target, self._filled = "payload", target, 0
-        if nbytes == 0:
-            self._deliver()
+        self._stage, self._filled = "payload", 0
 
     def _deliver(self) -> None:
         delay = self._emulation.one_way_delay_s if self._emulation else 0.0
         size = self._framed_size()
-        self.inbox.append(_Incoming(self._frame[0], self._value, size, time.monotonic() + delay))
+        self.inbox.append(_Incoming(self._frame[0], self._value, size, time.monotonic() + delay if delay else 0.0))
         self.inbox_bytes += size
         self._value = None
-        self._stage, self._target, self._filled = "head", memoryview(self._head), 0
+        self._stage, self._target, self._filled = "head", memoryview(b""), 0
 
     def write_some(self) -> tuple[bool, bool, float | None]:
         """Write queued frames until done or the socket is full.
@@ -799,7 +835,7 @@ class _Engine:
             return False, None
         try:
             read = link.read_some()
-            wrote, blocked, due = link.write_some()
+            wrote, blocked, due = link.write_some() if link.busy else (False, False, None)
         except CommError as exc:
             link.fail(exc)
             return True, None
@@ -1367,7 +1403,7 @@ class TlsCommunicator(Communicator):
 
     def _send_tensor(self, tensor: torch.Tensor, dst: int) -> _SendRequest:
         header, data, owner = _tensor_wire(tensor)
-        parts = (memoryview(header + data.tobytes()),) if data.nbytes <= _SMALL_PAYLOAD else (memoryview(header), data)
+        parts = (memoryview(b"".join((header, data))),) if data.nbytes <= _SMALL_PAYLOAD else (memoryview(header), data)
         return self._link(dst).send(parts, owner)
 
     def _send_payload(self, kind: int, payload: bytes, dst: int) -> _SendRequest:
@@ -1389,7 +1425,8 @@ class TlsCommunicator(Communicator):
             raise CommProtocolError(
                 f"rank {src} sent {received.dtype}[{received.numel()}], expected {template.dtype}[{template.numel()}]"
             )
-        received = received.reshape(template.shape)
+        if received.shape != template.shape:
+            received = received.reshape(template.shape)
         return received if template.device.type == "cpu" else received.to(template.device)
 
     def _wait_all(self, requests: Sequence[_SendRequest]) -> None:

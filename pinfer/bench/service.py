@@ -1,9 +1,10 @@
 """``pinfer bench service``: the service's data plane and its per-token latency over emulated links.
 
-Two parts. (1) Data plane: one-way throughput of a bulk tensor and the latency of a round (ping-pong
-of one 8-byte message) between two :class:`TlsCommunicator` ends, next to a plain TCP socket pair
-doing the same, both ends as threads of this process (so the comparison shares one interpreter and
-its lock, and measures the TLS and framing overhead rather than the machine's best). (2) Service:
+Two parts. (1) Data plane: the cost of one exchange round (each party sends a tensor of 8 int64
+values, or 64 KiB, and receives the peer's) between two party processes over plain TCP, a bare TLS
+socket and the TLS mesh (:mod:`pinfer.bench.plane`); and one-way throughput of a bulk tensor between
+two :class:`TlsCommunicator` ends next to a plain TCP socket pair, both ends as threads of this
+process. (2) Service:
 ``pinfer up``'s processes (:class:`~pinfer.local_service.LocalService`) with every worker's mesh on
 loopback, emulated LAN (3 Gbit/s, 0.1 ms one way) or WAN (100 Mbit/s, 40 ms); per link, one
 generation's prefill and per-token decode latency as the client sees them, and the parties' own step
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from pinfer.bench import plane as round_bench
 from pinfer.bench.report import machine, table, write_json
 
 
@@ -35,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tokens", type=int, default=4, help="new tokens per generation")
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 2], help="sessions at once (loopback)")
     parser.add_argument("--bulk-mib", type=int, default=64, help="bulk transfer size of the data-plane test")
-    parser.add_argument("--pings", type=int, default=200, help="round trips of the data-plane latency test")
+    parser.add_argument("--rounds", type=int, default=500, help="exchange rounds per path, size and repeat")
+    parser.add_argument("--round-repeats", type=int, default=5, help="repeats of the round test (median reported)")
+    parser.add_argument("--data-plane-only", action="store_true", help="skip the service runs (no model needed)")
     parser.set_defaults(func=run)
 
 
@@ -60,8 +64,8 @@ def _both(fn0: Any, fn1: Any) -> tuple[Any, Any]:
     return results[0], results[1]
 
 
-def tls_data_plane(bulk_bytes: int, pings: int) -> dict[str, float]:
-    """Throughput (Gbit/s) and round latency (ms) between two TLS communicator ends on loopback."""
+def tls_data_plane(bulk_bytes: int) -> dict[str, float]:
+    """One-way throughput (Gbit/s) between two TLS communicator ends on loopback."""
     from pinfer import keys
     from pinfer.protocols import tls_communicator as tc
 
@@ -90,27 +94,13 @@ def tls_data_plane(bulk_bytes: int, pings: int) -> dict[str, float]:
             comms[1].send(token, 0)
 
         seconds, _ = _both(sender, receiver)
-
-        def ping() -> float:
-            start = time.perf_counter()
-            for _ in range(pings):
-                comms[0].send(token, 1)
-                comms[0].recv(token, 1)
-            return time.perf_counter() - start
-
-        def pong() -> None:
-            for _ in range(pings):
-                comms[1].recv(token, 0)
-                comms[1].send(token, 0)
-
-        rounds, _ = _both(ping, pong)
         for comm in comms:
             comm.close()
-    return {"gbit_per_s": bulk.numel() * 8 * 8 / seconds / 1e9, "round_ms": rounds / pings * 1e3}
+    return {"gbit_per_s": bulk.numel() * 8 * 8 / seconds / 1e9}
 
 
-def tcp_data_plane(bulk_bytes: int, pings: int) -> dict[str, float]:
-    """The same two measurements over a plain loopback TCP connection (no TLS, no framing)."""
+def tcp_data_plane(bulk_bytes: int) -> dict[str, float]:
+    """The same throughput over a plain loopback TCP connection (no TLS, no framing)."""
     server = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(server.getsockname())
     peer, _ = server.accept()
@@ -134,23 +124,9 @@ def tcp_data_plane(bulk_bytes: int, pings: int) -> dict[str, float]:
         peer.sendall(bytes(8))
 
     seconds, _ = _both(sender, receiver)
-
-    def ping() -> float:
-        start = time.perf_counter()
-        for _ in range(pings):
-            client.sendall(bytes(8))
-            recv_exactly(client, 8)
-        return time.perf_counter() - start
-
-    def pong() -> None:
-        for _ in range(pings):
-            recv_exactly(peer, 8)
-            peer.sendall(bytes(8))
-
-    rounds, _ = _both(ping, pong)
     for sock in (client, peer, server):
         sock.close()
-    return {"gbit_per_s": bulk_bytes * 8 / seconds / 1e9, "round_ms": rounds / pings * 1e3}
+    return {"gbit_per_s": bulk_bytes * 8 / seconds / 1e9}
 
 
 def service_run(model: str, link: str, prompt_tokens: int, tokens: int, concurrency: int) -> dict[str, Any]:
@@ -191,21 +167,27 @@ def service_run(model: str, link: str, prompt_tokens: int, tokens: int, concurre
 
 
 def run(args: argparse.Namespace) -> int:
+    rounds = round_bench.round_costs(rounds=args.rounds, repeats=args.round_repeats)
+    print(table(*round_bench.round_rows(rounds)))
     plane = {
-        "tls": tls_data_plane(args.bulk_mib << 20, args.pings),
-        "tcp": tcp_data_plane(args.bulk_mib << 20, args.pings),
+        "tls": tls_data_plane(args.bulk_mib << 20),
+        "tcp": tcp_data_plane(args.bulk_mib << 20),
     }
-    print(table(["data plane", "Gbit/s", "round ms"],
-                [[name, m["gbit_per_s"], m["round_ms"]] for name, m in plane.items()]))
-    runs = [service_run(args.model, link, args.prompt_tokens, args.tokens, 1) for link in args.links]
-    if "loopback" in args.links:
-        runs += [service_run(args.model, "loopback", args.prompt_tokens, args.tokens, c)
-                 for c in args.concurrency if c != 1]
     print()
-    print(table(["link", "sessions", "first token s", "decode s/token", "party step s", "tokens/s"],
-                [[r["link"], r["concurrency"], r["first_token_s"], r["decode_per_token_s"], r["party_decode_step_s"],
-                  r["tokens_per_s"]] for r in runs]))
-    path = write_json(args.out, "service.json", {"machine": machine(), "model": args.model, "data_plane": plane,
-                                                   "service": runs})
-    print(f"\nwrote {path}")
+    print(table(["bulk transfer", "Gbit/s"], [[name, m["gbit_per_s"]] for name, m in plane.items()]))
+    runs = []
+    if not args.data_plane_only:
+        runs = [service_run(args.model, link, args.prompt_tokens, args.tokens, 1) for link in args.links]
+        if "loopback" in args.links:
+            runs += [service_run(args.model, "loopback", args.prompt_tokens, args.tokens, c)
+                     for c in args.concurrency if c != 1]
+        print()
+        print(table(["link", "sessions", "first token s", "decode s/token", "party step s", "tokens/s"],
+                    [[r["link"], r["concurrency"], r["first_token_s"], r["decode_per_token_s"],
+                      r["party_decode_step_s"], r["tokens_per_s"]] for r in runs]))
+    info = machine()
+    print(f"\nmachine: {info['cpu']} ({info['cores']} cores), device: {info['device']}")
+    path = write_json(args.out, "service.json", {"machine": info, "model": args.model,
+                                                   "data_plane": {**plane, "rounds": rounds}, "service": runs})
+    print(f"wrote {path}")
     return 0

@@ -344,6 +344,26 @@ def test_partial_frames_are_reassembled_and_timeouts_apply(key_dir: Path) -> Non
         assert time.monotonic() - start < 5
 
 
+def test_frames_straddling_the_staging_buffer_and_larger_than_it_arrive_intact(key_dir: Path) -> None:
+    # 60-byte frames do not divide the staging buffer, so some straddle its end (the buffered start is
+    # moved to the front); a payload bigger than the buffer is copied in part and read straight in part.
+    small = [torch.arange(i, i + 5, dtype=torch.int64) for i in range(3 * tc._RECV_BUFFER // 60)]
+    big = torch.arange(tc._RECV_BUFFER // 4 + 3, dtype=torch.int64)
+    stream = b"".join(_frame(tc._KIND_TENSOR, t.numpy().tobytes(), code=1, dims=(5,)) for t in small)
+    stream += _frame(tc._KIND_TENSOR, big.numpy().tobytes(), code=1, dims=(big.numel(),)) + stream[:600]
+    comm, peer = _pair(key_dir)
+    with comm, peer:
+        sender = threading.Thread(target=peer.sendall, args=(stream,))
+        sender.start()
+        for tensor in small:
+            assert torch.equal(comm.recv(torch.zeros(5, dtype=torch.int64), 1), tensor)
+        assert torch.equal(comm.recv(torch.zeros_like(big), 1), big)
+        for tensor in small[:10]:
+            assert torch.equal(comm.recv(torch.zeros(5, dtype=torch.int64), 1), tensor)
+        sender.join()
+        assert comm.stats().links[1].messages_received == len(small) + 11
+
+
 def test_peer_closing_mid_message_is_a_disconnect(key_dir: Path) -> None:
     comm, peer = _pair(key_dir)
     with comm:
