@@ -30,10 +30,10 @@ from typing import Any, Protocol
 
 import torch
 
-from pinfer.decoder import Decoder, prepare_weights
-from pinfer.models.config import ModelConfig
-from pinfer.plain_ops import PlainOps
-from pinfer.tensor_ops import KVLayer
+from pinfer.model.decoder import Decoder, prepare_weights
+from pinfer.model.config import ModelConfig
+from pinfer.model.plain_ops import PlainOps
+from pinfer.model.tensor_ops import KVLayer
 
 from . import make_policy
 from .base import KVPolicy
@@ -176,7 +176,7 @@ class Runner:
         return nullcontext() if self.device.type == "cpu" else self.device
 
     def rows(self, ids: Sequence[int]) -> torch.Tensor:
-        """One-hot rows (as ``pinfer.generation.one_hot``, built without its int64 intermediate)."""
+        """One-hot rows (as ``pinfer.model.generation.one_hot``, built without its int64 intermediate)."""
         with self.on_device():
             index = torch.tensor(list(ids), dtype=torch.int64)
             return torch.zeros(len(index), self.config.vocab_size).scatter_(1, index[:, None], 1.0)

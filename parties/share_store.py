@@ -161,9 +161,9 @@ def provision(model: str, out: Path | str, party_keys: Mapping[int, envelope.Pub
     wrong key directory fails clearly instead of with an authentication error; ``ca_key`` signs it,
     so that clients can trust what the orchestrator serves of it.
     """
-    from pinfer import norm_plan
-    from pinfer.decoder import prepare_weights
-    from pinfer.models.registry import load_model, resolve
+    from pinfer.model import norm_plan
+    from pinfer.model.decoder import prepare_weights
+    from pinfer.model.registry import load_model, resolve
 
     parties = len(party_keys)
     if sorted(party_keys) != list(range(parties)) or parties not in (2, 3):

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from pinfer.decoder import Decoder
-from pinfer.generation import greedy_loop
-from pinfer.models.config import ModelConfig
-from pinfer.norm_plan import NormShifts
+from pinfer.model.decoder import Decoder
+from pinfer.model.generation import greedy_loop
+from pinfer.model.config import ModelConfig
+from pinfer.model.norm_plan import NormShifts
 from pinfer.protocols import crypten_compat  # noqa: F401
 from crypten.mpc import MPCTensor
 from pinfer.protocols.costs import Cost

@@ -144,7 +144,7 @@ class PreparedRequest:
 
 def prepare_request(model: VerifiedModel, prompt_ids: list[int], max_new_tokens: int) -> PreparedRequest:
     """Share the one-hot prompt; seal share *i*, the session parameters and a reply secret to party *i*."""
-    from pinfer.generation import one_hot
+    from pinfer.model.generation import one_hot
     from pinfer.protocols.sharing import share
 
     vocab_size = model.config.vocab_size
@@ -247,8 +247,8 @@ class Client:
     def tokenizer(self, info: VerifiedModel) -> Any:
         """The model's public tokenizer, resolved locally (registry name or checkpoint directory)."""
         if info.tokenizer not in self._tokenizers:
-            from pinfer.models.registry import resolve
-            from pinfer.models.tokenizer import load_tokenizer
+            from pinfer.model.registry import resolve
+            from pinfer.model.tokenizer import load_tokenizer
 
             self._tokenizers[info.tokenizer] = load_tokenizer(resolve(info.tokenizer))
         return self._tokenizers[info.tokenizer]

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from pinfer.decoder import prepare_weights
-from pinfer.generation import check_request, one_hot
-from pinfer.models.config import ModelConfig
-from pinfer.norm_plan import NormShifts
+from pinfer.model.decoder import prepare_weights
+from pinfer.model.generation import check_request, one_hot
+from pinfer.model.config import ModelConfig
+from pinfer.model.norm_plan import NormShifts
 from pinfer.parties.worker import generate_on_shares, load_model_shares
 from pinfer.protocols.sharing import share
 from pinfer.protocols.world import LocalWorld

@@ -65,8 +65,8 @@ class ModelCard:
     party_key_sha256: tuple[str, ...]
 
     def config(self) -> Any:
-        """The :class:`~pinfer.models.config.ModelConfig` the forward needs."""
-        from pinfer.models.config import ModelConfig
+        """The :class:`~pinfer.model.config.ModelConfig` the forward needs."""
+        from pinfer.model.config import ModelConfig
 
         return ModelConfig.from_hf_dict(self.hf_config)
 

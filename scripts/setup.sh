@@ -67,5 +67,5 @@ if [[ -f "$cache/pinfer-model.json" ]]; then
     log "SmolLM2 cache present: $cache"
 else
     log "exporting SmolLM2-135M from its GGUF to $cache (once; about a minute)"
-    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$PY" -m pinfer.models.registry export smollm2-135m
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$PY" -m pinfer.model.registry export smollm2-135m
 fi

@@ -46,8 +46,8 @@ def essay_ids(tokenizer: Any, length: int) -> list[int]:
 
 
 def _measure(model: str, length: int, decode_tokens: int) -> dict[str, Any]:
-    from pinfer import norm_plan
-    from pinfer.models.registry import load_model, resolve
+    from pinfer.model import norm_plan
+    from pinfer.model.registry import load_model, resolve
     from pinfer.private import generate_private
 
     config, weights, tokenizer = load_model(model)

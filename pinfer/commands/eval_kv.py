@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pinfer.kvcache.accuracy import (RecordedPrompts, Runner, TokenizedPrompts, evaluate, grid, record_prompts,
                                          work_items)
-    from pinfer.models.registry import load_model
+    from pinfer.model.registry import load_model
 
     config, weights, tokenizer = load_model(args.model)
     entries = grid(args.policies, args.budgets)

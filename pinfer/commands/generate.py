@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from pinfer.models.registry import load_model, resolve
+from pinfer.model.registry import load_model, resolve
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -144,7 +144,7 @@ def _generate_remote(client: Any, args: argparse.Namespace) -> tuple[dict[str, A
 
 def _add_reference(report: dict[str, Any], ids: list[int], max_new_tokens: int) -> None:
     """The plaintext reference, computed here from the public model the service was provisioned from."""
-    from pinfer.generation import generate_plain
+    from pinfer.model.generation import generate_plain
 
     config, weights, tokenizer = load_model(report["source"])
     plain = generate_plain(config, weights, ids, max_new_tokens)
@@ -181,8 +181,8 @@ def _print_phase_costs(report: dict[str, Any], with_seconds: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.endpoint:
         return run_remote(args)
-    from pinfer import norm_plan
-    from pinfer.generation import generate_plain
+    from pinfer.model import norm_plan
+    from pinfer.model.generation import generate_plain
     from pinfer.private import generate_private
 
     config, weights, tokenizer = load_model(args.model)

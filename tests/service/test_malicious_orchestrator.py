@@ -20,9 +20,9 @@ from cryptography import x509
 import pinfer
 from pinfer import envelope, keys, session, trust
 from pinfer.client import prepare_request
-from pinfer.generation import generate_plain
+from pinfer.model.generation import generate_plain
 from pinfer.local_service import LocalService
-from pinfer.models.registry import load_model
+from pinfer.model.registry import load_model
 from pinfer.orchestrator import OrchestratorConfig, serve, token_digest
 from pinfer.proto import inference_pb2
 

@@ -21,9 +21,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import pinfer
 from pinfer import envelope, keys
 from pinfer.client import prepare_request
-from pinfer.generation import generate_plain
+from pinfer.model.generation import generate_plain
 from pinfer.local_service import LocalService
-from pinfer.models.registry import load_model
+from pinfer.model.registry import load_model
 from pinfer.orchestrator import Admission, OrchestratorConfig, serve, token_digest
 from pinfer.proto import inference_pb2, inference_pb2_grpc, node_pb2, node_pb2_grpc
 

@@ -11,7 +11,8 @@ import time
 import pytest
 import torch
 
-from pinfer.models import load_model, registry
+from pinfer.model import registry
+from pinfer.model.registry import load_model
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 import torch.nn.functional as F
 
-from pinfer.decoder import Decoder, prepare_weights
-from pinfer.models.config import ModelConfig
-from pinfer.plain_ops import PlainOps
-from pinfer.tensor_ops import KVLayer, Value
+from pinfer.model.decoder import Decoder, prepare_weights
+from pinfer.model.config import ModelConfig
+from pinfer.model.plain_ops import PlainOps
+from pinfer.model.tensor_ops import KVLayer, Value
 
 
 def greedy_loop(

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 import torch.nn.functional as F
 
-from pinfer.tensor_ops import KVLayer
+from pinfer.model.tensor_ops import KVLayer
 
 
 class PlainKVLayer:

@@ -62,7 +62,7 @@ class TensorOps(Protocol):
         """``x / sqrt(mean(x^2) + eps)`` over the last dim (centred first for LayerNorm).
 
         ``site`` names the norm and ``positions`` are the rows' public positions; a backend may use
-        them to pick public fixed-point scales (see ``pinfer.norm_plan``).
+        them to pick public fixed-point scales (see ``pinfer.model.norm_plan``).
         """
 
     def softmax(self, x: Value, dim: int, mask: torch.Tensor | None = None) -> Value:

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pinfer.models import ModelConfig, load_model, registry
+from pinfer.model import registry
+from pinfer.model.config import ModelConfig
+from pinfer.model.registry import load_model
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ def test_random_models_load_in_hf(cache: Path) -> None:
 
 
 def test_hub_is_offline() -> None:
-    """conftest (and pinfer.models.registry) switch the Hugging Face libraries offline: nothing downloads."""
+    """conftest (and pinfer.model.registry) switch the Hugging Face libraries offline: nothing downloads."""
     import huggingface_hub.constants
 
     assert huggingface_hub.constants.HF_HUB_OFFLINE

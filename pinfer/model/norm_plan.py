@@ -11,7 +11,6 @@ prompt), separately for position 0 and for the other positions, with a margin.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,10 @@ import torch
 
 from pinfer.atomic_file import write_atomic
 from pinfer.calibration import default_prompts, norm_shift
-from pinfer.decoder import Decoder, prepare_weights
-from pinfer.generation import one_hot
-from pinfer.models.config import ModelConfig
-from pinfer.plain_ops import PlainOps
+from pinfer.model.decoder import Decoder, prepare_weights
+from pinfer.model.generation import one_hot
+from pinfer.model.config import ModelConfig
+from pinfer.model.plain_ops import PlainOps
 
 NormShifts = dict[str, dict[str, int]]
 """Norm site (``L{i}.attn``, ``L{i}.mlp``, ``final``) -> {"first": shift at position 0, "rest": ...}."""

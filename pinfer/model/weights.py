@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from pinfer.models.config import ModelConfig
+from pinfer.model.config import ModelConfig
 
 # Non-parameter tensors some checkpoints carry (buffers); they hold nothing the forward needs.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")

@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pinfer.models.tokenizer import (
+from pinfer.model.tokenizer import (
     BYTE_BOS_ID,
     BYTE_EOS_ID,
     BYTE_SPECIALS,

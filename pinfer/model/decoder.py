@@ -2,7 +2,7 @@
 
 Reads like the torch reference: values support torch's reshaping, slicing and arithmetic whether they
 are plaintext tensors or shares; products with weights, non-linearities and the KV cache go through a
-:class:`~pinfer.tensor_ops.TensorOps`. The norms' gains (and LayerNorm biases) are folded into the
+:class:`~pinfer.model.tensor_ops.TensorOps`. The norms' gains (and LayerNorm biases) are folded into the
 next projection and projections that read the same input are fused by :func:`prepare_weights`, so a
 norm costs no secret product and q/k/v (and gate/up) cost one opened input instead of three (two).
 """
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pinfer.models.config import ModelConfig
-from pinfer.tensor_ops import KVLayer, TensorOps, Value
+from pinfer.model.config import ModelConfig
+from pinfer.model.tensor_ops import KVLayer, TensorOps, Value
 
 if TYPE_CHECKING:
     from pinfer.kvcache import KVPolicy

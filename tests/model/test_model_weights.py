@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pinfer.models.config import ModelConfig
-from pinfer.models.registry import GPT2_SIZES, gpt2_hf_config
-from pinfer.models.weights import canonical_weights, expected_shapes, load_weights, read_safetensors_dir
+from pinfer.model.config import ModelConfig
+from pinfer.model.registry import GPT2_SIZES, gpt2_hf_config
+from pinfer.model.weights import canonical_weights, expected_shapes, load_weights, read_safetensors_dir
 
 
 def _hf_model(path: Path) -> torch.nn.Module:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pinfer.models.config import ModelConfig
+from pinfer.model.config import ModelConfig
 
 # SmolLM2-135M-Instruct's config.json as transformers 5 writes it (rope nested in rope_parameters).
 SMOLLM2 = {
@@ -66,7 +66,7 @@ def test_gpt2_base() -> None:
 )
 def test_hf_config_objects_round_trip(hf_config_factory: str, tmp_path: Path) -> None:
     """What transformers itself writes to config.json parses to the same values as its attributes."""
-    from pinfer.models import registry
+    from pinfer.model import registry
 
     hf = getattr(registry, hf_config_factory)()
     hf.save_pretrained(str(tmp_path))

