@@ -10,7 +10,7 @@ mutual-TLS mesh. The node's messages and the worker's replies are tuples of plai
 Sequence: bind a free data-plane port and report it; map this party's weight shares, which the node
 opened once for all its sessions (:mod:`pinfer.parties.weight_cache`); wait for the session's
 endpoints and sealed input; open it and check that the client sealed exactly this session's
-parameters (:func:`pinfer.session.open_input`; a bad envelope or a disagreement is reported as
+parameters (:func:`pinfer.keys.session.open_input`; a bad envelope or a disagreement is reported as
 ``invalid`` before any peer is contacted); join the mesh; run greedy generation on shares; report
 every new token's id share sealed under the reply key the client sealed to this party.
 """
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pinfer import envelope, session
+from pinfer.keys import envelope, session
 
 if TYPE_CHECKING:
     from pinfer.parties.weight_cache import SharedShares

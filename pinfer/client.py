@@ -2,18 +2,18 @@
 
 Why the client does this work itself: it is the only node allowed to see the prompt and the output,
 and it trusts the orchestrator with neither. Before it seals anything it verifies what the
-deployment CA signed (:mod:`pinfer.trust`): the party set and each party's envelope key, and the model
+deployment CA signed (:mod:`pinfer.keys.trust`): the party set and each party's envelope key, and the model
 card (tokenizer, vocabulary, end-of-sequence ids); nothing the orchestrator says on its own is used.
 It tokenizes locally, one-hot encodes the prompt, splits it into additive shares over Z_2^64 (party 0
 dense, the others a seed), and seals to party *i* its share with the session's parameters and a fresh
-reply secret (:mod:`pinfer.session`). Each step it requires every party's share of the new token,
+reply secret (:mod:`pinfer.keys.session`). Each step it requires every party's share of the new token,
 each authenticated under that party's reply key, adds them and detokenizes.
 
     client = pinfer.Client("localhost:7000", token, "keys/ca/ca.crt")
     print(client.generate("Hello", max_new_tokens=16))
 
-Errors of trust are typed: :class:`pinfer.trust.UntrustedStatementError` (the served deployment or
-card is not what the pinned CA signed) and :class:`pinfer.session.OutputIntegrityError` (a token
+Errors of trust are typed: :class:`pinfer.keys.trust.UntrustedStatementError` (the served deployment or
+card is not what the pinned CA signed) and :class:`pinfer.keys.session.OutputIntegrityError` (a token
 share forged, dropped, reordered or from another request, or the stream cut short).
 """
 
@@ -30,7 +30,7 @@ import grpc
 import torch
 from cryptography import x509
 
-from pinfer import envelope, session, trust
+from pinfer.keys import envelope, session, trust
 from pinfer.proto import inference_pb2, inference_pb2_grpc
 
 
@@ -109,7 +109,7 @@ class PreparedRequest:
     def open(self, event: inference_pb2.GenerateEvent, expected_step: int) -> Token:
         """Open every party's share of this step's token and add them (mod 2^64).
 
-        Raises :class:`~pinfer.session.OutputIntegrityError` unless the event is step ``expected_step``
+        Raises :class:`~pinfer.keys.session.OutputIntegrityError` unless the event is step ``expected_step``
         and carries exactly one authentic share from each pinned party.
         """
         from pinfer.protocols.sharing import SCALE

@@ -29,9 +29,10 @@ from typing import Any
 
 import grpc
 
-from pinfer import envelope, keys
+from pinfer import keys
+from pinfer.keys import envelope
 from pinfer.parties.share_store import SIGNED_CARD_FILE, ModelCard, load_card, signed_card
-from pinfer.session import REQUEST_ID, SEALED_INPUT_OVERHEAD
+from pinfer.keys.session import REQUEST_ID, SEALED_INPUT_OVERHEAD
 from pinfer.proto import inference_pb2, inference_pb2_grpc, node_pb2, node_pb2_grpc
 
 log = logging.getLogger("pinfer.orchestrator")

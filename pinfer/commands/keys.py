@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pinfer import envelope, keys
+from pinfer import keys
+from pinfer.keys import envelope
 
 
 def _parse_node_hosts(specs: list[str]) -> dict[str, list[str]]:

@@ -12,7 +12,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pinfer import cli, envelope, keys
+from pinfer import cli, keys
+from pinfer.keys import envelope
 from pinfer.commands import keys as keys_command
 
 

@@ -18,7 +18,8 @@ import torch
 from cryptography import x509
 
 import pinfer
-from pinfer import envelope, keys, session, trust
+from pinfer import keys
+from pinfer.keys import envelope, session, trust
 from pinfer.client import prepare_request
 from pinfer.model.generation import generate_plain
 from pinfer.local_service import LocalService

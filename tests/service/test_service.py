@@ -19,7 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import pinfer
-from pinfer import envelope, keys
+from pinfer import keys
+from pinfer.keys import envelope
 from pinfer.client import prepare_request
 from pinfer.model.generation import generate_plain
 from pinfer.local_service import LocalService

@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mesh_workers as mw
-from pinfer import envelope, keys
+from pinfer import keys
+from pinfer.keys import envelope
 from pinfer.protocols import tls_communicator as tc
 
 MASK = (1 << 64) - 1

@@ -1,5 +1,10 @@
 """Key material for a pinfer deployment: one CA, role-bearing node certificates, party envelope keys.
 
+This package is the layer every node and the client trust each other through: the submodules hold what
+is sealed and signed with this material (:mod:`~pinfer.keys.envelope` HPKE envelopes,
+:mod:`~pinfer.keys.trust` the CA's signed statements, :mod:`~pinfer.keys.session` the session contract
+between client and parties); it depends on nothing above it.
+
 Why it looks like this:
 
 * Every link in the service is mutual TLS, and the threat model makes the orchestrator and the network
@@ -9,8 +14,8 @@ Why it looks like this:
   :func:`check_peer_role` is the one place that turns a presented certificate into a trusted role.
 * Certificates use ECDSA P-256 with SHA-256: every TLS stack pinfer touches (Python's OpenSSL, gRPC's
   BoringSSL) accepts it, which is not yet true of Ed25519 certificates.
-* Each party also has an HPKE envelope key pair (ML-KEM-768 + X25519 by default, :mod:`pinfer.envelope`).
-  The CA signs a deployment statement naming every party's public key (:mod:`pinfer.trust`), so a
+* Each party also has an HPKE envelope key pair (ML-KEM-768 + X25519 by default, :mod:`pinfer.keys.envelope`).
+  The CA signs a deployment statement naming every party's public key (:mod:`pinfer.keys.trust`), so a
   client seals its input shares only to keys the CA vouches for, never to keys the orchestrator names;
   the orchestrator relays envelopes without any key that opens them.
 * A certificate's DNS names are its role name plus operator-given host names, never another role's
@@ -54,8 +59,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pinfer import envelope, trust
-from pinfer.trust import MAX_PARTIES, MIN_PARTIES
+from pinfer.keys import envelope, trust
+from pinfer.keys.trust import MAX_PARTIES, MIN_PARTIES
 from pinfer.atomic_file import write_atomic
 
 ORCHESTRATOR = "orchestrator"

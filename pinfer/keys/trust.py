@@ -28,7 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pinfer import envelope
+from pinfer.keys import envelope
 
 DEPLOYMENT = "deployment"
 MODEL_CARD = "model-card"

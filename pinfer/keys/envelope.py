@@ -16,7 +16,7 @@ Suites (KDF HKDF-SHA256 and AEAD ChaCha20-Poly1305 in both):
 ``context`` binds the envelope to its use (session id, party index, purpose) through HPKE's ``info``:
 an envelope replayed into another session, sent to another party or used for another purpose does
 not open. The sender is anonymous (base mode); who may send is settled elsewhere (the client's
-sealed request, the parties' reply keys, :mod:`pinfer.session`).
+sealed request, the parties' reply keys, :mod:`pinfer.keys.session`).
 
 Wire format, version 2 (integers big-endian)::
 

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from pinfer import envelope, trust
+from pinfer.keys import envelope, trust
 from pinfer.proto import session_pb2
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{16,64}$")
@@ -140,7 +140,7 @@ def open_input(sealed: bytes, private_key: envelope.PrivateKey, expected: Sessio
                not_before: float, max_share_bytes: int) -> OpenedInput:
     """Open a party's input and check that it is for exactly the session the party was asked to run.
 
-    Raises :class:`~pinfer.envelope.EnvelopeError` if it does not open, :class:`SessionContractError`
+    Raises :class:`~pinfer.keys.envelope.EnvelopeError` if it does not open, :class:`SessionContractError`
     if the client sealed other parameters than ``expected``, an issue time outside the replay window,
     or one before ``not_before`` (the node's start: ids seen before it are forgotten).
     """
