@@ -76,10 +76,10 @@ def _row(record: dict[str, Any]) -> list[Any]:
 
 def run(args: argparse.Namespace) -> int:
     from pinfer.model import norm_plan
-    from pinfer.commands.generate import prompt_ids
+    from pinfer.cli.generate import prompt_ids
     from pinfer.model.generation import generate_plain
     from pinfer.model.registry import load_model, resolve
-    from pinfer.private import PrivateModel
+    from pinfer.service.private import PrivateModel
 
     config, weights, tokenizer = load_model(args.model)
     shifts = norm_plan.for_model(resolve(args.model), config, weights, tokenizer)

@@ -48,7 +48,7 @@ def essay_ids(tokenizer: Any, length: int) -> list[int]:
 def _measure(model: str, length: int, decode_tokens: int) -> dict[str, Any]:
     from pinfer.model import norm_plan
     from pinfer.model.registry import load_model, resolve
-    from pinfer.private import generate_private
+    from pinfer.service.private import generate_private
 
     config, weights, tokenizer = load_model(model)
     shifts = norm_plan.for_model(resolve(model), config, weights, tokenizer)

@@ -4,7 +4,7 @@ Two parts. (1) Data plane: one-way throughput of a bulk tensor and the latency o
 of one 8-byte message) between two :class:`TlsCommunicator` ends, next to a plain TCP socket pair
 doing the same, both ends as threads of this process (so the comparison shares one interpreter and
 its lock, and measures the TLS and framing overhead rather than the machine's best). (2) Service:
-``pinfer up``'s processes (:class:`~pinfer.local_service.LocalService`) with every worker's mesh on
+``pinfer up``'s processes (:class:`~pinfer.service.local_service.LocalService`) with every worker's mesh on
 loopback, emulated LAN (3 Gbit/s, 0.1 ms one way) or WAN (100 Mbit/s, 40 ms); per link, one
 generation's prefill and per-token decode latency as the client sees them, and the parties' own step
 costs; on loopback also ``--concurrency`` sessions at once versus total tokens per second.
@@ -156,7 +156,7 @@ def tcp_data_plane(bulk_bytes: int, pings: int) -> dict[str, float]:
 def service_run(model: str, link: str, prompt_tokens: int, tokens: int, concurrency: int) -> dict[str, Any]:
     """Start the local service on ``link``; ``concurrency`` clients generate at once; latencies and throughput."""
     import pinfer
-    from pinfer.local_service import LocalService
+    from pinfer.service.local_service import LocalService
 
     with tempfile.TemporaryDirectory(prefix="pinfer-bench-service-") as tmp, \
             LocalService(tmp, model=model, slots=concurrency, node_slots=concurrency, link=link) as service, \

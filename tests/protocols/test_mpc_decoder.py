@@ -13,7 +13,7 @@ from pinfer.model.generation import generate_plain, one_hot
 from pinfer.model import norm_plan
 from pinfer.model.registry import load_model, resolve
 from pinfer.model.plain_ops import PlainOps
-from pinfer.private import generate_private
+from pinfer.service.private import generate_private
 from pinfer.protocols.sharing import share
 from pinfer.protocols.world import LocalWorld
 

@@ -20,11 +20,11 @@ from cryptography import x509
 import pinfer
 from pinfer import keys
 from pinfer.keys import envelope, session, trust
-from pinfer.client import prepare_request
+from pinfer.service.client import prepare_request
 from pinfer.model.generation import generate_plain
-from pinfer.local_service import LocalService
+from pinfer.service.local_service import LocalService
 from pinfer.model.registry import load_model
-from pinfer.orchestrator import OrchestratorConfig, serve, token_digest
+from pinfer.service.orchestrator import OrchestratorConfig, serve, token_digest
 from pinfer.proto import inference_pb2
 
 PROMPT = [5, 6, 7, 8, 9]

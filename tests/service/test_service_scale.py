@@ -12,7 +12,7 @@ import pytest
 
 import pinfer
 from pinfer.model.generation import generate_plain
-from pinfer.local_service import LocalService
+from pinfer.service.local_service import LocalService
 from pinfer.model.registry import load_model
 
 PROMPT = [5, 6, 7, 8, 9]

@@ -25,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pinfer import keys
-    from pinfer.commands.node import clear_port_file, wait_for_signal, write_port_file
-    from pinfer.orchestrator import OrchestratorConfig, serve
+    from pinfer.cli.node import clear_port_file, wait_for_signal, write_port_file
+    from pinfer.service.orchestrator import OrchestratorConfig, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s orchestrator %(levelname)s %(message)s")
     clear_port_file(args.port_file)

@@ -58,7 +58,7 @@ def run_remote(args: argparse.Namespace) -> int:
 
     import grpc
 
-    from pinfer.client import Client
+    from pinfer.service.client import Client
 
     token = args.token or os.environ.get("PINFER_TOKEN")
     if args.token_file:
@@ -88,7 +88,7 @@ def _generate_remote(client: Any, args: argparse.Namespace) -> tuple[dict[str, A
     text as it arrives."""
     import time
 
-    from pinfer.client import text_pieces
+    from pinfer.service.client import text_pieces
 
     info = client.model_info(args.model)
     tokenizer = client.tokenizer(info)
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         return run_remote(args)
     from pinfer.model import norm_plan
     from pinfer.model.generation import generate_plain
-    from pinfer.private import generate_private
+    from pinfer.service.private import generate_private
 
     config, weights, tokenizer = load_model(args.model)
     shifts = norm_plan.for_model(resolve(args.model), config, weights, tokenizer)

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pinfer.local_service import LocalService, ServiceError
+    from pinfer.service.local_service import LocalService, ServiceError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s up %(levelname)s %(message)s")  # restarts, on stderr
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="pinfer-up-"))

@@ -1,6 +1,6 @@
 """The ``pinfer`` command line.
 
-Each command lives in its own module exposing ``register(subparsers)``; that function adds its parser
+Each command lives in its own module of this package exposing ``register(subparsers)``; that function adds its parser
 and sets ``func`` to a callable taking the parsed namespace and returning an exit code. Modules are
 imported when the parser is built; keep their top-level imports light (heavy ones go inside ``run``).
 """
@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from collections.abc import Sequence
 
 _COMMAND_MODULES = (
-    "pinfer.commands.generate",
-    "pinfer.commands.keys",
-    "pinfer.commands.provision",
-    "pinfer.commands.node",
-    "pinfer.commands.orchestrator",
-    "pinfer.commands.up",
-    "pinfer.commands.eval_kv",
+    "pinfer.cli.generate",
+    "pinfer.cli.keys",
+    "pinfer.cli.provision",
+    "pinfer.cli.node",
+    "pinfer.cli.orchestrator",
+    "pinfer.cli.up",
+    "pinfer.cli.eval_kv",
 )
 _BENCH_MODULES = (
     "pinfer.bench.accel",
@@ -50,7 +49,3 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -37,7 +37,7 @@ STABLE_S = 60.0
 """A process that ran this long before it exited is restarted after the shortest backoff again."""
 _SUPERVISE_POLL_S = 0.5
 
-log = logging.getLogger("pinfer.local_service")
+log = logging.getLogger("pinfer.service.local_service")
 
 
 class ServiceError(RuntimeError):
@@ -96,7 +96,7 @@ class LocalService:
 
     def prepare(self) -> None:
         """Fresh keys, provisioned shares and a bearer token (kept if ``root`` already has them)."""
-        from pinfer.orchestrator import token_digest
+        from pinfer.service.orchestrator import token_digest
         from pinfer.parties.share_store import provision
 
         self.root.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from pinfer.parties.share_store import SIGNED_CARD_FILE, ModelCard, load_card, s
 from pinfer.keys.session import REQUEST_ID, SEALED_INPUT_OVERHEAD
 from pinfer.proto import inference_pb2, inference_pb2_grpc, node_pb2, node_pb2_grpc
 
-log = logging.getLogger("pinfer.orchestrator")
+log = logging.getLogger("pinfer.service.orchestrator")
 
 STEP_TIMEOUT_S = 600.0
 """Longest wait for the next event of a running session before it is declared lost (UNAVAILABLE)."""
