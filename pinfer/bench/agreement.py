@@ -76,9 +76,9 @@ def _row(record: dict[str, Any]) -> list[Any]:
 
 def run(args: argparse.Namespace) -> int:
     from pinfer.model import norm_plan
-    from pinfer.cli.generate import prompt_ids
     from pinfer.model.generation import generate_plain
     from pinfer.model.registry import load_model, resolve
+    from pinfer.model.tokenizer import encode_prompt
     from pinfer.service.private import PrivateModel
 
     config, weights, tokenizer = load_model(args.model)
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         for text in PROMPTS[: args.prompts]:
             if text in done:
                 continue
-            ids = prompt_ids(tokenizer, text, raw=False)
+            ids = encode_prompt(tokenizer, text, raw=False)
             started = time.perf_counter()
             private = model.generate(ids, args.max_new_tokens)
             plain = generate_plain(config, weights, ids, args.max_new_tokens)

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from pinfer.model.registry import load_model, resolve
+from pinfer.model.tokenizer import encode_prompt
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,16 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     service.add_argument("--token-file", help="file holding the bearer token")
     service.add_argument("--ca", help="deployment CA certificate the orchestrator's certificate chains to")
     parser.set_defaults(func=run)
-
-
-def prompt_ids(tokenizer: Any, prompt: str, raw: bool) -> list[int]:
-    if not raw and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    else:
-        text = prompt
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def until_stop(tokens: list[int], stop_ids: tuple[int, ...]) -> list[int]:
@@ -92,7 +83,7 @@ def _generate_remote(client: Any, args: argparse.Namespace) -> tuple[dict[str, A
 
     info = client.model_info(args.model)
     tokenizer = client.tokenizer(info)
-    ids = prompt_ids(tokenizer, args.prompt, args.raw)
+    ids = encode_prompt(tokenizer, args.prompt, args.raw)
     received: list[Any] = []
     arrivals: list[float] = []
 
@@ -187,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
     config, weights, tokenizer = load_model(args.model)
     shifts = norm_plan.for_model(resolve(args.model), config, weights, tokenizer)
-    ids = prompt_ids(tokenizer, args.prompt, args.raw)
+    ids = encode_prompt(tokenizer, args.prompt, args.raw)
     try:
         result = generate_private(config, weights, ids, args.max_new_tokens, shifts, n_parties=args.parties)
     except ValueError as exc:

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from pinfer.model.config import ModelConfig
 from pinfer.model.tensor_ops import KVLayer, TensorOps, Value
 
-if TYPE_CHECKING:
-    from pinfer.kvcache import KVPolicy
+
+class KVCachePolicy(Protocol):
+    """What the decoder asks of a KV-cache policy (``pinfer.kvcache``'s, which sit above this layer):
+    the per-layer caches to run on instead of the backend's own."""
+
+    def new_cache(self, config: ModelConfig, ops: TensorOps) -> list[KVLayer]: ...
 
 
 def prepare_weights(config: ModelConfig, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -93,7 +97,7 @@ def causal_mask(n_queries: int, start: int, n_keys: int) -> torch.Tensor | None:
 class Decoder:
     """A decoder-only transformer over a backend; the KV cache is explicit and owned by the caller."""
 
-    def __init__(self, config: ModelConfig, ops: TensorOps, kv_policy: KVPolicy | None = None) -> None:
+    def __init__(self, config: ModelConfig, ops: TensorOps, kv_policy: KVCachePolicy | None = None) -> None:
         self.config = config
         self.ops = ops
         self.kv_policy = kv_policy

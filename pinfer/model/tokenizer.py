@@ -7,6 +7,7 @@ strictly local (``local_files_only``) so that a missing file fails loudly instea
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -22,6 +23,18 @@ BYTE_VOCAB_SIZE = len(BYTE_SPECIALS) + 256
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer saved in a checkpoint directory (``tokenizer.json`` + ``tokenizer_config.json``)."""
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def encode_prompt(tokenizer: Any, prompt: str, raw: bool) -> list[int]:
+    """The prompt's token ids: wrapped as one user turn in the tokenizer's chat template, if it has one,
+    unless ``raw``."""
+    if not raw and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = prompt
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:

@@ -269,7 +269,7 @@ class Client:
 
     def stream(self, prompt: str, max_new_tokens: int = 16, model: str | None = None, raw: bool = False) -> Iterator[str]:
         """Yield the generated text piece by piece as tokens arrive (cut at the first stop token)."""
-        from pinfer.cli.generate import prompt_ids as encode_prompt
+        from pinfer.model.tokenizer import encode_prompt
 
         info = self.model_info(model)
         tokenizer = self.tokenizer(info)

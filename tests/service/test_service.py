@@ -100,10 +100,11 @@ def test_cli_generate_through_the_endpoint(service: LocalService, capsys: pytest
     import json
 
     from pinfer.cli import main
-    from pinfer.cli.generate import prompt_ids, until_stop
+    from pinfer.cli.generate import until_stop
+    from pinfer.model.tokenizer import encode_prompt
 
     config, weights, tokenizer = load_model("tiny-llama")
-    expected = generate_plain(config, weights, prompt_ids(tokenizer, "hi", raw=True), 2)
+    expected = generate_plain(config, weights, encode_prompt(tokenizer, "hi", raw=True), 2)
     argv = ["generate", "--endpoint", service.endpoint, "--token-file", str(service.root / "client.token"),
             "--ca", str(service.ca_path), "--model", "tiny-llama", "--prompt", "hi", "--raw", "--max-new-tokens", "2",
             "--json", "--check"]
