@@ -175,7 +175,7 @@ def _run_generation(spec: WorkerSpec, conn: Connection, party: int, start: Sessi
     activate_communicator(communicator)
     provider, reading = start_party_protocol(communicator, party, spec.parties)
     context = PartyContext(party, spec.parties, provider, CostMeter(reading))
-    load_model_shares(context, spec.session_id, card.config(), card.norm_shifts, weights)
+    model = load_model_shares(context, card.config(), card.norm_shifts, weights)
 
     def send_token(step: TokenShareStep) -> None:
         if step.scale != SCALE:  # the client divides by the contract's scale, never by one on the wire
@@ -185,7 +185,7 @@ def _run_generation(spec: WorkerSpec, conn: Connection, party: int, start: Sessi
                                                               cost.dealer_bytes))
         conn.send(("token", step.step, step.phase, sealed))
 
-    stream_on_shares(context, spec.session_id, start.max_new_tokens, prompt, send_token)
+    stream_on_shares(context, model, start.max_new_tokens, prompt, send_token)
     provider.close()
     crypten.uninit()
     conn.send(("done",))

@@ -18,8 +18,11 @@ from pinfer.model.generation import check_request, one_hot
 from pinfer.model.config import ModelConfig
 from pinfer.model.norm_plan import NormShifts
 from pinfer.parties.worker import generate_on_shares, load_model_shares
-from pinfer.protocols.sharing import share
-from pinfer.protocols.world import LocalWorld
+from pinfer.protocols.sharing import ShareBundle, share
+from pinfer.protocols.world import LocalWorld, PartyContext
+
+_KEPT_MODEL = "model"
+"""Under which name each party process keeps the shared model between this module's jobs."""
 
 
 @dataclass
@@ -51,9 +54,7 @@ class PrivateModel:
         self._world = LocalWorld(n_parties)
         try:
             bundles = share(prepare_weights(config, weights), n_parties)
-            results = self._world.run(
-                load_model_shares, "model", config, norm_shifts, party_kwargs=[{"weights": b} for b in bundles]
-            )
+            results = self._world.run(_load_model, config, norm_shifts, party_kwargs=[{"weights": b} for b in bundles])
         except BaseException:
             self._world.close()
             raise
@@ -73,9 +74,7 @@ class PrivateModel:
         check_request(self.config, prompt_ids, max_new_tokens)
         started = time.perf_counter()
         prompts = share({"tokens": one_hot(prompt_ids, self.config.vocab_size)}, self.n_parties)
-        results = self._world.run(
-            generate_on_shares, "model", max_new_tokens, party_kwargs=[{"prompt": p} for p in prompts]
-        )
+        results = self._world.run(_generate, max_new_tokens, party_kwargs=[{"prompt": p} for p in prompts])
         total = sum(r["token_id_shares"] for r in results)
         tokens = [int(v) for v in torch.round(total.double() / results[0]["token_id_scales"]).long()]
         steps = results[0]["step_seconds"]
@@ -86,6 +85,17 @@ class PrivateModel:
             decode_seconds_per_token=statistics.median(steps["decode"]) if steps["decode"] else None,
             party_costs=[r["costs"] for r in results],
         )
+
+
+def _load_model(ctx: PartyContext, config: ModelConfig, norm_shifts: NormShifts, weights: ShareBundle) -> dict[str, Any]:
+    """Party job: load the model and keep it in this party's process for the generations that follow."""
+    ctx.kept[_KEPT_MODEL] = load_model_shares(ctx, config, norm_shifts, weights)
+    return {"costs": ctx.costs.report()}
+
+
+def _generate(ctx: PartyContext, max_new_tokens: int, prompt: ShareBundle) -> dict[str, Any]:
+    """Party job: one generation on the model :func:`_load_model` left in this process."""
+    return generate_on_shares(ctx, ctx.kept[_KEPT_MODEL], max_new_tokens, prompt)
 
 
 def generate_private(
