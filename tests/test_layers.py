@@ -49,7 +49,6 @@ ROOT_LAYER = "service"
 LAYER_OF_PREFIX = {
     "pinfer.atomic_file": "base",
     "pinfer.tensor_codes": "base",
-    "pinfer.calibration": "model",
     "pinfer.proto": "proto",
     "pinfer.accel": "accel",
     "pinfer.model": "model",

