@@ -14,7 +14,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from pinfer.bench.report import machine, table, write_json
+from pinfer.bench.report import machine, pyplot, table, write_json
 
 # The one BERT-base encoder layer (seq 128, 2PC, loopback, 2 vCPUs) measured with plain CrypTen in
 # specs/landscape.md section 2.6, as the reference point for the GPT-2-base row.
@@ -119,10 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plot(runs: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(path)
+    if plt is None:
+        return
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = [f"{r['model']}\n{r['prompt_tokens']} tok {phase}" for r in runs for phase in ("prefill", "decode")]

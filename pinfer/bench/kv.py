@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from pinfer.bench.report import machine, table, write_json
+from pinfer.bench.report import machine, pyplot, table, write_json
 
 NETS = ("loopback", "lan", "wan")
 
@@ -164,10 +164,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(path)
+    if plt is None:
+        return
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(len(models), 2, figsize=(12, 4.2 * len(models)), squeeze=False)

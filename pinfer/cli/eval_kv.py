@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pinfer.bench.report import machine, table, write_json
+from pinfer.bench.report import machine, pyplot, table, write_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -95,10 +95,9 @@ def report(out: Path, model: str, entries: list[Any], records: list[dict[str, An
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(path)
+    if plt is None:
+        return
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     full = next(r for r in rows if r["policy"] == "full")
