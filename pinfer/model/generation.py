@@ -14,8 +14,8 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 import torch.nn.functional as F
 
-from pinfer.model.decoder import Decoder, prepare_weights
 from pinfer.model.config import ModelConfig
+from pinfer.model.decoder import Decoder, prepare_weights
 from pinfer.model.plain_ops import PlainOps
 from pinfer.model.tensor_ops import KVLayer, Value
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from pinfer.atomic_file import write_atomic
+from pinfer.model.config import ModelConfig
 from pinfer.model.decoder import Decoder, prepare_weights
 from pinfer.model.generation import one_hot
-from pinfer.model.config import ModelConfig
 from pinfer.model.plain_ops import PlainOps
 
 NormShifts = dict[str, dict[str, int]]

@@ -96,8 +96,8 @@ class LocalService:
 
     def prepare(self) -> None:
         """Fresh keys, provisioned shares and a bearer token (kept if ``root`` already has them)."""
-        from pinfer.service.orchestrator import token_digest
         from pinfer.parties.share_store import provision
+        from pinfer.service.orchestrator import token_digest
 
         self.root.mkdir(parents=True, exist_ok=True)
         layout = keys.KeyDir(self.key_dir)

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
+from pinfer.model.config import ModelConfig
 from pinfer.model.decoder import prepare_weights
 from pinfer.model.generation import check_request, one_hot
-from pinfer.model.config import ModelConfig
 from pinfer.model.norm_plan import NormShifts
 from pinfer.parties.worker import generate_on_shares, load_model_shares
 from pinfer.protocols.sharing import ShareBundle, share

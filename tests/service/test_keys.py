@@ -13,8 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pinfer import cli, keys
-from pinfer.keys import envelope
 from pinfer.cli import keys as keys_command
+from pinfer.keys import envelope
 
 
 def _cert(path: Path) -> x509.Certificate:

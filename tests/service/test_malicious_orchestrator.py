@@ -20,12 +20,12 @@ from cryptography import x509
 import pinfer
 from pinfer import keys
 from pinfer.keys import envelope, session, trust
-from pinfer.service.client import prepare_request
 from pinfer.model.generation import generate_plain
-from pinfer.service.local_service import LocalService
 from pinfer.model.registry import load_model
-from pinfer.service.orchestrator import OrchestratorConfig, serve, token_digest
 from pinfer.proto import inference_pb2
+from pinfer.service.client import prepare_request
+from pinfer.service.local_service import LocalService
+from pinfer.service.orchestrator import OrchestratorConfig, serve, token_digest
 
 PROMPT = [5, 6, 7, 8, 9]
 TOKENS = 3

@@ -21,12 +21,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import pinfer
 from pinfer import keys
 from pinfer.keys import envelope
-from pinfer.service.client import prepare_request
 from pinfer.model.generation import generate_plain
-from pinfer.service.local_service import LocalService
 from pinfer.model.registry import load_model
-from pinfer.service.orchestrator import Admission, OrchestratorConfig, serve, token_digest
 from pinfer.proto import inference_pb2, inference_pb2_grpc, node_pb2, node_pb2_grpc
+from pinfer.service.client import prepare_request
+from pinfer.service.local_service import LocalService
+from pinfer.service.orchestrator import Admission, OrchestratorConfig, serve, token_digest
 
 PROMPT = [5, 6, 7, 8, 9]
 

@@ -12,8 +12,8 @@ import pytest
 
 import pinfer
 from pinfer.model.generation import generate_plain
-from pinfer.service.local_service import LocalService
 from pinfer.model.registry import load_model
+from pinfer.service.local_service import LocalService
 
 PROMPT = [5, 6, 7, 8, 9]
 
