@@ -1,4 +1,4 @@
-"""KV-cache eviction and selection policies, each written once over ``pinfer.tensor_ops`` and run on
+"""KV-cache eviction and selection policies, each written once over ``pinfer.model.tensor_ops`` and run on
 both backends (plaintext reference and secret shares): full, StreamingLLM, H2O, SnapKV, TOVA, Quest
 and MPCache. ``make_policy(name, budget)`` builds one; ``Decoder(config, ops, kv_policy=...)`` uses it.
 """

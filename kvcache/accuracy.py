@@ -30,10 +30,10 @@ from typing import Any, Protocol
 
 import torch
 
-from pinfer.decoder import Decoder, prepare_weights
-from pinfer.models.config import ModelConfig
-from pinfer.plain_ops import PlainOps
-from pinfer.tensor_ops import KVLayer
+from pinfer.model.config import ModelConfig
+from pinfer.model.decoder import Decoder, prepare_weights
+from pinfer.model.plain_ops import PlainOps
+from pinfer.model.tensor_ops import KVLayer
 
 from . import make_policy
 from .base import KVPolicy
@@ -176,7 +176,7 @@ class Runner:
         return nullcontext() if self.device.type == "cpu" else self.device
 
     def rows(self, ids: Sequence[int]) -> torch.Tensor:
-        """One-hot rows (as ``pinfer.generation.one_hot``, built without its int64 intermediate)."""
+        """One-hot rows (as ``pinfer.model.generation.one_hot``, built without its int64 intermediate)."""
         with self.on_device():
             index = torch.tensor(list(ids), dtype=torch.int64)
             return torch.zeros(len(index), self.config.vocab_size).scatter_(1, index[:, None], 1.0)
@@ -195,14 +195,14 @@ class Runner:
 def passkey_hits(runner: Runner, ids: list[int], answer: list[int], entries: Sequence[Entry]) -> dict[str, bool]:
     logits, caches = runner.prefill(ids, entries)
     hits = {}
-    for entry, cache in zip(entries, caches):
+    for entry, entry_cache in zip(entries, caches):
         step_logits, hit = logits, True
         for i, expected in enumerate(answer):
             if int(step_logits.argmax(dim=-1)[0]) != expected:
                 hit = False
                 break
             if i + 1 < len(answer):
-                step_logits = runner.step(expected, cache, len(ids) + i)
+                step_logits = runner.step(expected, entry_cache, len(ids) + i)
         hits[entry.label] = hit
     return hits
 
@@ -213,10 +213,10 @@ def fidelity(runner: Runner, ids: list[int], steps: int, entries: Sequence[Entry
     context, forced = ids[:-steps], ids[-steps:]
     logits, caches = runner.prefill(context, entries)
     per_entry: dict[str, list[torch.Tensor]] = {}
-    for entry, cache in zip(entries, caches):
+    for entry, entry_cache in zip(entries, caches):
         out = [logits]
         for i, token in enumerate(forced[:-1]):
-            out.append(runner.step(token, cache, len(context) + i))
+            out.append(runner.step(token, entry_cache, len(context) + i))
         per_entry[entry.label] = torch.cat(out).log_softmax(dim=-1)
     reference = per_entry["full"]
     return {label: {"top1": float((lp.argmax(-1) == reference.argmax(-1)).float().mean()),

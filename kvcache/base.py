@@ -1,7 +1,7 @@
 """What every KV policy shares: the attention geometry, budgets, and small backend-neutral helpers.
 
-A policy is written once against :mod:`pinfer.tensor_ops`: its per-layer caches implement
-:class:`~pinfer.tensor_ops.KVLayer` and use only torch-style arithmetic on values plus the backend's
+A policy is written once against :mod:`pinfer.model.tensor_ops`: its per-layer caches implement
+:class:`~pinfer.model.tensor_ops.KVLayer` and use only torch-style arithmetic on values plus the backend's
 ops, so the same code evicts and selects tokens in plaintext (the accuracy reference) and on shares
 (where every selection is a secret one-hot and every gather a product). Budgets, counts and cluster
 sizes are public; which tokens win is not.
@@ -14,8 +14,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from pinfer.models.config import ModelConfig
-from pinfer.tensor_ops import KVLayer, TensorOps, Value
+from pinfer.model.config import ModelConfig
+from pinfer.model.tensor_ops import KVLayer, TensorOps, Value
 
 EVICTED_PENALTY = 32.0
 """Added (negated) to the score of a token a policy evicted by a secret mask rather than by removal.

@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from pinfer.tensor_ops import Operand, TensorOps, Value
+from pinfer.model.tensor_ops import Operand, TensorOps, Value
 
 from .base import EVICTED_PENALTY, Geometry, budget_tokens, zeros_like
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from pinfer.decoder import Decoder
-from pinfer.generation import one_hot
-from pinfer.models.config import ModelConfig
-from pinfer.plain_ops import PlainOps
+from pinfer.model.decoder import Decoder
+from pinfer.model.generation import one_hot
+from pinfer.model.config import ModelConfig
+from pinfer.model.plain_ops import PlainOps
 
 from . import make_policy
 from .base import KVPolicy

@@ -9,8 +9,8 @@ prefill each member cache decodes on its own.
 
 from __future__ import annotations
 
-from pinfer.models.config import ModelConfig
-from pinfer.tensor_ops import KVLayer, TensorOps, Value
+from pinfer.model.config import ModelConfig
+from pinfer.model.tensor_ops import KVLayer, TensorOps, Value
 
 from .base import KVPolicy, PromptObserver
 

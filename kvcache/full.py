@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pinfer.models.config import ModelConfig
-from pinfer.tensor_ops import KVLayer, TensorOps
+from pinfer.model.config import ModelConfig
+from pinfer.model.tensor_ops import KVLayer, TensorOps
 
 from .base import KVPolicy
 

@@ -6,8 +6,8 @@ head's score for a token sums the attention it received from all the head's quer
 
 from __future__ import annotations
 
-from pinfer.models.config import ModelConfig
-from pinfer.tensor_ops import KVLayer, TensorOps
+from pinfer.model.config import ModelConfig
+from pinfer.model.tensor_ops import KVLayer, TensorOps
 
 from .base import Geometry, KVPolicy
 from .slots import SlotLayer

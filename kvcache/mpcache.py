@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pinfer.models.config import ModelConfig
-from pinfer.tensor_ops import KVLayer, Operand, TensorOps, Value
+from pinfer.model.config import ModelConfig
+from pinfer.model.tensor_ops import KVLayer, Operand, TensorOps, Value
 
 from .base import SCORE_SCALE, SCORE_SPREAD, Geometry, KVPolicy, per_head, zeros_like
 from .clusters import ClusteredLayer, ClusterStore, extremes, stack

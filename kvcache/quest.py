@@ -10,8 +10,8 @@ evicted. The first ``dense_layers`` layers attend in full, as in Quest.
 
 from __future__ import annotations
 
-from pinfer.models.config import ModelConfig
-from pinfer.tensor_ops import KVLayer, TensorOps, Value
+from pinfer.model.config import ModelConfig
+from pinfer.model.tensor_ops import KVLayer, TensorOps, Value
 
 from .base import SCORE_SCALE, SCORE_SPREAD, Geometry, KVPolicy
 from .clusters import ClusteredLayer, stack

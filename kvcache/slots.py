@@ -11,7 +11,7 @@ fixed operand), since they change every step.
 
 from __future__ import annotations
 
-from pinfer.tensor_ops import TensorOps, Value
+from pinfer.model.tensor_ops import TensorOps, Value
 
 from .base import Geometry, budget_tokens, per_head, zeros_like
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from pinfer.models.config import ModelConfig
-from pinfer.tensor_ops import KVLayer, TensorOps, Value
+from pinfer.model.config import ModelConfig
+from pinfer.model.tensor_ops import KVLayer, TensorOps, Value
 
 from .base import Geometry, KVPolicy, budget_tokens, per_head
 

@@ -6,8 +6,8 @@ head-averaged attention from the last query is evicted, one decision for the who
 
 from __future__ import annotations
 
-from pinfer.models.config import ModelConfig
-from pinfer.tensor_ops import KVLayer, TensorOps
+from pinfer.model.config import ModelConfig
+from pinfer.model.tensor_ops import KVLayer, TensorOps
 
 from .base import Geometry, KVPolicy
 from .slots import SlotLayer

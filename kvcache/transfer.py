@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pinfer.plain_ops import PlainKVLayer, PlainOps
+from pinfer.model.plain_ops import PlainKVLayer, PlainOps
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from pinfer import envelope, keys, session
+from pinfer import keys
+from pinfer.keys import envelope, session
 from pinfer.parties.replay import ReplayMemoryFull, ServedRequests
 from pinfer.proto import node_pb2, node_pb2_grpc
 

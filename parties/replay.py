@@ -2,7 +2,7 @@
 
 Why: a recorded request replayed later would make the parties run it again. The client seals its
 issue time, and a worker refuses a request issued more than ``REPLAY_WINDOW_S`` from its clock or
-before the node started (:func:`pinfer.session.open_input`). So an id needs remembering only while a
+before the node started (:func:`pinfer.keys.session.open_input`). So an id needs remembering only while a
 replay of it could still pass that check: ``2 * REPLAY_WINDOW_S`` after the node first saw it covers a
 client clock up to a window ahead. Past ``capacity`` ids still inside that time, the node refuses
 new sessions rather than forget one.
@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from pinfer.session import REPLAY_WINDOW_S
+from pinfer.keys.session import REPLAY_WINDOW_S
 
 DEFAULT_CAPACITY = 65536
 

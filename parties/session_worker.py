@@ -10,7 +10,7 @@ mutual-TLS mesh. The node's messages and the worker's replies are tuples of plai
 Sequence: bind a free data-plane port and report it; map this party's weight shares, which the node
 opened once for all its sessions (:mod:`pinfer.parties.weight_cache`); wait for the session's
 endpoints and sealed input; open it and check that the client sealed exactly this session's
-parameters (:func:`pinfer.session.open_input`; a bad envelope or a disagreement is reported as
+parameters (:func:`pinfer.keys.session.open_input`; a bad envelope or a disagreement is reported as
 ``invalid`` before any peer is contacted); join the mesh; run greedy generation on shares; report
 every new token's id share sealed under the reply key the client sealed to this party.
 """
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pinfer import envelope, session
+from pinfer.keys import envelope, session
 
 if TYPE_CHECKING:
     from pinfer.parties.weight_cache import SharedShares
@@ -175,7 +175,7 @@ def _run_generation(spec: WorkerSpec, conn: Connection, party: int, start: Sessi
     activate_communicator(communicator)
     provider, reading = start_party_protocol(communicator, party, spec.parties)
     context = PartyContext(party, spec.parties, provider, CostMeter(reading))
-    load_model_shares(context, spec.session_id, card.config(), card.norm_shifts, weights)
+    model = load_model_shares(context, card.config(), card.norm_shifts, weights)
 
     def send_token(step: TokenShareStep) -> None:
         if step.scale != SCALE:  # the client divides by the contract's scale, never by one on the wire
@@ -185,7 +185,7 @@ def _run_generation(spec: WorkerSpec, conn: Connection, party: int, start: Sessi
                                                               cost.dealer_bytes))
         conn.send(("token", step.step, step.phase, sealed))
 
-    stream_on_shares(context, spec.session_id, start.max_new_tokens, prompt, send_token)
+    stream_on_shares(context, model, start.max_new_tokens, prompt, send_token)
     provider.close()
     crypten.uninit()
     conn.send(("done",))

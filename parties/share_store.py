@@ -1,16 +1,16 @@
 """Weight provisioning: a model's prepared weights split into per-party share files sealed to each party.
 
 Why: no single party may ever see the weights, and a party's share file crosses disks, images and
-volumes that are not trusted with it, so each file is sealed (HPKE, :mod:`pinfer.envelope`) to its
+volumes that are not trusted with it, so each file is sealed (HPKE, :mod:`pinfer.keys.envelope`) to its
 party's envelope key. The model owner runs ``pinfer provision`` once;
 each party node then loads only its own file.
 
 Layout of ``OUT/<model>/``:
 
-* ``model.json`` - the public model card (:class:`pinfer.session.ModelCard`): name, tokenizer, the
+* ``model.json`` - the public model card (:class:`pinfer.keys.session.ModelCard`): name, tokenizer, the
   Hugging Face ``config.json``, the public per-norm shifts, the party count, and the SHA-256 of each
   party's envelope key.
-* ``model.card`` - the same card signed by the deployment CA (:mod:`pinfer.trust`): what the
+* ``model.card`` - the same card signed by the deployment CA (:mod:`pinfer.keys.trust`): what the
   orchestrator serves and the client verifies before it seals a prompt.
 * ``party<i>.shares`` - party *i*'s sealed shares.
 
@@ -36,9 +36,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pinfer import envelope, trust
+from pinfer.keys import envelope, trust
 from pinfer.atomic_file import write_atomic
-from pinfer.session import ModelCard
+from pinfer.keys.session import ModelCard
 from pinfer.protocols.sharing import ShareBundle, share
 
 SHARE_MAGIC = b"PSHR"
@@ -161,9 +161,9 @@ def provision(model: str, out: Path | str, party_keys: Mapping[int, envelope.Pub
     wrong key directory fails clearly instead of with an authentication error; ``ca_key`` signs it,
     so that clients can trust what the orchestrator serves of it.
     """
-    from pinfer import norm_plan
-    from pinfer.decoder import prepare_weights
-    from pinfer.models.registry import load_model, resolve
+    from pinfer.model import norm_plan
+    from pinfer.model.decoder import prepare_weights
+    from pinfer.model.registry import load_model, resolve
 
     parties = len(party_keys)
     if sorted(party_keys) != list(range(parties)) or parties not in (2, 3):

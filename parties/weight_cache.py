@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pinfer import envelope
+from pinfer.keys import envelope
 from pinfer.parties.share_store import ModelCard, ShareFileError, load_card, load_party_model
 from pinfer.protocols.sharing import ShareBundle
 

@@ -1,7 +1,8 @@
 """A party's side of private generation: load a model's weight shares once, then serve generations.
 
-A party process keeps the loaded model (its weight shares, already opened against their masks) for
-as long as it lives, so later sessions pay only for their own prompt and tokens.
+:func:`load_model_shares` opens the weight shares against their masks once and returns the
+:class:`PartyModel`; the caller keeps it and hands it to every generation, so later generations pay
+only for their own prompt and tokens.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import Any
 
 import torch
 
-from pinfer.decoder import Decoder
-from pinfer.generation import greedy_loop
-from pinfer.models.config import ModelConfig
-from pinfer.norm_plan import NormShifts
+from pinfer.model.decoder import Decoder
+from pinfer.model.generation import greedy_loop
+from pinfer.model.config import ModelConfig
+from pinfer.model.norm_plan import NormShifts
 from pinfer.protocols import crypten_compat  # noqa: F401
 from crypten.mpc import MPCTensor
 from pinfer.protocols.costs import Cost
@@ -25,15 +26,17 @@ from pinfer.protocols.mpc_ops import MpcOps
 from pinfer.protocols.sharing import ShareBundle
 from pinfer.protocols.world import PartyContext
 
-_LOADED: dict[str, tuple[ModelConfig, MpcOps]] = {}
+@dataclass(frozen=True)
+class PartyModel:
+    """A model as one party holds it: the public config and the party's opened weight operands."""
+
+    config: ModelConfig
+    ops: MpcOps
 
 
-def load_model_shares(
-    ctx: PartyContext, model_key: str, config: ModelConfig, norm_shifts: NormShifts, weights: ShareBundle
-) -> dict[str, Any]:
-    """Register this party's weight shares (one opening of every matrix's mask) under ``model_key``."""
-    _LOADED[model_key] = (config, MpcOps(ctx.provider, ctx.costs, weights, norm_shifts))
-    return {"costs": ctx.costs.report()}
+def load_model_shares(ctx: PartyContext, config: ModelConfig, norm_shifts: NormShifts, weights: ShareBundle) -> PartyModel:
+    """This party's model from its weight shares (one opening of every matrix's mask)."""
+    return PartyModel(config, MpcOps(ctx.provider, ctx.costs, weights, norm_shifts))
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ class TokenShareStep:
 
 
 def stream_on_shares(
-    ctx: PartyContext, model_key: str, max_new_tokens: int, prompt: ShareBundle, on_token: Callable[[TokenShareStep], None]
+    ctx: PartyContext, model: PartyModel, max_new_tokens: int, prompt: ShareBundle,
+    on_token: Callable[[TokenShareStep], None],
 ) -> dict[str, list[float]]:
     """Run greedy generation on shares, handing each new token's id share to ``on_token`` at once.
 
@@ -56,10 +60,9 @@ def stream_on_shares(
     ``id * scale`` for the one-hot row's encoding scale; the client adds the parties' shares and
     divides. Nothing here is ever opened. Returns the wall seconds of every prefill/decode step.
     """
-    config, ops = _LOADED[model_key]
-    ops.use_costs(ctx.costs)
-    decoder = Decoder(config, ops)
-    index = torch.arange(config.vocab_size, dtype=torch.int64)
+    model.ops.use_costs(ctx.costs)
+    decoder = Decoder(model.config, model.ops)
+    index = torch.arange(model.config.vocab_size, dtype=torch.int64)
     step_seconds: dict[str, list[float]] = {"prefill": [], "decode": []}
     last: list[tuple[str, Cost]] = []
 
@@ -85,10 +88,10 @@ def stream_on_shares(
     return step_seconds
 
 
-def generate_on_shares(ctx: PartyContext, model_key: str, max_new_tokens: int, prompt: ShareBundle) -> dict[str, Any]:
+def generate_on_shares(ctx: PartyContext, model: PartyModel, max_new_tokens: int, prompt: ShareBundle) -> dict[str, Any]:
     """Run greedy generation on shares; return this party's shares of the new token ids and its costs."""
     steps: list[TokenShareStep] = []
-    step_seconds = stream_on_shares(ctx, model_key, max_new_tokens, prompt, steps.append)
+    step_seconds = stream_on_shares(ctx, model, max_new_tokens, prompt, steps.append)
     return {
         "token_id_shares": torch.tensor([s.id_share for s in steps], dtype=torch.int64),
         "token_id_scales": torch.tensor([s.scale for s in steps], dtype=torch.float64),

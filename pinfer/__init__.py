@@ -1,6 +1,6 @@
 """pinfer: privacy-preserving transformer inference on secret shares.
 
-``pinfer.Client`` (the client SDK, :mod:`pinfer.client`) is imported on first use, so that
+``pinfer.Client`` (the client SDK, :mod:`pinfer.service.client`) is imported on first use, so that
 ``import pinfer`` stays light for the CLI and for nodes that never act as a client.
 """
 
@@ -13,7 +13,7 @@ __all__ = ["Client"]
 
 def __getattr__(name: str) -> Any:
     if name == "Client":
-        from pinfer.client import Client
+        from pinfer.service.client import Client
 
         return Client
     raise AttributeError(f"module 'pinfer' has no attribute {name!r}")

@@ -16,7 +16,7 @@ import crypten
 from crypten.mpc import MPCTensor
 
 from . import nonlinear, oblivious
-from pinfer.norm_plan import NormShifts, row_shifts
+from pinfer.model.norm_plan import NormShifts, row_shifts
 
 from .costs import CostMeter
 from .dealer import DealerProvider
@@ -66,7 +66,7 @@ class MpcKVLayer:
 
 class MpcOps:
     """Operations on shares; ``weights`` are this party's shares of the folded model weights and
-    ``norm_shifts`` the model's public norm scales (``pinfer.norm_plan``)."""
+    ``norm_shifts`` the model's public norm scales (``pinfer.model.norm_plan``)."""
 
     def __init__(
         self, provider: DealerProvider, costs: CostMeter, weights: ShareBundle, norm_shifts: NormShifts

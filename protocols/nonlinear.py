@@ -3,7 +3,7 @@
 Every function takes and returns :class:`crypten.mpc.MPCTensor` values in CrypTen's default encoding
 (Z_2^64, 16 fractional bits) and is deterministic: all approximation parameters are arguments or module
 constants, never ``crypten.cfg``, so another component changing CrypTen's global configuration cannot
-change these numerics. Domains come from ``pinfer.calibration`` (see ``docs/approximations.md`` for the
+change these numerics. Domains come from the measured activation ranges (``scripts/activation_ranges.py``) (see ``docs/approximations.md`` for the
 measured ranges and the error table):
 
 ========================  =====================================  ==========================================
@@ -287,7 +287,7 @@ NORM_EXTRA_BITS = 8
 
 NORM_BUDGET_LOG2 = 12
 """``rms_normalize`` keeps d * mean((x 2^-shift)^2) <= 2^NORM_BUDGET_LOG2 when ``shift`` is chosen as
-``pinfer.calibration.norm_shifts`` does: the one truncation of the sum of squares then fails with
+``pinfer.model.norm_plan.norm_shift`` does: the one truncation of the sum of squares then fails with
 probability <= 2^(NORM_BUDGET_LOG2 - 32) = 2^-20 per row."""
 
 
@@ -306,7 +306,7 @@ def rms_normalize(
     are bounded by sqrt(d). The truncation keeps NORM_EXTRA_BITS more fractional bits of the mean
     (read as 2^8 * mean by ``rsqrt``, whose ``out_scale_log2`` undoes it), so small scaled statistics
     keep their precision. A good s keeps mean(xs^2) in about [2^-10, 2^12 / d]: the upper end bounds the
-    truncation, the lower end keeps 2^14 units; ``pinfer.calibration.norm_shifts`` derives per-layer
+    truncation, the lower end keeps 2^14 units; ``pinfer.model.norm_plan`` derives per-layer
     shifts (separately for position 0) from measured ranges.
 
     Measured (2 parties): max abs error 6.6e-4 (4e-5 relative) on SmolLM2-like rows including a

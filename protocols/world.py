@@ -20,7 +20,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -41,6 +41,9 @@ class PartyContext:
     world_size: int
     provider: Any  # DealerProvider; typed loosely so this module imports without crypten
     costs: Any  # CostMeter
+    kept: dict[str, Any] = field(default_factory=dict)
+    """What one job leaves in this party's process for the next ones (a loaded model): a world's jobs
+    share it for as long as the world runs, and nothing else sees it."""
 
 
 def free_ports(count: int) -> list[int]:
@@ -178,6 +181,7 @@ def _party_main(plan: MeshPlan, rank: int, control: Connection) -> None:
     except BaseException as exc:
         _report(control, "error", f"party {rank} start-up: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
         return
+    kept: dict[str, Any] = {}
     while True:
         job = pickle.loads(control.recv_bytes())
         if job is None:
@@ -185,7 +189,7 @@ def _party_main(plan: MeshPlan, rank: int, control: Connection) -> None:
             return
         fn, args, kwargs = job
         try:
-            context = PartyContext(rank, world_size, provider, CostMeter(reading))
+            context = PartyContext(rank, world_size, provider, CostMeter(reading), kept)
             _report(control, "ok", fn(context, *args, **kwargs))
         except BaseException as exc:  # reported to the launcher, which stops the other processes
             _report(control, "error", f"party {rank}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")

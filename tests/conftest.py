@@ -31,8 +31,8 @@ def _write_tiny_checkpoint(out: Path, family: str, seed: int = 0, **overrides: A
     """
     from transformers import AutoModelForCausalLM
 
-    from pinfer.models.registry import tiny_gpt2_hf_config, tiny_llama_hf_config
-    from pinfer.models.tokenizer import byte_level_tokenizer
+    from pinfer.model.registry import tiny_gpt2_hf_config, tiny_llama_hf_config
+    from pinfer.model.tokenizer import byte_level_tokenizer
 
     hf_config = tiny_llama_hf_config() if family == "llama" else tiny_gpt2_hf_config()
     for key, value in overrides.items():

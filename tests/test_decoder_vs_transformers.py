@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from pinfer.decoder import Decoder, prepare_weights
-from pinfer.generation import one_hot
-from pinfer.models.registry import load_model, resolve
-from pinfer.plain_ops import PlainOps
+from pinfer.model.decoder import Decoder, prepare_weights
+from pinfer.model.generation import one_hot
+from pinfer.model.plain_ops import PlainOps
+from pinfer.model.registry import load_model, resolve
 
 
 def _max_logit_error(model: str, ids: list[int], prefill: int) -> float:

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from pinfer.bench.report import pyplot
+
 NTT_VARIANTS = ("bat-triton", "bat-compiled", "bat-eager", "butterfly-compiled", "butterfly-eager", "jax-bat")
 # (constant tile, data tile, K tile, warps, stages) candidates for the fused Triton kernels; the
 # best per N is reported and used for that row.
@@ -235,10 +237,9 @@ def _he_rows(logn: int, device: torch.device, batch: int, repeats: int) -> dict[
 
 # ---- report -------------------------------------------------------------------------------------
 def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(path)
+    if plt is None:
+        return
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for v in sorted({r["variant"] for r in rows if "ntt_per_s" in r}):

@@ -43,9 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def divergence_gap(config: Any, weights: dict[str, torch.Tensor], ids: list[int], plain: list[int], private: list[int]) -> float | None:
     """Plaintext logit of its own choice minus that of the private choice at the first difference."""
-    from pinfer.decoder import Decoder, prepare_weights
-    from pinfer.generation import one_hot
-    from pinfer.plain_ops import PlainOps
+    from pinfer.model.decoder import Decoder, prepare_weights
+    from pinfer.model.generation import one_hot
+    from pinfer.model.plain_ops import PlainOps
 
     step = next((i for i, (a, b) in enumerate(zip(plain, private)) if a != b), None)
     if step is None:
@@ -75,11 +75,11 @@ def _row(record: dict[str, Any]) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pinfer import norm_plan
-    from pinfer.commands.generate import prompt_ids
-    from pinfer.generation import generate_plain
-    from pinfer.models.registry import load_model, resolve
-    from pinfer.private import PrivateModel
+    from pinfer.model import norm_plan
+    from pinfer.model.generation import generate_plain
+    from pinfer.model.registry import load_model, resolve
+    from pinfer.model.tokenizer import encode_prompt
+    from pinfer.service.private import PrivateModel
 
     config, weights, tokenizer = load_model(args.model)
     shifts = norm_plan.for_model(resolve(args.model), config, weights, tokenizer)
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         for text in PROMPTS[: args.prompts]:
             if text in done:
                 continue
-            ids = prompt_ids(tokenizer, text, raw=False)
+            ids = encode_prompt(tokenizer, text, raw=False)
             started = time.perf_counter()
             private = model.generate(ids, args.max_new_tokens)
             plain = generate_plain(config, weights, ids, args.max_new_tokens)

@@ -36,7 +36,7 @@ def _median_s(action, repeats: int) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pinfer import envelope, session
+    from pinfer.keys import envelope, session
 
     payloads = {"party-0 input": os.urandom(8 * args.prompt * SMOLLM2_VOCAB), "party-1 seed": os.urandom(32)}
     context = envelope.EnvelopeContext("0" * 32, 0, "input-share")

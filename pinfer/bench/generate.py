@@ -14,7 +14,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from pinfer.bench.report import machine, table, write_json
+from pinfer.bench.report import machine, pyplot, table, write_json
 
 # The one BERT-base encoder layer (seq 128, 2PC, loopback, 2 vCPUs) measured with plain CrypTen in
 # specs/landscape.md section 2.6, as the reference point for the GPT-2-base row.
@@ -46,9 +46,9 @@ def essay_ids(tokenizer: Any, length: int) -> list[int]:
 
 
 def _measure(model: str, length: int, decode_tokens: int) -> dict[str, Any]:
-    from pinfer import norm_plan
-    from pinfer.models.registry import load_model, resolve
-    from pinfer.private import generate_private
+    from pinfer.model import norm_plan
+    from pinfer.model.registry import load_model, resolve
+    from pinfer.service.private import generate_private
 
     config, weights, tokenizer = load_model(model)
     shifts = norm_plan.for_model(resolve(model), config, weights, tokenizer)
@@ -119,10 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plot(runs: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(path)
+    if plt is None:
+        return
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = [f"{r['model']}\n{r['prompt_tokens']} tok {phase}" for r in runs for phase in ("prefill", "decode")]

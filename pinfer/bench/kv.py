@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from pinfer.bench.report import machine, table, write_json
+from pinfer.bench.report import machine, pyplot, table, write_json
 
 NETS = ("loopback", "lan", "wan")
 
@@ -42,12 +42,12 @@ def _emulation(net: str) -> Any:
 
 
 def _measure_model(world: Any, model: str, args: argparse.Namespace, progress) -> list[dict[str, Any]]:
-    from pinfer import norm_plan
+    from pinfer.model import norm_plan
     from pinfer.bench.generate import essay_ids
-    from pinfer.decoder import prepare_weights
-    from pinfer.generation import one_hot
+    from pinfer.model.decoder import prepare_weights
+    from pinfer.model.generation import one_hot
     from pinfer.kvcache.cost import build_policy, job_decode_costs, per_step, plaintext_cache, totals, truncate
-    from pinfer.models.registry import load_model, resolve
+    from pinfer.model.registry import load_model, resolve
     from pinfer.protocols.sharing import share
 
     config, weights, tokenizer = load_model(model)
@@ -164,10 +164,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(path)
+    if plt is None:
+        return
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(len(models), 2, figsize=(12, 4.2 * len(models)), squeeze=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,3 +53,17 @@ def write_json(out_dir: Path, name: str, payload: dict[str, Any]) -> Path:
     path = out_dir / name
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def pyplot(path: Path) -> Any | None:
+    """matplotlib's pyplot on its file-only backend, or None (saying ``path`` is not drawn) when the
+    ``bench`` extra is not installed: a run's numbers matter more than its picture."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed (pip install 'pinfer[bench]'): {path.name} not drawn", file=sys.stderr)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

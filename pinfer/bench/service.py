@@ -5,7 +5,7 @@ values, or 64 KiB, and receives the peer's) between two party processes over pla
 socket and the TLS mesh (:mod:`pinfer.bench.plane`); and one-way throughput of a bulk tensor between
 two :class:`TlsCommunicator` ends next to a plain TCP socket pair, both ends as threads of this
 process. (2) Service:
-``pinfer up``'s processes (:class:`~pinfer.local_service.LocalService`) with every worker's mesh on
+``pinfer up``'s processes (:class:`~pinfer.service.local_service.LocalService`) with every worker's mesh on
 loopback, emulated LAN (3 Gbit/s, 0.1 ms one way) or WAN (100 Mbit/s, 40 ms); per link, one
 generation's prefill and per-token decode latency as the client sees them, and the parties' own step
 costs; on loopback also ``--concurrency`` sessions at once versus total tokens per second.
@@ -132,7 +132,7 @@ def tcp_data_plane(bulk_bytes: int) -> dict[str, float]:
 def service_run(model: str, link: str, prompt_tokens: int, tokens: int, concurrency: int) -> dict[str, Any]:
     """Start the local service on ``link``; ``concurrency`` clients generate at once; latencies and throughput."""
     import pinfer
-    from pinfer.local_service import LocalService
+    from pinfer.service.local_service import LocalService
 
     with tempfile.TemporaryDirectory(prefix="pinfer-bench-service-") as tmp, \
             LocalService(tmp, model=model, slots=concurrency, node_slots=concurrency, link=link) as service, \

@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 import torch
 
-from pinfer import norm_plan
+from pinfer.model import norm_plan
 from pinfer.bench.generate import essay_ids
-from pinfer.decoder import Decoder, prepare_weights
-from pinfer.generation import one_hot
+from pinfer.model.decoder import Decoder, prepare_weights
+from pinfer.model.generation import one_hot
 from pinfer.kvcache.clusters import selections
 from pinfer.kvcache.cost import plaintext_cache, truncate
 from pinfer.kvcache.mpcache import MPCachePolicy
-from pinfer.models.registry import load_model, resolve
-from pinfer.plain_ops import PlainOps
+from pinfer.model.registry import load_model, resolve
+from pinfer.model.plain_ops import PlainOps
 from pinfer.protocols.sharing import share
 from pinfer.protocols.world import LocalWorld
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pinfer.kvcache.accuracy import RecordedPrompts, Runner, evaluate, grid, record_prompts, run_item, work_items
-from pinfer.models.config import ModelConfig
-from pinfer.models.weights import load_weights
+from pinfer.model.config import ModelConfig
+from pinfer.model.weights import load_weights
 
 POLICIES = ["streamingllm", "h2o", "snapkv", "tova", "quest", "mpcache"]
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pinfer import norm_plan
-from pinfer.decoder import Decoder, prepare_weights
-from pinfer.generation import one_hot
+from pinfer.model import norm_plan
+from pinfer.model.decoder import Decoder, prepare_weights
+from pinfer.model.generation import one_hot
 from pinfer.kvcache import MPCacheParams, make_policy
 from pinfer.kvcache.clusters import selections
-from pinfer.models.registry import load_model, resolve
-from pinfer.plain_ops import PlainOps
+from pinfer.model.registry import load_model, resolve
+from pinfer.model.plain_ops import PlainOps
 from pinfer.protocols.sharing import share
 from pinfer.protocols.world import LocalWorld
 

@@ -7,14 +7,13 @@ plaintext logits, and greedy generation on shares yields the plaintext tokens.
 from __future__ import annotations
 
 import pytest
-import torch
 
-from pinfer.decoder import Decoder, prepare_weights
-from pinfer.generation import generate_plain, one_hot
-from pinfer import norm_plan
-from pinfer.models.registry import load_model, resolve
-from pinfer.plain_ops import PlainOps
-from pinfer.private import generate_private
+from pinfer.model.decoder import Decoder, prepare_weights
+from pinfer.model.generation import generate_plain, one_hot
+from pinfer.model import norm_plan
+from pinfer.model.registry import load_model, resolve
+from pinfer.model.plain_ops import PlainOps
+from pinfer.service.private import generate_private
 from pinfer.protocols.sharing import share
 from pinfer.protocols.world import LocalWorld
 

@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pinfer.calibration import norm_shift
+from pinfer.model.norm_plan import norm_shift
 from pinfer.protocols import nonlinear as nl
 from pinfer.protocols.world import LocalWorld
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pinfer.plain_ops import PlainOps
+from pinfer.model.plain_ops import PlainOps
 from pinfer.protocols.oblivious import FRAC_BITS, pair_lane_width, truncation
 from pinfer.protocols.sharing import share
 from pinfer.protocols.world import LocalWorld

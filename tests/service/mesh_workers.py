@@ -7,7 +7,6 @@ to the launcher through a multiprocessing queue; that pipe links only the test t
 from __future__ import annotations
 
 import multiprocessing as mp
-import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -18,7 +17,6 @@ import torch
 
 from pinfer import keys
 from pinfer.protocols import tls_communicator as tc
-from pinfer.protocols.world import free_ports
 from pinfer.protocols.channel import Channel, Message
 
 _CTX = mp.get_context("forkserver")

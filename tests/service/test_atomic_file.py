@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pinfer import atomic_file
-from pinfer.commands.node import write_port_file
+from pinfer.cli.node import write_port_file
 
 
 def test_mode_is_exact_whatever_the_umask(tmp_path: Path) -> None:

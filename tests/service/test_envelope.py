@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hpke
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pinfer import envelope as env
+from pinfer.keys import envelope as env
 
 KEYS = {
     env.Kem.X25519: (env.PrivateKey.decode(bytes([1]) + bytes(range(32))),

@@ -1,6 +1,6 @@
 """Known-answer tests: the installed ``cryptography`` HPKE is RFC 9180 HPKE.
 
-pinfer's envelopes (``pinfer/envelope.py``) are RFC 9180 HPKE base mode, sealed and opened by
+pinfer's envelopes (``pinfer/keys/envelope.py``) are RFC 9180 HPKE base mode, sealed and opened by
 ``cryptography.hazmat.primitives.hpke`` with HKDF-SHA256 and ChaCha20-Poly1305 over either
 DHKEM(X25519, HKDF-SHA256) or the hybrid MLKEM768-X25519 KEM. Round trips only prove the library
 agrees with itself; these tests decrypt the published test vectors, so they pin that the library we

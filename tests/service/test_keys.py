@@ -12,8 +12,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pinfer import cli, envelope, keys
-from pinfer.commands import keys as keys_command
+from pinfer import cli, keys
+from pinfer.cli import keys as keys_command
+from pinfer.keys import envelope
 
 
 def _cert(path: Path) -> x509.Certificate:
@@ -141,7 +142,7 @@ def _run_cli(argv: list[str]) -> int:
 
 
 def test_keys_command_is_registered() -> None:
-    assert "pinfer.commands.keys" in cli._COMMAND_MODULES
+    assert "pinfer.cli.keys" in cli._COMMAND_MODULES
 
 
 def test_cli_keys_init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,13 +18,14 @@ import torch
 from cryptography import x509
 
 import pinfer
-from pinfer import envelope, keys, session, trust
-from pinfer.client import prepare_request
-from pinfer.generation import generate_plain
-from pinfer.local_service import LocalService
-from pinfer.models.registry import load_model
-from pinfer.orchestrator import OrchestratorConfig, serve, token_digest
+from pinfer import keys
+from pinfer.keys import envelope, session, trust
+from pinfer.model.generation import generate_plain
+from pinfer.model.registry import load_model
 from pinfer.proto import inference_pb2
+from pinfer.service.client import prepare_request
+from pinfer.service.local_service import LocalService
+from pinfer.service.orchestrator import OrchestratorConfig, serve, token_digest
 
 PROMPT = [5, 6, 7, 8, 9]
 TOKENS = 3

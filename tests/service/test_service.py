@@ -19,13 +19,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import pinfer
-from pinfer import envelope, keys
-from pinfer.client import prepare_request
-from pinfer.generation import generate_plain
-from pinfer.local_service import LocalService
-from pinfer.models.registry import load_model
-from pinfer.orchestrator import Admission, OrchestratorConfig, serve, token_digest
+from pinfer import keys
+from pinfer.keys import envelope
+from pinfer.model.generation import generate_plain
+from pinfer.model.registry import load_model
 from pinfer.proto import inference_pb2, inference_pb2_grpc, node_pb2, node_pb2_grpc
+from pinfer.service.client import prepare_request
+from pinfer.service.local_service import LocalService
+from pinfer.service.orchestrator import Admission, OrchestratorConfig, serve, token_digest
 
 PROMPT = [5, 6, 7, 8, 9]
 
@@ -99,10 +100,11 @@ def test_cli_generate_through_the_endpoint(service: LocalService, capsys: pytest
     import json
 
     from pinfer.cli import main
-    from pinfer.commands.generate import prompt_ids, until_stop
+    from pinfer.cli.generate import until_stop
+    from pinfer.model.tokenizer import encode_prompt
 
     config, weights, tokenizer = load_model("tiny-llama")
-    expected = generate_plain(config, weights, prompt_ids(tokenizer, "hi", raw=True), 2)
+    expected = generate_plain(config, weights, encode_prompt(tokenizer, "hi", raw=True), 2)
     argv = ["generate", "--endpoint", service.endpoint, "--token-file", str(service.root / "client.token"),
             "--ca", str(service.ca_path), "--model", "tiny-llama", "--prompt", "hi", "--raw", "--max-new-tokens", "2",
             "--json", "--check"]
@@ -119,7 +121,7 @@ def test_import_pinfer_stays_light() -> None:
     import sys
 
     code = ("import sys, pinfer; assert not {'grpc', 'torch'} & set(sys.modules), sorted(sys.modules); "
-            "assert pinfer.Client.__module__ == 'pinfer.client'")
+            "assert pinfer.Client.__module__ == 'pinfer.service.client'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -381,7 +383,7 @@ def test_a_killed_party_is_restarted_by_the_supervisor(service: LocalService, cl
                                                         plain_tokens: list[int],
                                                         caplog: pytest.LogCaptureFixture) -> None:
     killed = service.processes["party1"]
-    with caplog.at_level(logging.INFO, logger="pinfer.local_service"):
+    with caplog.at_level(logging.INFO, logger="pinfer.service.local_service"):
         service.kill("party1")
         deadline = time.monotonic() + 60
         while service.processes["party1"] is killed or not (service.root / "party1.port").exists():

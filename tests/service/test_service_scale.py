@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 import pinfer
-from pinfer.generation import generate_plain
-from pinfer.local_service import LocalService
-from pinfer.models.registry import load_model
+from pinfer.model.generation import generate_plain
+from pinfer.model.registry import load_model
+from pinfer.service.local_service import LocalService
 
 PROMPT = [5, 6, 7, 8, 9]
 

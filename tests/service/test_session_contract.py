@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pinfer import envelope, keys, session, trust
+from pinfer import keys
+from pinfer.keys import envelope, session, trust
 from pinfer.parties.replay import ReplayMemoryFull, ServedRequests
 
 PARTY = envelope.PrivateKey.generate()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pinfer import atomic_file, keys
-from pinfer.decoder import prepare_weights
-from pinfer.models.registry import load_model
+from pinfer.model.decoder import prepare_weights
+from pinfer.model.registry import load_model
 from pinfer.parties import share_store
 from pinfer.protocols.sharing import ShareBundle, encode
 

@@ -17,8 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mesh_workers as mw
-from pinfer import envelope, keys
+from pinfer import keys
+from pinfer.keys import envelope
 from pinfer.protocols import tls_communicator as tc
+from pinfer.protocols.world import free_ports
 
 MASK = (1 << 64) - 1
 
@@ -37,7 +39,7 @@ def _wrap(value: int) -> int:
 @pytest.mark.parametrize(("world_size", "with_dealer"), [(2, False), (2, True), (3, True)])
 def test_collectives_and_counters(key_dir: Path, world_size: int, with_dealer: bool) -> None:
     mesh = world_size + (1 if with_dealer else 0)
-    ports = mw.free_ports(mesh)
+    ports = free_ports(mesh)
     out = _ok(mw.launch(mw.collectives, list(range(mesh)), (key_dir, world_size, ports, with_dealer)))
     values = [mw._values(r).tolist() for r in range(world_size)]
     expected_sum = [_wrap(sum(col)) for col in zip(*values)]
@@ -84,7 +86,7 @@ def test_collectives_and_counters(key_dir: Path, world_size: int, with_dealer: b
 
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_crypten_arithmetic_over_tls(key_dir: Path, world_size: int) -> None:
-    ports = mw.free_ports(world_size)
+    ports = free_ports(world_size)
     out = _ok(mw.launch(mw.crypten_arithmetic, list(range(world_size)), (key_dir, ports, world_size)))
     expected = [(1.5 + 0.25) * 2 - 1, (-2.0 + 4.0) * 2 - 1, (3.25 - 1.0) * 2 - 1]
     for rank in range(world_size):
@@ -97,13 +99,13 @@ def test_crypten_arithmetic_over_tls(key_dir: Path, world_size: int) -> None:
 
 
 def test_receive_timeout_raises(key_dir: Path) -> None:
-    out = _ok(mw.launch(mw.recv_with_timeout, [0, 1], (key_dir, mw.free_ports(2))))
+    out = _ok(mw.launch(mw.recv_with_timeout, [0, 1], (key_dir, free_ports(2))))
     assert out[0]["error"] == "CommTimeoutError" and 0.4 < out[0]["elapsed"] < 3.0
     assert out[1]["got"] == "done"
 
 
 def test_dead_peer_fails_pending_receive_fast(key_dir: Path) -> None:
-    ports = mw.free_ports(2)
+    ports = free_ports(2)
     dying, _ = mw.start(mw.exit_abruptly, 1, (key_dir, ports))
     out = _ok(mw.launch(mw.exit_abruptly, [0], (key_dir, ports), timeout=30))
     dying.join(5)
@@ -111,12 +113,12 @@ def test_dead_peer_fails_pending_receive_fast(key_dir: Path) -> None:
 
 
 def test_mesh_timeout_when_a_rank_never_comes(key_dir: Path) -> None:
-    out = _ok(mw.launch(mw.connect_only, [0], (key_dir, mw.free_ports(2), 2, {"connect_timeout_s": 1.0})))
+    out = _ok(mw.launch(mw.connect_only, [0], (key_dir, free_ports(2), 2, {"connect_timeout_s": 1.0})))
     assert out[0]["error"] == "CommTimeoutError" and "[1]" in out[0]["message"]
 
 
 def test_foreign_ca_peer_is_refused_both_ways(key_dir: Path, foreign_key_dir: Path) -> None:
-    ports = mw.free_ports(2)
+    ports = free_ports(2)
     honest = mw.start(mw.connect_only, 0, (key_dir, ports, 2, {"connect_timeout_s": 2.5}))
     impostor = mw.launch(mw.connect_only, [1], (key_dir, ports, 2, {"credentials_dir": foreign_key_dir}))
     status, value = impostor[1]
@@ -155,7 +157,7 @@ def _impostor_hello(port: int, credentials: keys.NodeCredentials, claimed_rank: 
 
 
 def test_wrong_role_and_wrong_ca_dialers_are_refused_and_the_real_peer_still_joins(key_dir: Path, foreign_key_dir: Path) -> None:
-    ports = mw.free_ports(2)
+    ports = free_ports(2)
     process, queue = mw.start(mw.connect_only, 0, (key_dir, ports, 2, {"connect_timeout_s": 20.0}))
     # a CA-signed certificate of the wrong role (the client) claiming to be party 1: no hello comes back
     assert _impostor_hello(ports[0], keys.load_node_credentials(key_dir, "client"), 1) == b""
@@ -191,7 +193,7 @@ def test_dialer_refuses_a_listener_with_the_wrong_identity(key_dir: Path, foreig
     port = listener.getsockname()[1]
     thread = threading.Thread(target=_fake_server, args=(credentials, listener), daemon=True)
     thread.start()
-    config = mw.make_config(key_dir, 1, 2, [port, mw.free_ports(1)[0]], connect_timeout_s=5.0)
+    config = mw.make_config(key_dir, 1, 2, [port, free_ports(1)[0]], connect_timeout_s=5.0)
     with pytest.raises(tc.PeerAuthError):
         tc.TlsCommunicator.connect(config)
     listener.close()
@@ -199,7 +201,7 @@ def test_dialer_refuses_a_listener_with_the_wrong_identity(key_dir: Path, foreig
 
 
 def test_other_session_is_refused(key_dir: Path) -> None:
-    ports = mw.free_ports(2)
+    ports = free_ports(2)
     process, queue = mw.start(mw.connect_only, 0, (key_dir, ports, 2, {"connect_timeout_s": 2.0}))
     other = mw.launch(mw.connect_only, [1], (key_dir, ports, 2, {"session_id": "another-session"}))
     assert other[1][0] == "ok" and other[1][1]["error"] == "PeerAuthError", other
@@ -210,13 +212,13 @@ def test_other_session_is_refused(key_dir: Path) -> None:
 
 def test_config_must_match_credentials(key_dir: Path) -> None:
     with pytest.raises(ValueError):
-        tc.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, mw.free_ports(2), role="party0"))
+        tc.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, free_ports(2), role="party0"))
     with pytest.raises(ValueError):
-        tc.TlsCommunicator.connect(mw.make_config(key_dir, 2, 2, mw.free_ports(3), with_dealer=False, role="dealer"))
+        tc.TlsCommunicator.connect(mw.make_config(key_dir, 2, 2, free_ports(3), with_dealer=False, role="dealer"))
 
 
 def test_link_emulation_adds_delay_and_limits_bandwidth(key_dir: Path) -> None:
-    out = _ok(mw.launch(mw.emulated_link, [0, 1], (key_dir, mw.free_ports(2), 80e6, 0.02)))
+    out = _ok(mw.launch(mw.emulated_link, [0, 1], (key_dir, free_ports(2), 80e6, 0.02)))
     # 3 ping-pongs = 6 one-way delays; 1 MB at 80 Mbit/s = 0.1 s plus the reply's delay
     assert out[0]["ping"] >= 6 * 0.02 and out[0]["ping"] < 2.0
     assert out[0]["bulk"] >= 0.1 + 2 * 0.02 - 0.005 and out[0]["bulk"] < 3.0
@@ -559,7 +561,7 @@ def _connect_in_thread(config: tc.TlsCommConfig, listener: socket.socket | None 
 
 
 def test_idle_connections_to_the_listener_do_not_delay_the_real_peer(key_dir: Path) -> None:
-    ports = mw.free_ports(2)
+    ports = free_ports(2)
     process, queue = mw.start(mw.connect_timed, 0, (key_dir, ports, 2, {"connect_timeout_s": 30.0}))
     # more strangers than the listener keeps pending handshakes for, all there before the real peer
     strangers = _strangers(ports[0], tc._MAX_PENDING_HANDSHAKES + 16)
@@ -600,7 +602,7 @@ def _closed_by_peer_after(sock: socket.socket, trickle: bool) -> float:
 @pytest.mark.parametrize("trickle", [False, True], ids=["idle", "slowloris"])
 def test_unauthenticated_connections_are_dropped_within_seconds(key_dir: Path, trickle: bool) -> None:
     listener = tc.bind_listener("127.0.0.1", 0)
-    ports = [listener.getsockname()[1], mw.free_ports(1)[0]]
+    ports = [listener.getsockname()[1], free_ports(1)[0]]
     thread, result = _connect_in_thread(mw.make_config(key_dir, 0, 2, ports, connect_timeout_s=20.0), listener)
     with socket.create_connection(("127.0.0.1", ports[0]), timeout=5) as stranger:
         elapsed = _closed_by_peer_after(stranger, trickle)
@@ -617,7 +619,7 @@ def test_dials_run_concurrently_so_a_stalled_lower_rank_delays_no_other_link(key
     # rank 0's port takes TCP connections but never answers a handshake (bound, never accepting)
     stalled = tc.bind_listener("127.0.0.1", 0)
     listener_1 = tc.bind_listener("127.0.0.1", 0)
-    ports = [stalled.getsockname()[1], listener_1.getsockname()[1], mw.free_ports(1)[0]]
+    ports = [stalled.getsockname()[1], listener_1.getsockname()[1], free_ports(1)[0]]
     thread, result = _connect_in_thread(mw.make_config(key_dir, 1, 3, ports, connect_timeout_s=4.0), listener_1)
     with stalled, pytest.raises(tc.CommTimeoutError) as raised:
         tc.TlsCommunicator.connect(mw.make_config(key_dir, 2, 3, ports, connect_timeout_s=4.0))
@@ -635,7 +637,7 @@ def test_data_plane_contexts_require_tls_1_3(key_dir: Path) -> None:
 
 def test_tls_1_2_only_client_is_refused_and_the_real_peer_still_joins(key_dir: Path) -> None:
     listener = tc.bind_listener("127.0.0.1", 0)
-    ports = [listener.getsockname()[1], mw.free_ports(1)[0]]
+    ports = [listener.getsockname()[1], free_ports(1)[0]]
     thread, result = _connect_in_thread(mw.make_config(key_dir, 0, 2, ports, connect_timeout_s=20.0), listener)
     credentials = keys.load_node_credentials(key_dir, "party1")  # a valid certificate of the right role
     old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -671,7 +673,7 @@ def test_dialer_refuses_a_tls_1_2_only_listener(key_dir: Path) -> None:
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    config = mw.make_config(key_dir, 1, 2, [port, mw.free_ports(1)[0]], connect_timeout_s=5.0)
+    config = mw.make_config(key_dir, 1, 2, [port, free_ports(1)[0]], connect_timeout_s=5.0)
     with pytest.raises(tc.PeerAuthError, match="TLS 1.3"):
         tc.TlsCommunicator.connect(config)
     listener.close()
@@ -680,7 +682,7 @@ def test_dialer_refuses_a_tls_1_2_only_listener(key_dir: Path) -> None:
 
 def test_authenticated_peer_announcing_a_huge_frame_over_tls_is_refused(key_dir: Path) -> None:
     listener = tc.bind_listener("127.0.0.1", 0)
-    ports = [listener.getsockname()[1], mw.free_ports(1)[0]]
+    ports = [listener.getsockname()[1], free_ports(1)[0]]
     thread, result = _connect_in_thread(mw.make_config(key_dir, 0, 2, ports, connect_timeout_s=20.0), listener)
     with tc.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, ports, connect_timeout_s=10.0)) as one:
         thread.join(10)

@@ -1,0 +1,281 @@
+"""The client SDK: private generation against a running pinfer service.
+
+Why the client does this work itself: it is the only node allowed to see the prompt and the output,
+and it trusts the orchestrator with neither. Before it seals anything it verifies what the
+deployment CA signed (:mod:`pinfer.keys.trust`): the party set and each party's envelope key, and the model
+card (tokenizer, vocabulary, end-of-sequence ids); nothing the orchestrator says on its own is used.
+It tokenizes locally, one-hot encodes the prompt, splits it into additive shares over Z_2^64 (party 0
+dense, the others a seed), and seals to party *i* its share with the session's parameters and a fresh
+reply secret (:mod:`pinfer.keys.session`). Each step it requires every party's share of the new token,
+each authenticated under that party's reply key, adds them and detokenizes.
+
+    client = pinfer.Client("localhost:7000", token, "keys/ca/ca.crt")
+    print(client.generate("Hello", max_new_tokens=16))
+
+Errors of trust are typed: :class:`pinfer.keys.trust.UntrustedStatementError` (the served deployment or
+card is not what the pinned CA signed) and :class:`pinfer.keys.session.OutputIntegrityError` (a token
+share forged, dropped, reordered or from another request, or the stream cut short).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+from cryptography import x509
+
+from pinfer.keys import envelope, session, trust
+from pinfer.proto import inference_pb2, inference_pb2_grpc
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """One party's public cost of one step, as that party reported it (authenticated with its share)."""
+
+    party: int
+    seconds: float
+    bytes_sent: int
+    rounds: int
+    dealer_bytes: int
+
+
+@dataclass(frozen=True)
+class Token:
+    """One generated token with its step's public cost as each party reported it."""
+
+    step: int
+    token_id: int
+    phase: str
+    costs: tuple[StepCost, ...]
+
+
+@dataclass(frozen=True)
+class VerifiedModel:
+    """A served model as the pinned CA vouches for it: its card and the party set to seal to.
+
+    ``max_new_tokens`` and ``kv_policy`` are the orchestrator's public serving limits; the parties
+    enforce the model's context whatever they say.
+    """
+
+    card: session.ModelCard
+    deployment: trust.Deployment
+    max_new_tokens: int
+    kv_policy: str
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def tokenizer(self) -> str:
+        return self.card.tokenizer
+
+    @property
+    def parties(self) -> int:
+        return self.deployment.parties
+
+    @property
+    def config(self) -> Any:
+        return self.card.config()
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return tuple(self.config.eos_token_ids)
+
+
+def verify_model(info: inference_pb2.ModelInfo, ca: x509.Certificate) -> VerifiedModel:
+    """Check a served ``ModelInfo``'s signed deployment and card against the pinned CA."""
+    deployment = trust.verify_deployment(ca, info.deployment)
+    card = session.verify_card(ca, info.card, deployment)
+    if card.name != info.name:
+        raise trust.UntrustedStatementError(f"the service named model {info.name!r} but served the card of {card.name!r}")
+    return VerifiedModel(card, deployment, info.max_new_tokens, info.kv_policy)
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A sealed ``GenerateRequest`` and what opens its answer: one reply key per pinned party."""
+
+    request: inference_pb2.GenerateRequest
+    vocab_size: int
+    reply_keys: tuple[session.ReplyKey, ...] = field(repr=False)
+
+    def open(self, event: inference_pb2.GenerateEvent, expected_step: int) -> Token:
+        """Open every party's share of this step's token and add them (mod 2^64).
+
+        Raises :class:`~pinfer.keys.session.OutputIntegrityError` unless the event is step ``expected_step``
+        and carries exactly one authentic share from each pinned party.
+        """
+        from pinfer.protocols.sharing import SCALE
+
+        if event.step != expected_step:
+            raise session.OutputIntegrityError(f"expected token {expected_step}, the service sent token {event.step}")
+        if len(event.token_shares) != len(self.reply_keys):
+            raise session.OutputIntegrityError(
+                f"token {event.step} carries {len(event.token_shares)} shares; every one of the "
+                f"{len(self.reply_keys)} pinned parties must send one")
+        shares = [key.open(event.step, item) for key, item in zip(self.reply_keys, event.token_shares)]
+        total = sum(s.id_share for s in shares) % (1 << 64)
+        total = (total + (1 << 63)) % (1 << 64) - (1 << 63)
+        token_id = round(total / SCALE)
+        if not 0 <= token_id < self.vocab_size:
+            raise session.OutputIntegrityError(f"token {event.step} opened outside the vocabulary")
+        costs = tuple(StepCost(i, s.seconds, s.bytes_sent, s.rounds, s.dealer_bytes) for i, s in enumerate(shares))
+        return Token(event.step, token_id, "prefill" if event.step == 0 else "decode", costs)
+
+    def open_stream(self, events: Iterable[inference_pb2.GenerateEvent]) -> Iterator[Token]:
+        """Every token of the answer, in order; a stream that ends before the last token is an error."""
+        received = 0
+        for event in events:
+            if received == self.request.max_new_tokens:
+                raise session.OutputIntegrityError("the service sent more tokens than were asked for")
+            yield self.open(event, received)
+            received += 1
+        if received != self.request.max_new_tokens:
+            raise session.OutputIntegrityError(
+                f"the stream ended after {received} of {self.request.max_new_tokens} tokens")
+
+
+def prepare_request(model: VerifiedModel, prompt_ids: list[int], max_new_tokens: int) -> PreparedRequest:
+    """Share the one-hot prompt; seal share *i*, the session parameters and a reply secret to party *i*."""
+    from pinfer.model.generation import one_hot
+    from pinfer.protocols.sharing import share
+
+    vocab_size = model.config.vocab_size
+    if not prompt_ids or min(prompt_ids) < 0 or max(prompt_ids) >= vocab_size:
+        raise ValueError("prompt ids must be non-empty and inside the model's vocabulary")
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    request_id = session.new_request_id()
+    issued_at = int(time.time())
+    bundles = share({"tokens": one_hot(prompt_ids, vocab_size)}, model.parties)
+    sealed, reply_keys = [], []
+    for party, (bundle, recipient) in enumerate(zip(bundles, model.deployment.party_keys)):
+        payload = bundle.dense["tokens"] if bundle.seed is None else torch.frombuffer(bytearray(bundle.seed), dtype=torch.uint8)
+        parameters = session.SessionParameters(request_id, model.name, model.parties, party, len(prompt_ids),
+                                               max_new_tokens)
+        secret = os.urandom(session.REPLY_SECRET_BYTES)
+        sealed.append(session.seal_input(parameters, issued_at, secret, envelope.encode_tensor(payload), recipient))
+        reply_keys.append(session.ReplyKey(secret, request_id, party))
+    request = inference_pb2.GenerateRequest(
+        model=model.name, request_id=request_id, input_shares=sealed, prompt_tokens=len(prompt_ids),
+        max_new_tokens=max_new_tokens)
+    return PreparedRequest(request, vocab_size, tuple(reply_keys))
+
+
+def text_pieces(tokenizer: Any, stop_ids: Iterable[int], tokens: Iterable[Token]) -> Iterator[str]:
+    """Detokenize ``tokens`` as they arrive, yielding each new piece of text; the text ends at a stop id.
+
+    A piece is held back while it ends inside a multi-byte character (the tokenizer's U+FFFD).
+    """
+    stop = set(stop_ids)
+    ids: list[int] = []
+    shown = ""
+    stopped = False
+    for token in tokens:
+        if stopped or token.token_id in stop:
+            stopped = True  # the parties run the public count; the text ends here
+            continue
+        ids.append(token.token_id)
+        text = tokenizer.decode(ids)
+        if text.startswith(shown) and not text.endswith("\ufffd"):
+            piece, shown = text[len(shown):], text
+            if piece:
+                yield piece
+    rest = tokenizer.decode(ids)[len(shown):] if ids else ""
+    if rest:
+        yield rest
+
+
+class Client:
+    """A connection to a pinfer orchestrator: a bearer token over server-authenticated TLS.
+
+    ``ca`` is the deployment CA certificate (a path or PEM bytes), pinned by the user: the
+    orchestrator's certificate must chain to it, and it is the root that the served deployment
+    statement and model cards must verify against. ``server_name`` overrides the name checked against
+    the orchestrator's certificate (default: the ``orchestrator`` role name, which only the CA can
+    grant and no other role's certificate carries).
+    """
+
+    def __init__(self, address: str, token: str, ca: str | Path | bytes, *, server_name: str = "orchestrator",
+                 timeout_s: float | None = None) -> None:
+        root = ca if isinstance(ca, bytes) else Path(ca).read_bytes()
+        self._ca = x509.load_pem_x509_certificate(root)
+        credentials = grpc.composite_channel_credentials(
+            grpc.ssl_channel_credentials(root_certificates=root),
+            grpc.access_token_call_credentials(token),
+        )
+        self._channel = grpc.secure_channel(address, credentials, options=[
+            ("grpc.ssl_target_name_override", server_name),
+            ("grpc.max_send_message_length", envelope.MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", envelope.MAX_MESSAGE_BYTES),
+        ])
+        self._stub = inference_pb2_grpc.InferenceStub(self._channel)
+        self._timeout_s = timeout_s
+        self._tokenizers: dict[str, Any] = {}
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def models(self) -> list[VerifiedModel]:
+        """Every served model, each verified against the pinned CA."""
+        served = self._stub.ListModels(inference_pb2.ListModelsRequest(), timeout=self._timeout_s).models
+        return [verify_model(info, self._ca) for info in served]
+
+    def model_info(self, model: str | None = None) -> VerifiedModel:
+        """The named model as the pinned CA vouches for it, or the only model served when ``model`` is None."""
+        if model is not None:
+            return verify_model(self._stub.GetModel(inference_pb2.GetModelRequest(model=model), timeout=self._timeout_s),
+                                self._ca)
+        models = self.models()
+        if len(models) != 1:
+            raise ValueError(f"the service serves {len(models)} models; name one of {[m.name for m in models]}")
+        return models[0]
+
+    def tokenizer(self, info: VerifiedModel) -> Any:
+        """The model's public tokenizer, resolved locally (registry name or checkpoint directory)."""
+        if info.tokenizer not in self._tokenizers:
+            from pinfer.model.registry import resolve
+            from pinfer.model.tokenizer import load_tokenizer
+
+            self._tokenizers[info.tokenizer] = load_tokenizer(resolve(info.tokenizer))
+        return self._tokenizers[info.tokenizer]
+
+    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, model: str | None = None) -> Iterator[Token]:
+        """Private greedy generation from token ids; yields each new token as soon as it is opened.
+
+        Raises ``grpc.RpcError`` with the service's status code (for example ``INVALID_ARGUMENT``
+        for a prompt over the context, ``UNAVAILABLE`` when a party is lost), and the trust errors
+        of the module docstring.
+        """
+        info = self.model_info(model)
+        yield from self._generate(info, prompt_ids, max_new_tokens)
+
+    def _generate(self, info: VerifiedModel, prompt_ids: list[int], max_new_tokens: int) -> Iterator[Token]:
+        prepared = prepare_request(info, prompt_ids, max_new_tokens)
+        yield from prepared.open_stream(self._stub.Generate(prepared.request, timeout=self._timeout_s))
+
+    def stream(self, prompt: str, max_new_tokens: int = 16, model: str | None = None, raw: bool = False) -> Iterator[str]:
+        """Yield the generated text piece by piece as tokens arrive (cut at the first stop token)."""
+        from pinfer.model.tokenizer import encode_prompt
+
+        info = self.model_info(model)
+        tokenizer = self.tokenizer(info)
+        tokens = self._generate(info, encode_prompt(tokenizer, prompt, raw), max_new_tokens)
+        yield from text_pieces(tokenizer, info.eos_token_ids, tokens)
+
+    def generate(self, prompt: str, max_new_tokens: int = 16, model: str | None = None, raw: bool = False) -> str:
+        """The whole generated text (see :meth:`stream`)."""
+        return "".join(self.stream(prompt, max_new_tokens, model, raw))
