@@ -53,7 +53,7 @@ from crypten.mpc.primitives.binary import BinarySharedTensor
 from crypten.mpc.primitives.converters import convert
 from crypten.mpc.ptype import ptype as Ptype
 
-from . import packed_bits
+from . import comparison, packed_bits
 
 FRAC_BITS = 16
 """Fractional bits of the fixed-point encoding every function expects (CrypTen's default)."""
@@ -137,16 +137,6 @@ def _binary(x: MPCTensor) -> BinarySharedTensor:
     return convert(x._tensor, Ptype.binary)
 
 
-def _prefix_or(b: BinarySharedTensor, width: int = 64) -> BinarySharedTensor:
-    """Every bit at or below the most significant set bit becomes 1, for a value below 2^width
-    (non-negative; a set sign bit needs the full width). ceil(log2 width) rounds of one AND each."""
-    shift = 1
-    while shift < width:
-        b = b | (b >> shift)
-        shift *= 2
-    return b
-
-
 def _bits_to_arithmetic(like: MPCTensor, bits: Sequence[BinarySharedTensor]) -> MPCTensor:
     """Convert single-bit binary shares (bit 0 of each) to 0/1 arithmetic shares with scale 1,
     stacked on a new last dimension (the masked bits are opened 64 to a word)."""
@@ -183,11 +173,18 @@ def _linear_int(terms: Sequence[MPCTensor], coeffs: Sequence[float], const: floa
 # --- range reduction -----------------------------------------------------------------------------
 
 
+BUCKET_HEADROOM_LOG2 = 8
+"""The comparisons of ``_buckets`` stay exact for inputs up to 2^8 times the top of the range (their
+lanes are that much wider than ``hi`` needs); beyond that they wrap."""
+
+
 def _buckets(x: MPCTensor, lo: float, hi: float, log2_base: int) -> tuple[MPCTensor, torch.Tensor]:
     """One-hot (scale 1) over buckets [base^e, base^(e+1)) for e = e_lo .. e_hi, and the exponents.
 
-    Inputs below base^e_lo fall in the first bucket and inputs at or above base^e_hi in the last, so
-    every element lands in exactly one bucket. Needs x >= 0.
+    Inputs below base^e_lo fall in the first bucket and inputs at or above base^e_hi (up to
+    2^BUCKET_HEADROOM_LOG2 hi) in the last, so every element lands in exactly one bucket. Needs
+    x >= 0. The bucket edges are compared with x all at once (:func:`comparison.ltz`): one round
+    with FSS keys.
     """
     if not 0 < lo < hi:
         raise ValueError(f"need 0 < lo < hi, got [{lo}, {hi}]")
@@ -195,10 +192,12 @@ def _buckets(x: MPCTensor, lo: float, hi: float, log2_base: int) -> tuple[MPCTen
     e_hi = max(math.floor(math.log2(hi) / log2_base), e_lo + 1)
     exps = torch.arange(e_lo, e_hi + 1)
     positions = [FRAC_BITS + log2_base * int(e) for e in exps[1:]]
-    if positions[0] < 0 or positions[-1] > 62:
+    lanes = math.ceil(math.log2(hi)) + FRAC_BITS + BUCKET_HEADROOM_LOG2 + 2
+    if positions[0] < 0 or lanes > packed_bits.WORD:
         raise ValueError(f"range [{lo}, {hi}] does not fit the 64-bit encoding")
-    prefix = _prefix_or(_binary(x))
-    ge = _bits_to_arithmetic(x, [prefix >> p for p in positions])  # ge[..., j] = [x >= base^e_{j+1}]
+    edges = torch.tensor([2.0 ** (log2_base * int(e)) for e in exps[1:]], dtype=torch.float64)
+    below = comparison.ltz(x.unsqueeze(-1) - edges, lanes)
+    ge = 1 - below  # ge[..., j] = [x >= base^e_{j+1}]
     onehot = crypten.cat([1 - ge[..., :1], ge[..., :-1] - ge[..., 1:], ge[..., -1:]], dim=-1)
     return onehot, exps
 
@@ -453,10 +452,10 @@ def _ge_bits(a: MPCTensor, b: MPCTensor, compare: torch.Tensor | None, default: 
     """[a >= b] as scale-1 bits; where the public ``compare`` is False, the public ``default`` instead,
     and only the compared entries pay for a comparison. ``|a - b| < 2^(lanes-1)`` in encoding units."""
     if compare is None:
-        return 1 - packed_bits.ltz(a - b, lanes)
+        return 1 - comparison.ltz(a - b, lanes)
     bits = _with_share(a, torch.zeros_like(a.share), scale_bits=0) + default.long()
     if bool(compare.any()):
-        bits._tensor.share[compare] = (1 - packed_bits.ltz((a - b)[compare], lanes)).share
+        bits._tensor.share[compare] = (1 - comparison.ltz((a - b)[compare], lanes)).share
     return bits
 
 

@@ -29,7 +29,7 @@ import crypten.communicator as comm
 from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
 
-from . import packed_bits
+from . import comparison, packed_bits
 
 FRAC_BITS = 16
 
@@ -79,7 +79,7 @@ def ranks(x: MPCTensor, spread: float | None = None, resolution: float | None = 
     y = x if t == 0 else _with_share(x, x.share >> t, scale_bits=max(FRAC_BITS - t, 0))
     # beaten[p] = [y_first < y_second]: the later entry beats the earlier one only when strictly larger.
     lanes = pair_lane_width(spread, t, parties) if t else packed_bits.lane_width(spread, FRAC_BITS)
-    beaten = packed_bits.ltz(y[..., first] - y[..., second], lanes)
+    beaten = comparison.ltz(y[..., first] - y[..., second], lanes)
     share = torch.zeros(*beaten.share.shape[:-1], n, dtype=torch.int64)
     share.index_add_(-1, first, beaten.share)
     share.index_add_(-1, second, -beaten.share)
@@ -102,7 +102,7 @@ def topk_onehot(
     rank = ranks(x, spread, resolution).unsqueeze(-2)
     thresholds = torch.arange(1, k + 1, dtype=torch.int64)[:, None].expand(k, n)
     # Ranks and thresholds are integers below n at scale 1: their differences fit narrow lanes.
-    below = packed_bits.ltz(rank - thresholds, packed_bits.lane_width(float(n + k), 0))  # [rank < r + 1]
+    below = comparison.ltz(rank - thresholds, packed_bits.lane_width(float(n + k), 0))  # [rank < r + 1]
     onehot = below.share.clone()
     onehot[..., 1:, :] -= below.share[..., :-1, :]
     return _with_share(below, onehot << FRAC_BITS, scale_bits=FRAC_BITS)

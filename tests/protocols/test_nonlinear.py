@@ -33,9 +33,13 @@ def _apply(name: str, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
     return result.get_plain_text()
 
 
-def job_batch(ctx, cases: dict[str, tuple[str, torch.Tensor, dict[str, Any]]]) -> dict[str, torch.Tensor]:
-    """Evaluate ``{label: (function name, input, keyword arguments)}`` on shares; return plaintexts."""
-    return {label: _apply(name, x, kwargs) for label, (name, x, kwargs) in cases.items()}
+def job_batch(ctx, cases: dict[str, tuple[str, torch.Tensor, dict[str, Any]]], method: str) -> dict[str, torch.Tensor]:
+    """Evaluate ``{label: (function name, input, keyword arguments)}`` on shares with the comparison
+    ``method``; return plaintexts."""
+    from pinfer.protocols import comparison
+
+    with comparison.using(method):
+        return {label: _apply(name, x, kwargs) for label, (name, x, kwargs) in cases.items()}
 
 
 # ---- references --------------------------------------------------------------------------------
@@ -161,9 +165,15 @@ SWEEP: dict[str, tuple[str, torch.Tensor, dict[str, Any]]] = {
 }
 
 
+@pytest.fixture(scope="module", params=["fss", "carry-tree"])
+def method(request) -> str:
+    """Every function is checked with FSS comparisons and with the carry tree."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def sweep(world) -> dict[str, torch.Tensor]:
-    return world.run(job_batch, SWEEP)[0]
+def sweep(world, method) -> dict[str, torch.Tensor]:
+    return world.run(job_batch, SWEEP, method)[0]
 
 
 # ---- domain sweeps -----------------------------------------------------------------------------
@@ -215,7 +225,7 @@ def values(shape: tuple[int, ...], lo: float, hi: float, log: bool = False):
 
 @given(st.data())
 @MPC
-def test_random_shapes_and_values(world, data):
+def test_random_shapes_and_values(world, method, data):
     shape = data.draw(shapes)
     dim = data.draw(st.integers(-len(shape), len(shape) - 1))
     n = shape[dim]
@@ -232,7 +242,7 @@ def test_random_shapes_and_values(world, data):
     }
     if mask is not None and dim in (-1, len(shape) - 1):
         cases["softmax"][2]["mask"] = mask
-    got = world.run(job_batch, cases)[0]
+    got = world.run(job_batch, cases, method)[0]
     for label, (name, x, kwargs) in cases.items():
         if name == "argmax_onehot":
             assert torch.equal(got[label], reference(name, x, kwargs).to(got[label].dtype)), (x, got[label])
