@@ -1,4 +1,5 @@
-"""``pinfer bench nonlinear`` on small shapes: a table, a JSON report, positive costs per function."""
+"""``pinfer bench nonlinear`` on small shapes: a table, a JSON report with both comparison methods per
+function, FSS using fewer rounds than the carry tree wherever the function compares, errors bounded."""
 
 from __future__ import annotations
 
@@ -8,14 +9,25 @@ from pathlib import Path
 import pytest
 
 from pinfer.cli import main
+from pinfer.protocols.nonlinear import ERROR_BOUNDS
 
 
-def test_bench_nonlinear_reports_every_function(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "nonlinear", "--out", str(tmp_path), "--elements", "64", "--cached", "32"]) == 0
-    assert "B/element" in capsys.readouterr().out
+def test_bench_nonlinear_reports_both_methods(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "nonlinear", "--out", str(tmp_path), "--elements", "64", "--cached", "32",
+                 "--rows", "2", "--vocabulary", "256"]) == 0
+    assert "rounds fss" in capsys.readouterr().out
     report = json.loads((tmp_path / "nonlinear.json").read_text())
     assert report["machine"]["cores"] >= 1
-    assert set(report["results"]) == {"exp", "silu", "gelu", "softmax"}
-    for costs in report["results"].values():
-        assert costs["bytes"] > 0 and costs["rounds"] > 0
-    assert report["results"]["softmax"]["elements"] == 9 * 32
+    results = report["results"]
+    assert {"ltz (32-bit)", "exp", "silu", "gelu", "softmax (decode row)", "rsqrt", "argmax_onehot"} <= set(results)
+    for name, by_method in results.items():
+        tree, fss = by_method["carry-tree"], by_method["fss"]
+        assert tree["rounds"] > 0 and fss["rounds"] > 0 and tree["dealer_bytes"] > 0
+        assert fss["rounds"] <= tree["rounds"], name
+    for name in ("ltz (32-bit)", "softmax (decode row)", "rsqrt", "argmax_onehot"):
+        assert results[name]["fss"]["rounds"] < results[name]["carry-tree"]["rounds"], name
+    assert results["ltz (32-bit)"]["fss"]["rounds"] == 1
+    assert results["ltz (32-bit)"]["fss"]["max_abs_error"] == 0
+    assert results["argmax_onehot"]["fss"]["max_abs_error"] == 0
+    assert results["softmax (decode row)"]["fss"]["elements"] == 9 * 32
+    assert results["silu"]["fss"]["max_abs_error"] <= 10 * ERROR_BOUNDS["silu"][0]
