@@ -243,7 +243,8 @@ def reciprocal(
     ~ 2^-16 * x for large x.
 
     Measured (2 parties): max abs error 6.8e-3 at 1/x = 254 (2.7e-5 relative) on [2^-8, 2^16], 4.4e-5
-    on [0.5, 128]; 20 rounds, ~1.4 KB per element sent (A2B, prefix OR, one B2A bit per power of two).
+    on [0.5, 128]. Rounds (``pinfer bench nonlinear``, [0.5, 2^16]): 7 with FSS comparisons, 14 with the
+    carry tree.
     """
     _require_default_encoding(x)
     onehot, exps = _buckets(x, lo, hi, log2_base=1)
@@ -271,8 +272,8 @@ def rsqrt(
     keeps the squares from failing truncation.
 
     Measured (2 parties): within 1e-4 + 1e-4 |f| on [2^-12, 2^24] (max abs 1.8e-3 at f = 44, i.e.
-    4e-5 relative; 7e-5 relative with ``out_scale_log2=8`` on SmolLM2's [0.006, 1.4e6]); 22 rounds,
-    ~2.4 KB per element sent.
+    4e-5 relative; 7e-5 relative with ``out_scale_log2=8`` on SmolLM2's [0.006, 1.4e6]). Rounds
+    (``pinfer bench nonlinear``): 9 with FSS comparisons, 16 with the carry tree.
     """
     _require_default_encoding(x)
     onehot, exps = _buckets(x, lo, hi, log2_base=2)
@@ -309,7 +310,7 @@ def rms_normalize(
     shifts (separately for position 0) from measured ranges.
 
     Measured (2 parties): max abs error 6.6e-4 (4e-5 relative) on SmolLM2-like rows including a
-    first-token row with |x| up to 2.7e4, where the naive formula fails; 24 rounds for 600 rows of 576.
+    first-token row with |x| up to 2.7e4, where the naive formula fails. Rounds: 11 with FSS comparisons, 18 with the carry tree.
     """
     _require_default_encoding(x)
     if center:
@@ -420,8 +421,9 @@ def softmax(x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTens
     and within a row max - min over unmasked scores must stay below 2^11 (measured SmolLM2 spread: 82).
     The denominator lies in [1, n] for rows of n entries, which fixes the reciprocal's domain publicly.
 
-    Measured (2 parties): max abs error 9.7e-5 on 9x128x128 causal scores in [-80, 40]; 95 rounds and
-    52.6 MiB sent for that causal prefill shape (356 B per entry); 640 B per entry of a 2048-entry row.
+    Measured (2 parties): max abs error 9.7e-5 on 9x128x128 causal scores in [-80, 40]. A decode row
+    of 2048 scores per head (``pinfer bench nonlinear``): 48 rounds with FSS comparisons, 121 with the
+    carry tree.
     """
     _require_default_encoding(x)
     moved = dim not in (-1, x.dim() - 1)
@@ -495,7 +497,7 @@ def argmax_onehot(x: MPCTensor, dim: int = -1, spread: float | None = None) -> M
     exactly one 1 per row holds by construction, whatever the values. The result uses the default
     16-bit encoding.
 
-    Measured (2 parties): exact; 143 rounds and 5.1 MiB sent for a 49152-entry row (SmolLM2 logits,
+    Measured (2 parties): exact; 47 rounds with FSS comparisons (143 with the carry tree, 5.1 MiB sent) for a 49152-entry row (SmolLM2 logits,
     spread 2^14); 7.4 MiB without a spread bound.
     """
     _require_default_encoding(x)
