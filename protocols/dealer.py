@@ -2,9 +2,10 @@
 
 The dealer shares one AES-CTR seed with each party. Every party expands its own shares of every tuple
 from its stream; the dealer expands all parties' streams in the same order, computes the correlated
-value and sends party 0 only the correction that makes the shares add up. Parties other than 0 never
-talk to the dealer after set-up, and the dealer never sees an opened value, so it learns nothing but
-its own randomness.
+value and sends party 0 only the correction that makes the shares add up. Parties other than 0 send
+the dealer nothing after set-up; they only receive the correction words of FSS keys (common to both
+keys of a pair), pushed in the order of party 0's requests. The dealer never sees an opened value,
+so it learns nothing but its own randomness.
 
 Beyond CrypTen's tuples the dealer keeps masks for *fixed operands* (weights, cached keys and values):
 a mask ``B`` is drawn once when the operand is registered (or extended by new cache rows), the parties
