@@ -43,14 +43,16 @@ def expand(seeds: np.ndarray) -> Expansion:
     """Expand every seed of a ``(count, 2)`` uint64 array (one AES-ECB call over 3 count blocks)."""
     if seeds.ndim != 2 or seeds.shape[1] != 2 or seeds.dtype != np.uint64:
         raise ValueError(f"seeds must be a (count, 2) uint64 array, got {seeds.dtype} {seeds.shape}")
-    inputs = np.ascontiguousarray(seeds[:, None, :] ^ _TWEAKS[None, :, :])
+    inputs = np.empty((seeds.shape[0], BLOCKS_PER_EXPANSION, 2), dtype=np.uint64)
+    np.bitwise_xor(seeds[:, None, :], _TWEAKS[None, :, :], out=inputs)
+    # one writable buffer for the ciphertext, so the outputs below are views into it, not copies
+    out = bytearray(inputs.nbytes + 15)
     encryptor = Cipher(algorithms.AES(_FIXED_KEY), modes.ECB()).encryptor()
-    blocks = np.frombuffer(encryptor.update(inputs.tobytes()) + encryptor.finalize(), dtype=np.uint64)
-    blocks = blocks.reshape(inputs.shape) ^ inputs
+    written = encryptor.update_into(memoryview(inputs).cast("B"), out)
+    blocks = np.frombuffer(out, dtype=np.uint64, count=written // 8).reshape(inputs.shape)
+    blocks ^= inputs
     left, right, values = blocks[:, 0], blocks[:, 1], blocks[:, 2]
     bit_left, bit_right = left[:, 0] & np.uint64(1), right[:, 0] & np.uint64(1)
-    left = left.copy()
-    right = right.copy()
     left[:, 0] &= _CLEAR_LOW
     right[:, 0] &= _CLEAR_LOW
-    return Expansion(left, bit_left, right, bit_right, values[:, 0].copy(), values[:, 1].copy())
+    return Expansion(left, bit_left, right, bit_right, values[:, 0], values[:, 1])
