@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -82,27 +82,67 @@ def active_method() -> Method:
 
 def ltz(x: MPCTensor, bits: int = packed_bits.WORD) -> MPCTensor:
     """``[x < 0]`` as scale-1 0/1 shares shaped like x, for ``|x| < 2^(bits-1)`` in encoding units."""
-    if not 2 <= bits <= packed_bits.WORD:
-        raise ValueError(f"lane width {bits} must lie in 2..{packed_bits.WORD}")
+    return ltz_many([(x, bits)])[0]
+
+
+def ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
+    """``[x < 0]`` for every ``(x, bits)`` pair, all in the rounds of one sign test.
+
+    Reading ``x mod 2^bits`` makes this a bit extractor too: ``ltz(y, i + 1)`` is bit ``i`` of y's
+    encoding. With ``fss`` every value's masked opening travels in one message; the carry tree moves
+    each value's sign bit to bit 63 (a local shift) and runs one 64-bit tree when the widths differ.
+    """
+    for _, bits in tests:
+        if not 2 <= bits <= packed_bits.WORD:
+            raise ValueError(f"lane width {bits} must lie in 2..{packed_bits.WORD}")
+    if not tests:
+        return []
     if active_method() == "carry-tree":
-        return packed_bits.ltz(x, bits)
-    return _fss_ltz(x, bits)
+        return _carry_tree_ltz_many(tests)
+    return _fss_ltz_many(tests)
 
 
-def _fss_ltz(x: MPCTensor, bits: int) -> MPCTensor:
-    share = x.share.reshape(-1)
-    keys = crypten.mpc.get_default_provider().sign_keys(share.numel(), bits)
-    opened = ArithmeticSharedTensor.from_shares(share + keys.mask(), precision=0).reveal()
-    if bits < packed_bits.WORD:
-        opened = opened & ((1 << bits) - 1)
-    top = (opened >> (bits - 1)) & 1
-    low = opened & ((1 << (bits - 1)) - 1)
+def _carry_tree_ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
+    widths = {bits for _, bits in tests}
+    bits = widths.pop() if len(widths) == 1 else packed_bits.WORD
+    flat = [x.share.reshape(-1) << (bits - width) for x, width in tests]
+    joined = _like(tests[0][0], torch.cat(flat), precision=0)
+    signs = packed_bits.ltz(joined, bits).share
+    return _split(signs, tests)
+
+
+def _fss_ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
+    provider = crypten.mpc.get_default_provider()
+    keys = [provider.sign_keys(x.share.numel(), bits) for x, bits in tests]
+    masked = torch.cat([x.share.reshape(-1) + k.mask() for (x, _), k in zip(tests, keys)])
+    opened = ArithmeticSharedTensor.from_shares(masked, precision=0).reveal()
     rank = comm.get().get_rank()
-    borrow = dcf.evaluate(rank, keys.root, keys.corrections(), low.numpy().view(np.uint64))
-    flipped = keys.top() + torch.from_numpy(borrow.view(np.int64))  # shares of r_top XOR borrow
-    sign = flipped * (1 - 2 * top) + (top if rank == 0 else 0)
+    signs, offset = [], 0
+    for (x, bits), k in zip(tests, keys):
+        values = opened[offset : offset + x.share.numel()]
+        offset += x.share.numel()
+        if bits < packed_bits.WORD:
+            values = values & ((1 << bits) - 1)
+        top = (values >> (bits - 1)) & 1
+        low = values & ((1 << (bits - 1)) - 1)
+        borrow = dcf.evaluate(rank, k.root, k.corrections(), low.numpy().view(np.uint64))
+        flipped = k.top() + torch.from_numpy(borrow.view(np.int64))  # shares of r_top XOR borrow
+        signs.append(flipped * (1 - 2 * top) + (top if rank == 0 else 0))
+    return _split(torch.cat(signs), tests)
+
+
+def _split(signs: torch.Tensor, tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
+    out, offset = [], 0
+    for x, _ in tests:
+        count = x.share.numel()
+        out.append(_like(x, signs[offset : offset + count].reshape(x.share.shape), precision=0))
+        offset += count
+    return out
+
+
+def _like(x: MPCTensor, share: torch.Tensor, precision: int) -> MPCTensor:
     out = x.shallow_copy()
     out._tensor = x._tensor.shallow_copy()
-    out._tensor.share = sign.reshape(x.share.shape)
-    out._tensor.encoder = FixedPointEncoder(precision_bits=0)
+    out._tensor.share = share
+    out._tensor.encoder = FixedPointEncoder(precision_bits=precision)
     return out

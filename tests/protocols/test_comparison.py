@@ -35,6 +35,22 @@ def job_ltz(ctx, encodings: torch.Tensor, width: int, method: str):
     return {"ltz": negative._tensor.reveal(), "method": used, **costs}
 
 
+def job_bits(ctx, encodings: torch.Tensor, positions: list[int], method: str):
+    import crypten
+    import crypten.communicator as comm
+
+    from pinfer.protocols import comparison
+    from pinfer.protocols.sharing import SCALE
+
+    x = crypten.cryptensor(encodings.double() / SCALE, src=0)
+    stats = comm.get()
+    before = stats.comm_rounds
+    with comparison.using(method):
+        bits = comparison.ltz_many([(x, i + 1) for i in positions] + [(x, 64)])
+    rounds = stats.comm_rounds - before
+    return {"bits": [b._tensor.reveal() for b in bits], "rounds": rounds}
+
+
 def job_pinned_fss(ctx):
     import crypten
 
@@ -66,6 +82,21 @@ def test_ltz_is_exact_on_both_methods(world, method, width, data):
     out = world.run(job_ltz, encodings, width, method)[0]
     assert out["method"] == method
     assert torch.equal(out["ltz"], (encodings < 0).long())
+
+
+@pytest.mark.parametrize("method", ["fss", "carry-tree"])
+@given(data=st.data())
+@MPC
+def test_ltz_many_reads_any_bit_and_the_sign_together(world, method, data):
+    encodings = data.draw(st.lists(st.integers(-2**62, 2**62), min_size=1, max_size=50)
+                          .map(lambda v: torch.tensor(v, dtype=torch.int64)))
+    positions = data.draw(st.lists(st.integers(1, 62), min_size=1, max_size=6))
+    out = world.run(job_bits, encodings, positions, method)[0]
+    for i, bits in zip(positions, out["bits"]):
+        assert torch.equal(bits, (encodings >> i) & 1), i
+    assert torch.equal(out["bits"][-1], (encodings < 0).long())
+    if method == "fss":
+        assert out["rounds"] == 1
 
 
 def test_fss_costs_one_round_and_its_keys_are_dealer_traffic(world):
