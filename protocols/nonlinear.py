@@ -9,26 +9,26 @@ measured ranges and the error table):
 ========================  =====================================  ==========================================
 function                  documented domain                      method
 ========================  =====================================  ==========================================
-``exp``                   x <= 0 (any magnitude)                 bits of -x: q(frac) * prod e^-2^i per bit,
-                                                                 gated to 0 below -16
-``softmax``               row spread < 2^11; a row needs one     tournament max, ``exp``, ``reciprocal``;
-                          unmasked entry                         masked entries skipped
+``exp``                   x <= 0, |x| < 2^45                     spline of e^-w (32 half-unit segments,
+                                                                 degree 4), 0 below -15.875
+``softmax``               row spread < 2^11; a row needs one     tournament max, the ``exp`` spline,
+                          unmasked entry                         ``reciprocal``; masked entries skipped
 ``reciprocal``            [lo, hi], default [2^-8, 2^16]         MSB range reduction + 2 Newton steps
 ``rsqrt``                 [lo, hi], default [2^-12, 2^24]        MSB range reduction (base 4) + 3 Newton steps
-``silu``                  |x| < 2^15 (error measured on ±64)     relu(x) - |x| e^-|x| / (1 + e^-|x|)
-``gelu``                  |x| < 2^15 (error measured on ±64)     relu(x) - c(|x|), c a degree-5 spline on
-                                                                 8 unit segments selected by |x|'s bits
+``silu``                  |x| < 2^15 (error measured on ±20)     spline on [-16, 16) (32 unit segments,
+                                                                 degree 4); 0 below, x above
+``gelu``                  |x| < 2^15 (error measured on ±20)     spline on [-8, 8) (32 half-unit segments,
+                                                                 degree 4); 0 below, x above
 ``argmax_onehot``         any (narrower lanes with a spread)     comparison tournament + routing back
 ========================  =====================================  ==========================================
 
-Why bit decompositions instead of CrypTen's defaults: CrypTen's ``exp`` is ``(1 + x/2^n)^(2^n)``, which
-blows up below ``-2^(n+1)`` and, in 16-bit fixed point, loses n bits of the input when dividing by
-``2^n`` (error ~4e-3 at n = 8). Its Newton inverses start from a fixed initial guess and converge only on
-a narrow range, while the measured RMSNorm mean squares span 0.006 .. 1.3e6. Here a single A2B
-conversion per element gives the binary sharing of the input; shifts and ORs on packed 64-bit words
-(cheap: one AND triple per word per round) then yield the needed bits, and a few single-bit B2A
-conversions bring them back as 0/1 arithmetic shares with scale 1, whose products with fixed-point
-values need no truncation.
+Every choice of a segment, bucket or tournament winner is a sign test (:mod:`comparison`): one round
+with the dealer's FSS keys, a packed carry tree otherwise. Why not CrypTen's defaults: its ``exp`` is
+``(1 + x/2^n)^(2^n)``, which blows up below ``-2^(n+1)`` and, in 16-bit fixed point, loses n bits of the
+input when dividing by ``2^n`` (error ~4e-3 at n = 8); its Newton inverses start from a fixed initial
+guess and converge only on a narrow range, while the measured RMSNorm mean squares span 0.006 .. 1.3e6.
+Splines (:mod:`spline`) keep every input bit in the polynomial's argument and choose segments exactly
+up to one unit of 2^-4, where neighbouring polynomials are fitted to overlap.
 
 Truncation caveat (applies to all CrypTen 2-party code): truncation divides each share locally and
 fails, with an error of about 2^32 in real units, with probability |V| / 2^64 for a truncated encoding
@@ -49,22 +49,21 @@ import crypten
 from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import beaver
-from crypten.mpc.primitives.binary import BinarySharedTensor
-from crypten.mpc.primitives.converters import convert
-from crypten.mpc.ptype import ptype as Ptype
 
-from . import comparison, packed_bits
+from . import comparison, packed_bits, spline
 
 FRAC_BITS = 16
 """Fractional bits of the fixed-point encoding every function expects (CrypTen's default)."""
 
 _SCALE = 1 << FRAC_BITS
 
-EXP_CUTOFF = 16.0
-"""``exp(x)`` returns 0 for ``x <= -EXP_CUTOFF`` (e^-16 = 1.1e-7 is below the 2^-16 resolution)."""
+EXP_SPLINE = spline.fit(lambda w: torch.exp(-w), lo=-0.125, width_log2=-1, index_bits=5, degree=4,
+                        above_is_identity=False, floor=0.0)
+"""e^-w on [0, 15.875) by 32 half-unit segments of degree 4 from -1/8 (fit error 1.4e-6), 0 outside;
+segments starting below the floor keep w = 0 (a row's max) clear of the segment choice's error."""
 
-_EXP_FRAC_POLY = (0.99999949, -0.99995286, 0.49927567, -0.16267087, 0.03236559)
-"""Degree-4 minimax fit (relative error) of e^-f on [0, 0.5], coefficients of f^0..f^4: max rel. error 5.1e-7."""
+EXP_CUTOFF = EXP_SPLINE.top
+"""``exp(x)`` returns 0 for ``x <= -EXP_CUTOFF`` (e^-15.875 = 1.3e-7 is below the 2^-16 resolution)."""
 
 SOFTMAX_SPREAD_LOG2 = 11
 """Within a softmax row, max - min over unmasked scores must be below 2^11 (measured SmolLM2: 82);
@@ -86,15 +85,18 @@ RSQRT_ITERS = 3
 
 ACTIVATION_BOUND = 2.0**15
 """SiLU and GeLU take |x| < 2^15, 600x the largest input measured (SmolLM2 gate projections: 52):
-their one A2B then runs in 32-bit packed lanes (``packed_bits``), 2.7x cheaper than 64 bits."""
-
-_ACTIVATION_LANES = packed_bits.lane_width(ACTIVATION_BOUND, FRAC_BITS)
-
-GELU_CLAMP = 8.0
-"""|x| from which GeLU returns relu(x) exactly (|x| sigmoid(-2u(8)) = 3e-21); a power of two, so the
-test is an OR over the magnitude's high bits, and the spline below it has 8 unit segments."""
+their range tests then run on 21-bit lanes."""
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
+
+
+SILU_SPLINE = spline.fit(lambda x: x * torch.sigmoid(x), lo=-16.0, width_log2=0, index_bits=5, degree=4,
+                         above_is_identity=True)
+GELU_SPLINE = spline.fit(_gelu_tanh, lo=-8.0, width_log2=-1, index_bits=5, degree=4, above_is_identity=True)
 
 ERROR_BOUNDS: dict[str, tuple[float, float]] = {
     "exp": (5e-5, 0.0),
@@ -132,17 +134,6 @@ def _to_fixed(bits: MPCTensor) -> MPCTensor:
     return _with_share(bits, bits.share * _SCALE)
 
 
-def _binary(x: MPCTensor) -> BinarySharedTensor:
-    """Binary (XOR) sharing of x's encoding: one A2B conversion."""
-    return convert(x._tensor, Ptype.binary)
-
-
-def _bits_to_arithmetic(like: MPCTensor, bits: Sequence[BinarySharedTensor]) -> MPCTensor:
-    """Convert single-bit binary shares (bit 0 of each) to 0/1 arithmetic shares with scale 1,
-    stacked on a new last dimension (the masked bits are opened 64 to a word)."""
-    return packed_bits.bits_to_arithmetic(BinarySharedTensor.stack(list(bits), dim=-1), like)
-
-
 def _mul_stacked(a: Sequence[MPCTensor], b: Sequence[MPCTensor]) -> list[MPCTensor]:
     """Elementwise products a[i] * b[i] of same-shaped tensors in one Beaver round."""
     prod = crypten.stack(list(a)) * crypten.stack(list(b))
@@ -157,16 +148,6 @@ def _scale_pow2(x: MPCTensor, shifts: torch.Tensor) -> MPCTensor:
     out = _with_share(x, x.share * up, scale_bits=FRAC_BITS)
     if bool((down > 1).any()):
         out._tensor.div_(down)
-    return out
-
-
-def _linear_int(terms: Sequence[MPCTensor], coeffs: Sequence[float], const: float) -> MPCTensor:
-    """const + sum(coeffs[i] * terms[i]) with a single truncation (coefficients kept at 16 bits)."""
-    share = sum(t.share * int(round(c * _SCALE)) for t, c in zip(terms, coeffs))
-    out = _with_share(terms[0], share, scale_bits=2 * FRAC_BITS)
-    out = out + const
-    out._tensor.div_(_SCALE)
-    out._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
     return out
 
 
@@ -331,84 +312,16 @@ def rms_normalize(
     return xs * rsqrt(total + eps_scaled, out_scale_log2=NORM_EXTRA_BITS // 2)
 
 
-def _mul_const(x: MPCTensor, c: float) -> MPCTensor:
-    """x * c for a public c in (0, 1], with c kept to 16 significant bits however small it is.
-
-    Encoding c at 16 fractional bits would leave e^-8 with only 22 units (2% error); scaling the
-    integer coefficient up keeps the pre-truncation value at |x| * 2^32 as for any product.
-    """
-    bits = FRAC_BITS + max(0, math.ceil(-math.log2(c)))
-    out = _with_share(x, x.share * int(round(c * 2.0**bits)))
-    out._tensor.div_(2**bits)
-    return out
-
-
-def _exp_bit_sources(wb: BinarySharedTensor, w_bits: int = 63) -> list[BinarySharedTensor]:
-    """The six single bits ``_exp_from_bits`` needs from the binary sharing of w's encoding.
-
-    The sixth is [w >= 16]: an OR over bits 20 .. 16 + w_bits of the encoding (``packed_bits.any_set``).
-    By default that is every higher bit (so a negative w, with its sign bit set, counts as w >= 16); a
-    caller that knows 0 <= w < 2^w_bits publicly folds fewer bits (softmax: w < 2^11, 7 bits, 3 rounds).
-    """
-    high = packed_bits.any_set(wb, FRAC_BITS + 4, min(FRAC_BITS + w_bits, packed_bits.WORD))
-    return [wb >> (FRAC_BITS - 1 + i) for i in range(5)] + [high]
-
-
-def _exp_from_bits(w: MPCTensor, bits: MPCTensor, scale: MPCTensor | None = None) -> list[MPCTensor]:
-    """[e^-w] or, with ``scale``, [e^-w, scale * e^-w]; ``bits`` are ``_exp_bit_sources`` in arithmetic.
-
-    Bits 15..19 of w's encoding give k = floor(2w)/2 in [0, 16) and the sixth bit says w >= 16 (or
-    w < 0). Then e^-w = [w < 16] * q(f) * prod_i (e^-2^(i-1))^bit_i with f = w - k in [0, 0.5) and q a
-    degree-4 polynomial. Each factor is applied as R + bit * (R c - R), an exact product with a
-    scale-1 bit, so every step adds at most one ulp of absolute error. ``scale`` is folded in before
-    the factors, so scale * e^-w keeps that absolute error instead of amplifying e^-w's by |scale|.
-    """
-    frac_share = w.share - sum(bits[..., i].share << (FRAC_BITS - 1 + i) for i in range(5))
-    f = _with_share(w, frac_share)
-    f2 = f * f
-    f3, f4 = _mul_stacked([f2, f2], [f, f2])
-    q = _linear_int([f, f2, f3, f4], _EXP_FRAC_POLY[1:], _EXP_FRAC_POLY[0])
-    r = q - bits[..., 5] * q  # [w < 16] * q: exact, so a huge garbage f can never leak through
-    if scale is not None:
-        r = crypten.stack([r, r * scale])  # r is 0 wherever |scale| could be large (w >= 16)
-    for i in range(5):
-        bit = bits[..., i] if scale is None else crypten.stack([bits[..., i]] * 2)
-        r = r + bit * (_mul_const(r, math.exp(-(2.0 ** (i - 1)))) - r)
-    return [r] if scale is None else [r[0], r[1]]
-
-
-def _exp_neg(w: MPCTensor, w_bits: int = 63) -> MPCTensor:
-    """e^-w via ``_exp_from_bits``, with w's bits from one A2B conversion (see ``_exp_bit_sources``).
-
-    For ``0 <= w < 2^w_bits`` publicly, the conversion runs in packed lanes just wide enough for w's
-    encoding, which is then exact (``packed_bits.lane_bits``)."""
-    lanes = packed_bits.lane_width(2.0**w_bits, FRAC_BITS) if w_bits < 63 else packed_bits.WORD
-    wb = _binary(w) if lanes == packed_bits.WORD else packed_bits.lane_bits(w, lanes)
-    return _exp_from_bits(w, _bits_to_arithmetic(w, _exp_bit_sources(wb, w_bits)))[0]
-
-
-def _sign_and_magnitude(x: MPCTensor) -> tuple[BinarySharedTensor, BinarySharedTensor]:
-    """From one A2B of x (in packed lanes, for |x| < ACTIVATION_BOUND): the sign replicated over all
-    64 bits, and x's ones'-complement magnitude (|X| for X >= 0, |X| - 1 for X < 0, X the encoding),
-    below 2^(lanes-1), both as binary shares: XOR with the replicated sign is local, so |x|'s bits
-    cost no more than x's."""
-    xb = packed_bits.lane_bits(x, _ACTIVATION_LANES)
-    sign = (xb << (64 - _ACTIVATION_LANES)) >> 63
-    return sign, (xb ^ sign) & ((1 << (_ACTIVATION_LANES - 1)) - 1)
-
-
 def exp(x: MPCTensor) -> MPCTensor:
-    """e^x for x <= 0; 0 (to one ulp, 2^-16) for x <= -16 and for x > 0 (callers subtract the max first).
+    """e^x for x <= 0; 0 (to one ulp, 2^-16) for x <= -EXP_CUTOFF and for x > 0 (callers subtract
+    the max first). A spline of e^-w (``EXP_SPLINE``) on -x: segments chosen by sign tests, so any
+    magnitude is accepted and nothing can overflow.
 
-    Unlike CrypTen's (1 + x/2^n)^(2^n), which drops n input bits and blows up below -2^(n+1), the bit
-    decomposition keeps every input bit and cannot overflow for any input.
-
-    Measured (2 parties): max abs error 2.2e-5 on [-16, 0], outputs <= 2^-14 on [-1e6, -16];
-    22 rounds, 727 B per element sent (CrypTen's 64-bit A2B 416, a bit-sliced OR of 44 bits, packed
-    B2A, 8 products); inside softmax the A2B runs in packed lanes (160 B) and the OR folds 7 bits.
+    Measured (2 parties, ``pinfer bench nonlinear``): max abs error 2.4e-5 on [-16, 0]; 5 rounds with
+    FSS comparisons, 12 with the carry tree.
     """
     _require_default_encoding(x)
-    return _exp_neg(-x)
+    return spline.evaluate(-x, EXP_SPLINE, bound=2.0**45)
 
 
 def softmax(x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTensor:
@@ -436,17 +349,22 @@ def softmax(x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTens
     top, _ = _tournament(x, valid, spread=2.0**SOFTMAX_SPREAD_LOG2)
     w = top - x  # 0 <= w < 2^11 on unmasked entries
     if valid is None:
-        e = _exp_neg(w, w_bits=SOFTMAX_SPREAD_LOG2)
+        e = _exp_of_gap(w)
     else:
         e = _with_share(w, torch.zeros_like(w.share))
         if bool(valid.any()):
-            e._tensor.share[valid] = _exp_neg(w[valid], w_bits=SOFTMAX_SPREAD_LOG2).share
+            e._tensor.share[valid] = _exp_of_gap(w[valid]).share
     n = x.size(-1)
     denom = e.sum(dim=-1, keepdim=True)
     out = e * reciprocal(denom, lo=0.5, hi=float(max(n, 1)))
     if valid is not None:
         out = _with_share(out, out.share * valid.long())
     return out.transpose(dim, -1) if moved else out
+
+
+def _exp_of_gap(w: MPCTensor) -> MPCTensor:
+    """e^-w for a row's gaps to its max, 0 <= w < 2^SOFTMAX_SPREAD_LOG2: no test for w below the spline."""
+    return spline.evaluate(w, EXP_SPLINE, bound=2.0**SOFTMAX_SPREAD_LOG2, at_least_floor=True)
 
 
 def _ge_bits(a: MPCTensor, b: MPCTensor, compare: torch.Tensor | None, default: torch.Tensor | None,
@@ -529,101 +447,26 @@ def argmax_onehot(x: MPCTensor, dim: int = -1, spread: float | None = None) -> M
     return out.transpose(dim, -1) if moved else out
 
 
-def _sigmoid_tail(e: MPCTensor, scaled: MPCTensor) -> MPCTensor:
-    """scale * sigmoid(-w) = (scale e) / (1 + e) from e = e^-w and scale * e; 1 + e in [1, 2] needs no
-    range reduction."""
-    return scaled * _newton_reciprocal(e + 1, RECIPROCAL_ITERS)
-
-
 def silu(x: MPCTensor) -> MPCTensor:
-    """x * sigmoid(x) = relu(x) - |x| sigmoid(-|x|), for |x| < 2^15 (error measured on [-64, 64]).
+    """x * sigmoid(x) by ``SILU_SPLINE``: 0 below -16, x above 16, a degree-4 polynomial on each of
+    32 unit segments between (error of the fit 2.8e-5). Domain: |x| < ACTIVATION_BOUND.
 
-    One A2B of x gives both the sign and the bits of |x| that ``exp`` needs. The correction term is
-    bounded (<= 0.28) and vanishes exactly for |x| >= 16 through exp's cutoff, so large gate
-    projections (measured up to 52) come out as exact relu values.
-
-    Measured (2 parties): max abs error 2.8e-5 on [-64, 64], exact relu for |x| >= 63; 29 rounds,
-    1.08 KB per element sent. Domain: |x| < ACTIVATION_BOUND.
+    Measured (2 parties, ``pinfer bench nonlinear``): max abs error 4.2e-5 on [-20, 20], exact relu
+    beyond +-16 (the tail x sigmoid(-16) = 1.8e-6 dropped); 5 rounds with FSS comparisons, 12 with
+    the carry tree.
     """
     _require_default_encoding(x)
-    sign, magnitude = _sign_and_magnitude(x)
-    bits = _bits_to_arithmetic(x, [sign] + _exp_bit_sources(magnitude, _ACTIVATION_LANES - 1 - FRAC_BITS))
-    neg = bits[..., 0]
-    relu = x * (1 - neg)
-    a = relu * 2 - x
-    w = _with_share(a, a.share - neg.share)  # |x| - ulp for negatives: the value the bits describe
-    e, scaled = _exp_from_bits(w, bits[..., 1:], scale=a)
-    return relu - _sigmoid_tail(e, scaled)
-
-
-def _gelu_correction(a: torch.Tensor) -> torch.Tensor:
-    """a - gelu_tanh(a) = a sigmoid(-2u(a)) for a >= 0: smooth, <= 0.17, and 3e-21 at a = 8."""
-    u = _SQRT_2_OVER_PI * (a + 0.044715 * a**3)
-    return a * torch.sigmoid(-2 * u)
-
-
-def _fit_unit_segments(fn, segments: int, degree: int) -> torch.Tensor:
-    """Per unit segment [j, j+1), coefficients of a degree-``degree`` polynomial in f = a - j
-    (least squares on Chebyshev nodes, i.e. near-minimax), as a (segments, degree + 1) float64 tensor."""
-    nodes = (1 - torch.cos(torch.linspace(0, math.pi, 64, dtype=torch.float64))) / 2
-    powers = torch.vander(nodes, degree + 1, increasing=True)
-    return torch.stack(
-        [torch.linalg.lstsq(powers, fn(j + nodes).unsqueeze(-1)).solution.squeeze(-1) for j in range(segments)]
-    )
-
-
-GELU_DEGREE = 5
-"""Degree of GeLU's per-segment polynomials: max fit error 2.3e-6 over the 8 unit segments of [0, 8)."""
-
-_GELU_SEGMENTS = _fit_unit_segments(_gelu_correction, int(GELU_CLAMP), GELU_DEGREE)
+    return spline.evaluate(x, SILU_SPLINE, bound=ACTIVATION_BOUND)
 
 
 def gelu(x: MPCTensor) -> MPCTensor:
-    """GeLU, tanh form (GPT-2's ``gelu_new``): relu(x) - c(|x|), c(a) = a sigmoid(-2 sqrt(2/pi)(a + 0.044715 a^3)).
+    """GeLU, tanh form (GPT-2's ``gelu_new``), by ``GELU_SPLINE``: 0 below -8, x above 8, degree-4
+    polynomials on 32 segments of width 1/2 between (fit error 4.2e-6; the dropped tails are below
+    1e-13). CrypTen's erf-based GeLU diverges beyond |x| ~ 2 and is not used. Domain: |x| <
+    ACTIVATION_BOUND.
 
-    A spline with exact segment selection: one A2B of x gives the sign, the bits 16..18 of |x|'s
-    encoding (the unit segment j = floor(|x|) in 0..7) and [|x| >= 8] (an OR over the higher bits, where
-    c < 3e-21 is dropped). The gated one-hot of j (exact products of scale-1 bits) picks the degree-5
-    coefficients of c on [j, j+1) as a public linear combination, and the polynomial in the fraction
-    f = |x| - j is summed before a single truncation. Any |x| < 2^15 is accepted (error measured on [-64, 64]).
-    CrypTen's erf-based GeLU diverges beyond |x| ~ 2 and is not used.
-
-    Measured (2 parties): max abs error 3.8e-5 on [-64, 64], exact relu for |x| >= 63; 21 rounds,
-    1.05 KB per element sent. Domain: |x| < ACTIVATION_BOUND.
+    Measured (2 parties, ``pinfer bench nonlinear``): see docs/approximations.md; 5 rounds with FSS
+    comparisons, 12 with the carry tree.
     """
     _require_default_encoding(x)
-    sign, magnitude = _sign_and_magnitude(x)
-    clamp_bit = FRAC_BITS + int(math.log2(GELU_CLAMP))
-    big = packed_bits.any_set(magnitude, clamp_bit, _ACTIVATION_LANES - 1)
-    bits = _bits_to_arithmetic(x, [sign, big] + [magnitude >> (FRAC_BITS + i) for i in range(3)])
-    neg, over = bits[..., 0], bits[..., 1]
-    relu = x * (1 - neg)
-    a = relu * 2 - x
-    # the fraction of |x| - ulp (the value the magnitude bits describe) above its segment start
-    frac_share = a.share - neg.share - sum(bits[..., 2 + i].share << (FRAC_BITS + i) for i in range(3))
-    f = _with_share(a, frac_share)
-    powers = [f, f * f]
-    powers += _mul_stacked([powers[1], powers[1]], [f, powers[1]])
-    powers.append(powers[1] * powers[2])
-    onehot = _segment_onehot(bits[..., 2], bits[..., 3], bits[..., 4], 1 - over)
-    coeffs = torch.round(_GELU_SEGMENTS * _SCALE).to(torch.long)  # (8, degree + 1)
-    return relu - _segment_polynomial(onehot, coeffs, powers)
-
-
-def _segment_onehot(b0: MPCTensor, b1: MPCTensor, b2: MPCTensor, gate: MPCTensor) -> MPCTensor:
-    """One-hot over the 8 values of (b2 b1 b0), all zero where ``gate`` is 0; exact (scale-1 products)."""
-    b01, b2g = _mul_stacked([b0, b2], [b1, gate])
-    low = crypten.stack([1 - b0 - b1 + b01, b0 - b01, b1 - b01, b01])  # j mod 4 = 0, 1, 2, 3
-    high = crypten.stack([gate - b2g, b2g])  # j < 4, j >= 4
-    prod = crypten.stack([high[0]] * 4 + [high[1]] * 4) * crypten.cat([low, low])
-    return prod.permute(*range(1, prod.dim()), 0)  # segment index last
-
-
-def _segment_polynomial(onehot: MPCTensor, coeffs: torch.Tensor, powers: Sequence[MPCTensor]) -> MPCTensor:
-    """sum_i (sum_j onehot_j coeffs[j, i]) f^i, with coeffs as integers at 2^-16 and a single truncation."""
-    c = onehot.share @ coeffs  # (..., degree + 1): C_i encoded at 2^16, exact
-    terms = _with_share(onehot, c[..., 1:].movedim(-1, 0), scale_bits=0) * crypten.stack(list(powers))
-    total = _with_share(terms, terms.share.sum(0) + c[..., 0] * _SCALE, scale_bits=2 * FRAC_BITS)
-    total._tensor.div_(_SCALE)
-    total._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
-    return total
+    return spline.evaluate(x, GELU_SPLINE, bound=ACTIVATION_BOUND)
