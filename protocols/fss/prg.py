@@ -19,17 +19,19 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 _FIXED_KEY = hashlib.sha256(b"pinfer fss prg v1").digest()[:16]
-_TWEAKS = np.array([[0, 0], [1, 0], [2, 0]], dtype=np.uint64)
+_MAX_VALUE_WORDS = 4
+_TWEAKS = np.array([[i, 0] for i in range(2 + _MAX_VALUE_WORDS)], dtype=np.uint64)
 _CLEAR_LOW = np.uint64(0xFFFFFFFFFFFFFFFE)
 
-BLOCKS_PER_EXPANSION = 3
-"""AES blocks one seed expansion costs."""
+def blocks_per_expansion(value_words: int = 1) -> int:
+    """AES blocks one seed expansion costs: two child seeds and one block per value word pair."""
+    return 2 + value_words
 
 
 @dataclass(frozen=True)
 class Expansion:
     """The children of ``count`` seeds: ``seed_*`` (count, 2) uint64, ``bit_*`` (count,) uint64 in {0, 1},
-    ``value_*`` (count,) uint64 (elements of Z_2^64)."""
+    ``value_*`` (count, value_words) uint64 (elements of Z_2^64)."""
 
     seed_left: np.ndarray
     bit_left: np.ndarray
@@ -39,20 +41,24 @@ class Expansion:
     value_right: np.ndarray
 
 
-def expand(seeds: np.ndarray) -> Expansion:
-    """Expand every seed of a ``(count, 2)`` uint64 array (one AES-ECB call over 3 count blocks)."""
+def expand(seeds: np.ndarray, value_words: int = 1) -> Expansion:
+    """Expand every seed of a ``(count, 2)`` uint64 array: one AES-ECB call over ``2 + value_words``
+    blocks per seed (tweaks 0 and 1 the child seeds, tweak 2 + j the j-th value of each child)."""
     if seeds.ndim != 2 or seeds.shape[1] != 2 or seeds.dtype != np.uint64:
         raise ValueError(f"seeds must be a (count, 2) uint64 array, got {seeds.dtype} {seeds.shape}")
-    inputs = np.empty((seeds.shape[0], BLOCKS_PER_EXPANSION, 2), dtype=np.uint64)
-    np.bitwise_xor(seeds[:, None, :], _TWEAKS[None, :, :], out=inputs)
+    if not 1 <= value_words <= _MAX_VALUE_WORDS:
+        raise ValueError(f"value_words must lie in 1..{_MAX_VALUE_WORDS}, got {value_words}")
+    blocks_each = blocks_per_expansion(value_words)
+    inputs = np.empty((seeds.shape[0], blocks_each, 2), dtype=np.uint64)
+    np.bitwise_xor(seeds[:, None, :], _TWEAKS[None, :blocks_each, :], out=inputs)
     # one writable buffer for the ciphertext, so the outputs below are views into it, not copies
     out = bytearray(inputs.nbytes + 15)
     encryptor = Cipher(algorithms.AES(_FIXED_KEY), modes.ECB()).encryptor()
     written = encryptor.update_into(memoryview(inputs).cast("B"), out)
     blocks = np.frombuffer(out, dtype=np.uint64, count=written // 8).reshape(inputs.shape)
     blocks ^= inputs
-    left, right, values = blocks[:, 0], blocks[:, 1], blocks[:, 2]
+    left, right, values = blocks[:, 0], blocks[:, 1], blocks[:, 2:]
     bit_left, bit_right = left[:, 0] & np.uint64(1), right[:, 0] & np.uint64(1)
     left[:, 0] &= _CLEAR_LOW
     right[:, 0] &= _CLEAR_LOW
-    return Expansion(left, bit_left, right, bit_right, values[:, 0], values[:, 1])
+    return Expansion(left, bit_left, right, bit_right, values[:, :, 0], values[:, :, 1])

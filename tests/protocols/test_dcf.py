@@ -24,34 +24,39 @@ def _below(bits: int, values: list[int]) -> np.ndarray:
 
 
 def _reference(x: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """The plaintext function, element by element in Python integers."""
-    return np.array([int(b) if int(v) < int(a) else 0 for v, a, b in zip(x, alpha, beta)], dtype=np.uint64)
+    """The plaintext function, element by element (and payload word by word) in Python integers."""
+    return np.array([[int(w) if int(v) < int(a) else 0 for w in np.atleast_1d(b)] for v, a, b in zip(x, alpha, beta)],
+                    dtype=np.uint64).reshape(beta.shape)
 
 
 @settings(max_examples=40, deadline=None)
-@given(bits=st.integers(1, 64), data=st.data())
-def test_shares_add_up_to_the_comparison(bits: int, data: st.DataObject) -> None:
+@given(bits=st.integers(1, 64), payload=st.integers(0, 3), data=st.data())
+def test_shares_add_up_to_the_comparison(bits: int, payload: int, data: st.DataObject) -> None:
+    """payload 0: a (count,) beta; m >= 1: (count, m) words."""
     count = data.draw(st.integers(1, 24))
     alpha = _below(bits, data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=count, max_size=count)))
-    beta = _below(64, data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=count, max_size=count)))
+    beta = _below(64, data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=count * max(payload, 1),
+                                         max_size=count * max(payload, 1))))
+    if payload:
+        beta = beta.reshape(count, payload)
     root0, root1 = _roots(count), _roots(count)
     words = dcf.generate(alpha, beta, bits, root0, root1).to_words()
-    corrections = dcf.Corrections.from_words(words, bits)
+    corrections = dcf.Corrections.from_words(words, bits, max(payload, 1))
     mask = np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(2**64 - 1)
     probes = [alpha, (alpha - np.uint64(1)) & mask, (alpha + np.uint64(1)) & mask,
               np.zeros(count, dtype=np.uint64), np.full(count, mask, dtype=np.uint64),
               _below(bits, data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=count, max_size=count)))]
     for x in probes:
         total = dcf.evaluate(0, root0, corrections, x) + dcf.evaluate(1, root1, corrections, x)
-        np.testing.assert_array_equal(total, _reference(x, alpha, beta))
+        np.testing.assert_array_equal(total.reshape(beta.shape), _reference(x, alpha, beta))
 
 
 def test_wire_form_has_the_documented_size_and_round_trips() -> None:
-    for bits in (1, 31, 32, 33, 64):
-        cw = dcf.generate(np.zeros(3, dtype=np.uint64), np.ones(3, dtype=np.uint64), bits, _roots(3), _roots(3))
+    for bits, m in ((1, 1), (31, 1), (32, 2), (33, 1), (64, 3)):
+        cw = dcf.generate(np.zeros(3, dtype=np.uint64), np.ones((3, m), dtype=np.uint64), bits, _roots(3), _roots(3))
         words = cw.to_words()
-        assert words.shape == (3, dcf.correction_words(bits))
-        back = dcf.Corrections.from_words(words, bits)
+        assert words.shape == (3, dcf.correction_words(bits, m))
+        back = dcf.Corrections.from_words(words, bits, m)
         for name in ("seeds", "values", "controls", "final"):
             np.testing.assert_array_equal(getattr(back, name), getattr(cw, name))
     with pytest.raises(ValueError, match="correction words"):
