@@ -99,7 +99,7 @@ def ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
         return []
     if active_method() == "carry-tree":
         return _carry_tree_ltz_many(tests)
-    return _fss_ltz_many(tests)
+    return _split(torch.cat(_fss_ltz_many(tests)), tests)
 
 
 def _carry_tree_ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
@@ -111,24 +111,49 @@ def _carry_tree_ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTens
     return _split(signs, tests)
 
 
-def _fss_ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
+def _fss_ltz_many(tests: Sequence[tuple[MPCTensor, int]], product: bool = False) -> list[torch.Tensor]:
+    """Sign shares (flat) of every test and, with ``product``, the shares of ``x * [x < 0]`` after
+    them: ``s x = s z - s r`` for the opened ``z = x + r``, and ``s r`` comes from the keys' second
+    payload and the dealer's shares of ``r_top r``, so nothing but the opening is sent."""
     provider = crypten.mpc.get_default_provider()
-    keys = [provider.sign_keys(x.share.numel(), bits) for x, bits in tests]
+    keys = [provider.sign_keys(x.share.numel(), bits, product) for x, bits in tests]
     masked = torch.cat([x.share.reshape(-1) + k.mask() for (x, _), k in zip(tests, keys)])
     opened = ArithmeticSharedTensor.from_shares(masked, precision=0).reveal()
     rank = comm.get().get_rank()
-    signs, offset = [], 0
+    signs, products, offset = [], [], 0
     for (x, bits), k in zip(tests, keys):
-        values = opened[offset : offset + x.share.numel()]
+        z = opened[offset : offset + x.share.numel()]
         offset += x.share.numel()
-        if bits < packed_bits.WORD:
-            values = values & ((1 << bits) - 1)
-        top = (values >> (bits - 1)) & 1
-        low = values & ((1 << (bits - 1)) - 1)
+        lane = z & ((1 << bits) - 1) if bits < packed_bits.WORD else z
+        top = (lane >> (bits - 1)) & 1
+        low = lane & ((1 << (bits - 1)) - 1)
         borrow = dcf.evaluate(rank, k.root, k.corrections(), low.numpy().view(np.uint64))
-        flipped = k.top() + torch.from_numpy(borrow.view(np.int64))  # shares of r_top XOR borrow
-        signs.append(flipped * (1 - 2 * top) + (top if rank == 0 else 0))
-    return _split(torch.cat(signs), tests)
+        weighted = torch.from_numpy(borrow.view(np.int64))  # shares of borrow (1 - 2 r_top) [and times r]
+        flip = 1 - 2 * top
+        flipped = k.top() + (weighted if not product else weighted[:, 0])  # shares of r_top XOR borrow
+        sign = flipped * flip + (top if rank == 0 else 0)
+        signs.append(sign)
+        if product:
+            sign_times_mask = top * k.mask() + flip * (k.top_times_mask() + weighted[:, 1])
+            products.append(sign * z - sign_times_mask)
+    return signs + products
+
+
+def ltz_with_min(x: MPCTensor, bits: int = packed_bits.WORD) -> tuple[MPCTensor, MPCTensor]:
+    """``[x < 0]`` (scale 1) and ``min(x, 0) = x [x < 0]`` (x's encoding), for ``|x| < 2^(bits-1)``.
+
+    With ``fss`` both come from the one opening of the sign test (keys with a second payload word);
+    the carry tree adds one Beaver product. A tournament's step ``max(a, b) = a - min(a - b, 0)`` is
+    thus one round.
+    """
+    if not 2 <= bits <= packed_bits.WORD:
+        raise ValueError(f"lane width {bits} must lie in 2..{packed_bits.WORD}")
+    if active_method() == "carry-tree":
+        sign = packed_bits.ltz(x, bits)
+        return sign, sign * x
+    sign, product = _fss_ltz_many([(x, bits)], product=True)
+    return (_like(x, sign.reshape(x.share.shape), precision=0),
+            _like(x, product.reshape(x.share.shape), precision=x.encoder.scale.bit_length() - 1))
 
 
 def _split(signs: torch.Tensor, tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:

@@ -128,28 +128,31 @@ class DealerServer:
             bit ^= stream.bits(_shape(size), 1)
         return self._correction(bit)
 
-    def _on_sign_keys(self, count: int, bits: int) -> torch.Tensor:
+    def _on_sign_keys(self, count: int, bits: int, product: bool = False) -> torch.Tensor:
         """DCF keys for ``count`` sign tests of ``bits``-bit values (see :class:`SignKeys`).
 
         Party 1's correction words are pushed on its own channel now; party 0's come back in the
-        reply with its shares of the mask and of the mask's top bit."""
+        reply with its shares of the mask, of the mask's top bit and, for ``product`` keys, of the
+        top bit times the mask."""
         if len(self._streams) != 2:
             raise DealerProtocolError("FSS keys need exactly two parties")
         if not 2 <= bits <= dcf.MAX_BITS or count < 0:
             raise DealerProtocolError(f"cannot make {count} sign keys of {bits} bits")
         root0 = _seeds(self._streams[0], count)
-        mask_share1 = self._streams[1].ring_elements((count,))
-        top_share1 = self._streams[1].ring_elements((count,))
+        shares1 = [self._streams[1].ring_elements((count,)) for _ in range(3 if product else 2)]
         root1 = _seeds(self._streams[1], count)
+        # uniform over the whole ring: the opened x + r must say nothing about x's high bits either
         mask = torch.from_numpy(np.frombuffer(os.urandom(8 * count), dtype=np.int64).copy())
-        if bits < 64:
-            mask &= (1 << bits) - 1
-        top = (mask >> (bits - 1)) & 1
-        low = (mask & ((1 << (bits - 1)) - 1)).numpy().view(np.uint64)
-        beta = (1 - 2 * top).numpy().view(np.uint64)
+        lane = mask & ((1 << bits) - 1) if bits < 64 else mask
+        top = (lane >> (bits - 1)) & 1
+        low = (lane & ((1 << (bits - 1)) - 1)).numpy().view(np.uint64)
+        weight = 1 - 2 * top
+        payload = [weight] + ([weight * mask] if product else [])
+        beta = torch.stack(payload, dim=1).numpy().view(np.uint64)
         words = torch.from_numpy(dcf.generate(low, beta, bits - 1, root0, root1).to_words().view(np.int64))
         self._channels[1].send(Message("sign_keys", tensors=[words]))
-        return torch.cat([(mask - mask_share1)[:, None], (top - top_share1)[:, None], words], dim=1)
+        secrets = [mask, top] + ([top * mask] if product else [])
+        return torch.cat([(v - s1)[:, None] for v, s1 in zip(secrets, shares1)] + [words], dim=1)
 
     def _on_fixed_new(self, handle: int, shape: list[int]) -> None:
         if handle in self._fixed_masks:
@@ -185,29 +188,40 @@ def _seeds(stream: AesCtrStream, count: int) -> np.ndarray:
 class SignKeys:
     """One party's material for ``count`` one-round sign tests of ``bits``-bit values.
 
-    The dealer draws a mask r uniform below 2^bits and makes DCF keys for the borrow
-    ``[y_low < r_low]`` of the low ``bits - 1`` bits, weighted ``1 - 2 r_top``, so that adding the
-    shares of ``r_top`` gives shares of ``r_top XOR borrow`` (see :mod:`pinfer.protocols.comparison`).
+    The dealer draws a mask r uniform over Z_2^64 and makes DCF keys for the borrow
+    ``[y_low < r_low]`` of the low ``bits - 1`` bits of ``r mod 2^bits``, weighted ``1 - 2 r_top``, so
+    that adding the shares of ``r_top`` gives shares of ``r_top XOR borrow`` (see
+    :mod:`pinfer.protocols.comparison`). ``product`` keys carry a second payload word, ``(1 - 2 r_top)
+    r``, and shares of ``r_top r``: with them the sign's product with the tested value is local too.
     Party 0's shares arrive with the dealer's reply, read only when first needed.
     """
 
     bits: int
+    product: bool
     root: np.ndarray  # (count, 2) uint64, this party's root seeds
-    _words: Correction  # party 0: [mask, top, correction words...] per row; others: the words
-    _mask: torch.Tensor | None = None  # parties other than 0: (count,) int64 share of r
-    _top: torch.Tensor | None = None  # parties other than 0: (count,) int64 share of r's top bit
+    _words: Correction  # party 0: [mask, top, (top * mask), correction words...] per row; others: the words
+    _own: list[torch.Tensor] | None = None  # parties other than 0: shares of mask, top (, top * mask)
+
+    def _secret(self, index: int) -> torch.Tensor:
+        return self._words.get()[:, index] if self._own is None else self._own[index]
 
     def mask(self) -> torch.Tensor:
-        return self._words.get()[:, 0] if self._mask is None else self._mask
+        return self._secret(0)
 
     def top(self) -> torch.Tensor:
-        return self._words.get()[:, 1] if self._top is None else self._top
+        return self._secret(1)
+
+    def top_times_mask(self) -> torch.Tensor:
+        if not self.product:
+            raise ValueError("these sign keys carry no product material")
+        return self._secret(2)
 
     def corrections(self) -> dcf.Corrections:
         words = self._words.get()
-        if self._mask is None:
-            words = words[:, 2:]
-        return dcf.Corrections.from_words(words.contiguous().numpy().view(np.uint64), self.bits - 1)
+        if self._own is None:
+            words = words[:, 3 if self.product else 2 :]
+        return dcf.Corrections.from_words(words.contiguous().numpy().view(np.uint64), self.bits - 1,
+                                          2 if self.product else 1)
 
 
 class Correction:
@@ -361,19 +375,19 @@ class DealerProvider(TupleProvider):
         theta = self._correlated("wraps", size, size=size)
         return _arithmetic(r), _arithmetic(theta)
 
-    def sign_keys(self, count: int, bits: int) -> SignKeys:
-        """Material for ``count`` sign tests of ``bits``-bit values (two parties only)."""
+    def sign_keys(self, count: int, bits: int, product: bool = False) -> SignKeys:
+        """Material for ``count`` sign tests of ``bits``-bit values (two parties only); ``product``
+        keys also give the sign's product with the tested value (:class:`SignKeys`)."""
         if comm.get().get_world_size() != 2:
             raise DealerProtocolError("FSS keys need exactly two parties")
         if self.is_requester:
             root = _seeds(self.stream, count)
-            reply = self.request("sign_keys", count=count, bits=bits)
+            reply = self.request("sign_keys", count=count, bits=bits, product=product)
             assert isinstance(reply, Correction)
-            return SignKeys(bits, root, reply)
-        mask = self._ring((count,))
-        top = self._ring((count,))
+            return SignKeys(bits, product, root, reply)
+        own = [self._ring((count,)) for _ in range(3 if product else 2)]
         root = _seeds(self.stream, count)
-        return SignKeys(bits, root, self._pushes.expect(), mask, top)
+        return SignKeys(bits, product, root, self._pushes.expect(), own)
 
     def B2A_rng(self, size, device=None):
         size = _shape(size)

@@ -367,16 +367,25 @@ def _exp_of_gap(w: MPCTensor) -> MPCTensor:
     return spline.evaluate(w, EXP_SPLINE, bound=2.0**SOFTMAX_SPREAD_LOG2, at_least_floor=True)
 
 
-def _ge_bits(a: MPCTensor, b: MPCTensor, compare: torch.Tensor | None, default: torch.Tensor | None,
-             lanes: int) -> MPCTensor:
-    """[a >= b] as scale-1 bits; where the public ``compare`` is False, the public ``default`` instead,
-    and only the compared entries pay for a comparison. ``|a - b| < 2^(lanes-1)`` in encoding units."""
+def _knockout(a: MPCTensor, b: MPCTensor, compare: torch.Tensor | None, default: torch.Tensor | None,
+              lanes: int) -> tuple[MPCTensor, MPCTensor]:
+    """The decision bits c = [a >= b] (scale 1) and the winners max(a, b) = a - min(a - b, 0).
+
+    Where the public ``compare`` is False, the public ``default`` decides instead and only the
+    compared entries pay for a sign test (one round with FSS keys, the winner included).
+    ``|a - b| < 2^(lanes-1)`` in encoding units."""
+    gap = a - b
     if compare is None:
-        return 1 - comparison.ltz(a - b, lanes)
-    bits = _with_share(a, torch.zeros_like(a.share), scale_bits=0) + default.long()
+        below, low = comparison.ltz_with_min(gap, lanes)
+        return 1 - below, a - low
+    picks = default.long()
+    decisions = _with_share(a, torch.zeros_like(a.share), scale_bits=0) + picks
+    winners = b + gap * picks
     if bool(compare.any()):
-        bits._tensor.share[compare] = (1 - comparison.ltz((a - b)[compare], lanes)).share
-    return bits
+        below, low = comparison.ltz_with_min(gap[compare], lanes)
+        decisions._tensor.share[compare] = (1 - below).share
+        winners._tensor.share[compare] = (a[compare] - low).share
+    return decisions, winners
 
 
 def _tournament(x: MPCTensor, valid: torch.Tensor | None = None,
@@ -396,12 +405,11 @@ def _tournament(x: MPCTensor, valid: torch.Tensor | None = None,
         half = n // 2
         a, b = x[..., 0 : 2 * half : 2], x[..., 1 : 2 * half : 2]
         if valid is None:
-            c = _ge_bits(a, b, None, None, lanes)
+            c, win = _knockout(a, b, None, None, lanes)
         else:
             va, vb = valid[..., 0 : 2 * half : 2], valid[..., 1 : 2 * half : 2]
-            c = _ge_bits(a, b, va & vb, va & ~vb, lanes)
+            c, win = _knockout(a, b, va & vb, va & ~vb, lanes)
             valid = torch.cat([va | vb, valid[..., 2 * half :]], dim=-1)
-        win = b + c * (a - b)
         x = crypten.cat([win, x[..., 2 * half :]], dim=-1) if n % 2 else win
         decisions.append(c)
     return x, decisions

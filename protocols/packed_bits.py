@@ -1,16 +1,14 @@
-"""Bits of bounded secret values at a fraction of CrypTen's cost: several values per 64-bit word.
+"""Sign tests of bounded secret values at a fraction of CrypTen's cost: 64 values per word.
 
 CrypTen turns an arithmetic sharing into a binary one (A2B) with a 64-bit adder on every value, and
 turns a bit back (B2A) by opening one 64-bit word per bit. When a value is publicly known to satisfy
 ``|x| < 2^(bits-1)`` (in encoding units), its low ``bits`` bits already decide its sign and
 magnitude, and they are the sum of the parties' shares reduced mod ``2^bits``, a local step. So:
 
-* :func:`lane_bits` packs ``64 // bits`` reduced shares per word and runs one carry-lookahead adder
-  (Kogge-Stone) over the packed words, with public masks that stop carries at lane boundaries:
-  ``ceil(log2 bits)`` AND rounds, on ``bits/64`` of the words CrypTen's adder needs.
-* :func:`bits_to_arithmetic` opens the masked bits 64 to a word.
 * :func:`ltz` bit-slices the reduced shares and computes only the carry into the top bit: ``[x < 0]``
-  for 32-bit lanes costs about a ninth of ``MPCTensor._ltz``.
+  for 32-bit lanes costs about a ninth of ``MPCTensor._ltz``; the sign bits come back as arithmetic
+  shares through one B2A that opens the masked bits 64 to a word.
+* :func:`lane_width` picks the narrowest lane for a public bound.
 
 Everything opened is a value masked by a fresh dealer triple or bit, so the packing changes what is
 sent, not what is learnt. A value outside the stated bound gives a wrong result, not an error (the
@@ -18,8 +16,6 @@ bound is public and the callers' ranges are measured; see docs/approximations.md
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 
@@ -33,86 +29,11 @@ from crypten.mpc.primitives.binary import BinarySharedTensor
 WORD = 64
 
 
-def _lanes(bits: int) -> int:
-    if not 1 <= bits <= WORD:
-        raise ValueError(f"lane width {bits} must lie in 1..{WORD}")
-    return WORD // bits
-
-
-@functools.cache
-def _lane_mask(bits: int, low: int) -> int:
-    """Word mask of the bits whose position inside their lane is >= ``low`` (signed int64 value)."""
-    lane = ((1 << bits) - 1) ^ ((1 << low) - 1)
-    word = sum(lane << (j * bits) for j in range(_lanes(bits)))
-    return word - (1 << WORD) if word >= 1 << (WORD - 1) else word
-
-
-def _pack(values: torch.Tensor, bits: int) -> torch.Tensor:
-    """Flat ``(n,)`` int64 -> ``(ceil(n / lanes),)`` words; lane j of word w holds value ``j * words + w``."""
-    lanes = _lanes(bits)
-    words = -(-values.numel() // lanes)
-    padded = torch.zeros(lanes * words, dtype=torch.int64)
-    padded[: values.numel()] = values.reshape(-1) & ((1 << bits) - 1 if bits < WORD else -1)
-    rows = padded.reshape(lanes, words)
-    packed = rows[0].clone()
-    for j in range(1, lanes):
-        packed |= rows[j] << (j * bits)
-    return packed
-
-
-def _unpack(words: torch.Tensor, bits: int, count: int) -> torch.Tensor:
-    lanes = _lanes(bits)
-    mask = (1 << bits) - 1 if bits < WORD else -1
-    return torch.cat([(words >> (j * bits)) & mask for j in range(lanes)])[:count]
-
-
 def _binary(share: torch.Tensor) -> BinarySharedTensor:
     out = BinarySharedTensor(src=crypten.mpc.primitives.binary.SENTINEL)
     out.share = share
     out.encoder = FixedPointEncoder(precision_bits=0)
     return out
-
-
-def _packed_add(x: BinarySharedTensor, y: BinarySharedTensor, bits: int) -> BinarySharedTensor:
-    """Lane-wise ``x + y mod 2^bits`` of packed words (Kogge-Stone; no carry crosses a lane)."""
-    g = x & y
-    p = x ^ y
-    total = p.clone()
-    shift = 1
-    while shift < bits:
-        keep = _lane_mask(bits, shift)
-        g_in = (g << shift) & keep
-        if 2 * shift >= bits:  # the last level needs no group propagate
-            g = g ^ (p & g_in)
-        else:
-            both = BinarySharedTensor.stack([p, p]) & BinarySharedTensor.stack([g_in, (p << shift) & keep])
-            g, p = g ^ both[0], both[1]
-        shift *= 2
-    return total ^ ((g << 1) & _lane_mask(bits, 1))
-
-
-def lane_bits(x: MPCTensor, bits: int) -> BinarySharedTensor:
-    """Binary shares of ``x``'s encoding mod ``2^bits``, one value per element (high bits zero).
-
-    For ``|x| < 2^(bits-1)`` bit ``bits-1`` is the sign and the rest the two's complement, as in
-    CrypTen's 64-bit A2B; for ``0 <= x < 2^bits`` the result is x's encoding itself.
-    """
-    share = x.share
-    mine = _pack(share.reshape(-1), bits)
-    total: BinarySharedTensor | None = None
-    for src in range(comm.get().get_world_size()):
-        part = BinarySharedTensor(mine, src=src)  # zero-sharing plus the source's own words: no traffic
-        total = part if total is None else _packed_add(total, part, bits)
-    assert total is not None
-    return _binary(_unpack(total.share, bits, share.numel()).reshape(share.shape))
-
-
-def bits_to_arithmetic(bits: BinarySharedTensor, like: MPCTensor) -> MPCTensor:
-    """Bit 0 of each element of ``bits`` as 0/1 arithmetic shares (scale 1), shaped like ``bits``,
-    in ``like``'s wrapper. Each bit is masked by a dealer bit ``r`` (known to the parties in both
-    sharings) and the masked bits are opened 64 to a word; then ``x = z + r - 2 z r`` is local."""
-    packed = _binary(_bit_planes(bits.share & 1, 1)[0])
-    return _packed_bits_to_arithmetic(packed, bits.size(), like)
 
 
 LANE_WIDTHS = (16, 21, 32)
@@ -155,28 +76,6 @@ def _carry_into_top(x: BinarySharedTensor, y: BinarySharedTensor) -> BinaryShare
         if lowest is not None:
             g, p = BinarySharedTensor.cat([lowest[0], g]), BinarySharedTensor.cat([lowest[1], p])
     return g[0]
-
-
-def any_set(x: BinarySharedTensor, low: int, high: int) -> BinarySharedTensor:
-    """Bit 0 of each element is the OR of its bits ``low .. high-1`` (the other bits are 0).
-
-    The bits are sliced into planes of 64 values per word and OR-ed as the complement of an AND tree
-    over the complemented planes: ``ceil(log2(high - low))`` rounds on about ``(high - low) / 64``
-    AND words per value, where shifting ORs through whole 64-bit words costs a word per round.
-    """
-    if not 0 <= low < high <= WORD:
-        raise ValueError(f"bit range [{low}, {high}) must lie in [0, {WORD})")
-    count = x.share.numel()
-    shifted = x.share.reshape(-1) >> low
-    clear = _binary(_bit_planes(shifted, high - low)) ^ -1  # complement: party 0 flips every bit
-    while clear.size(0) > 1:
-        odd = clear[-1:] if clear.size(0) % 2 else None
-        paired = clear.size(0) // 2 * 2
-        clear = clear[0:paired:2] & clear[1:paired:2]
-        if odd is not None:
-            clear = BinarySharedTensor.cat([clear, odd])
-    any_plane = clear[0] ^ -1
-    return _binary(_bit_planes_unpack(any_plane.share, count).reshape(x.share.shape))
 
 
 def _public_zero_like(x: BinarySharedTensor) -> BinarySharedTensor:

@@ -51,6 +51,29 @@ def job_bits(ctx, encodings: torch.Tensor, positions: list[int], method: str):
     return {"bits": [b._tensor.reveal() for b in bits], "rounds": rounds}
 
 
+def job_min(ctx, encodings: torch.Tensor, width: int, method: str):
+    import crypten
+    import crypten.communicator as comm
+
+    from pinfer.protocols import comparison
+    from pinfer.protocols.sharing import SCALE
+
+    x = crypten.cryptensor(encodings.double() / SCALE, src=0)
+    stats = comm.get()
+    before = stats.comm_rounds
+    with comparison.using(method):
+        below, low = comparison.ltz_with_min(x, width)
+    rounds = stats.comm_rounds - before
+    return {"below": below._tensor.reveal(), "min": low._tensor.reveal(), "rounds": rounds}
+
+
+def job_masks(ctx, count: int, bits: int):
+    from crypten.mpc.primitives import ArithmeticSharedTensor
+
+    keys = ctx.provider.sign_keys(count, bits)
+    return ArithmeticSharedTensor.from_shares(keys.mask(), precision=0).reveal()
+
+
 def job_pinned_fss(ctx):
     import crypten
 
@@ -88,15 +111,35 @@ def test_ltz_is_exact_on_both_methods(world, method, width, data):
 @given(data=st.data())
 @MPC
 def test_ltz_many_reads_any_bit_and_the_sign_together(world, method, data):
-    encodings = data.draw(st.lists(st.integers(-2**62, 2**62), min_size=1, max_size=50)
+    encodings = data.draw(st.lists(st.integers(-2**52, 2**52), min_size=1, max_size=50)
                           .map(lambda v: torch.tensor(v, dtype=torch.int64)))
-    positions = data.draw(st.lists(st.integers(1, 62), min_size=1, max_size=6))
+    positions = data.draw(st.lists(st.integers(1, 53), min_size=1, max_size=6))
     out = world.run(job_bits, encodings, positions, method)[0]
     for i, bits in zip(positions, out["bits"]):
         assert torch.equal(bits, (encodings >> i) & 1), i
     assert torch.equal(out["bits"][-1], (encodings < 0).long())
     if method == "fss":
         assert out["rounds"] == 1
+
+
+@pytest.mark.parametrize("method", ["fss", "carry-tree"])
+@pytest.mark.parametrize("width", (2, 21, 32, 64))
+@given(data=st.data())
+@MPC
+def test_ltz_with_min_gives_the_sign_and_min_x_0(world, method, width, data):
+    encodings = data.draw(encodings_within(width, 30))
+    out = world.run(job_min, encodings, width, method)[0]
+    assert torch.equal(out["below"], (encodings < 0).long())
+    assert torch.equal(out["min"], encodings.clamp(max=0))
+    assert out["rounds"] == (1 if method == "fss" else out["rounds"])
+
+
+def test_sign_key_masks_cover_the_whole_ring(world):
+    """The opened x + r must hide x's high bits too: r is uniform over Z_2^64, not only below 2^bits."""
+    masks = world.run(job_masks, 4000, 16)[0]
+    for bit in (16, 40, 63):
+        share_set = float(((masks >> bit) & 1).double().mean())
+        assert abs(share_set - 0.5) < 0.05, bit
 
 
 def test_fss_costs_one_round_and_its_keys_are_dealer_traffic(world):
