@@ -13,8 +13,8 @@ function                  documented domain                      method
                                                                  degree 4), 0 below -15.875
 ``softmax``               row spread < 2^11; a row needs one     tournament max, the ``exp`` spline,
                           unmasked entry                         ``reciprocal``; masked entries skipped
-``reciprocal``            [lo, hi], default [2^-8, 2^16]         MSB range reduction + 2 Newton steps
-``rsqrt``                 [lo, hi], default [2^-12, 2^24]        MSB range reduction (base 4) + 3 Newton steps
+``reciprocal``            [lo, hi], default [2^-8, 2^16]         MSB range reduction + degree-6 polynomial
+``rsqrt``                 [lo, hi], default [2^-12, 2^24]        MSB range reduction + degree-6 polynomial
 ``silu``                  |x| < 2^15 (error measured on ±20)     spline on [-16, 16) (32 unit segments,
                                                                  degree 4); 0 below, x above
 ``gelu``                  |x| < 2^15 (error measured on ±20)     spline on [-8, 8) (32 half-unit segments,
@@ -76,12 +76,23 @@ RSQRT_RANGE = (2.0**-12, 2.0**24)
 """Default ``rsqrt`` domain: measured norm statistics 6e-4 .. 1.3e6 (GPT-2 LayerNorm, SmolLM2 RMSNorm),
 with margin at both ends."""
 
-RECIPROCAL_ITERS = 2
-"""Newton iterations for 1/m, m in [1, 2]: from the linear start (rel. error 1/17) the error squares
-each step, 1/17 -> 3.5e-3 -> 1.2e-5, which is the 2^-16 resolution of a result in [0.5, 1]."""
+MANTISSA_DEGREE = 6
+"""Degree of the polynomials for m^-1 and m^-1/2 on the mantissa m in [1, 2): relative fit errors
+1.0e-5 and 2.1e-6, below the 2^-16 resolution of results in [0.5, 1]; the powers f^2 .. f^6 of
+f = m - 1 take 3 rounds."""
 
-RSQRT_ITERS = 3
-"""Newton iterations for m^-1/2, m in [1, 4]: 0.086 -> 1.1e-2 -> 1.8e-4 -> 5e-8 (e <- 1.5 e^2)."""
+
+def _mantissa_polynomial(power: float) -> torch.Tensor:
+    """Coefficients of f^0 .. f^MANTISSA_DEGREE for (1 + f)^power on [0, 1), least squares in relative
+    error on Chebyshev nodes."""
+    f = (1 - torch.cos(torch.linspace(0, math.pi, 200, dtype=torch.float64))) / 2
+    target = (1 + f) ** power
+    weighted = torch.vander(f, MANTISSA_DEGREE + 1, increasing=True) / target[:, None]
+    return torch.linalg.lstsq(weighted, torch.ones_like(f).unsqueeze(-1)).solution.squeeze(-1)
+
+
+_RECIPROCAL_POLY = _mantissa_polynomial(-1.0)
+_RSQRT_POLY = _mantissa_polynomial(-0.5)
 
 ACTIVATION_BOUND = 2.0**15
 """SiLU and GeLU take |x| < 2^15, 600x the largest input measured (SmolLM2 gate projections: 52):
@@ -188,50 +199,59 @@ def _select(onehot: MPCTensor, values: MPCTensor) -> MPCTensor:
     return (onehot * values).sum(dim=-1)
 
 
-def _newton_reciprocal(m: MPCTensor, iters: int) -> MPCTensor:
-    """1/m for m in [1, 2]: linear minimax start 24/17 - 8/17 m (rel. error 1/17), then Newton."""
-    y = 24.0 / 17.0 - m * (8.0 / 17.0)
-    for _ in range(iters):
-        y = y * (2 - m * y)
-    return y
+def _linear_int(terms: Sequence[MPCTensor], coeffs: Sequence[float], const: float) -> MPCTensor:
+    """const + sum(coeffs[i] * terms[i]) with a single truncation (coefficients kept at 16 bits)."""
+    share = sum(t.share * int(round(c * _SCALE)) for t, c in zip(terms, coeffs))
+    out = _with_share(terms[0], share, scale_bits=2 * FRAC_BITS)
+    out = out + const
+    out._tensor.div_(_SCALE)
+    out._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
+    return out
 
 
-_RSQRT_LINEAR = (1.06632227, -0.15233264)
-"""Linear minimax (relative error) start for m^-1/2 on [1, 4]: max rel. error 0.086."""
+def _octave_power(x: MPCTensor, power: float, coeffs: torch.Tensor, lo: float, hi: float,
+                  out_scale_log2: int) -> MPCTensor:
+    """x^power * 2^out_scale_log2 for x in [lo, hi], power -1 or -1/2: with x = 2^E m, m in [1, 2),
+    a fixed polynomial gives m^power and the octave's public factor 2^(E power + out_scale_log2)
+    (an odd E's sqrt(2) applied before its shift) is selected by the same one-hot.
 
-
-def _newton_rsqrt(m: MPCTensor, iters: int) -> MPCTensor:
-    """m^-1/2 for m in [1, 4]: y <- y (3 - m y^2) / 2 with m*y and y^2 in one round."""
-    y = m * _RSQRT_LINEAR[1] + _RSQRT_LINEAR[0]
-    for _ in range(iters):
-        my, yy = _mul_stacked([m, y], [y, y])
-        y = (y * 3 - my * yy).div(2)
-    return y
+    Rounds: the bucket edges (1 with FSS keys), the mantissa selection (1), the powers of m - 1 (3),
+    the output selection (1)."""
+    onehot, exps = _buckets(x, lo, hi, log2_base=1)
+    m = _select(onehot, _scale_pow2(x, -exps))
+    f = m - 1
+    f2 = f * f
+    f3, f4 = _mul_stacked([f2, f2], [f, f2])
+    f5, f6 = _mul_stacked([f4, f4], [f, f2])
+    core = _linear_int([f, f2, f3, f4, f5, f6], coeffs[1:].tolist(), float(coeffs[0]))
+    exponent = exps.to(torch.float64) * power + out_scale_log2
+    shifts = torch.floor(exponent).long()
+    candidates = _scale_pow2(core, shifts)
+    fractional = exponent - shifts
+    if bool((fractional > 0).any()):  # odd octaves of the square root: 2^(1/2) before the shift
+        scaled = _scale_pow2(core * math.sqrt(2.0), shifts)
+        odd = torch.broadcast_to(fractional > 0, candidates.share.shape)
+        candidates._tensor.share = torch.where(odd, scaled.share, candidates.share)
+    return _select(onehot, candidates)
 
 
 # --- public functions ----------------------------------------------------------------------------
 
 
-def reciprocal(
-    x: MPCTensor, *, lo: float = RECIPROCAL_RANGE[0], hi: float = RECIPROCAL_RANGE[1], iters: int = RECIPROCAL_ITERS
-) -> MPCTensor:
+def reciprocal(x: MPCTensor, *, lo: float = RECIPROCAL_RANGE[0], hi: float = RECIPROCAL_RANGE[1]) -> MPCTensor:
     """1/x for x in [lo, hi] (public bounds; default [2^-8, 2^16]).
 
-    The most significant bit of x (one A2B, a prefix OR, one B2A per power of two in the range)
-    selects e with x = 2^e m, m in [1, 2); Newton's iteration on m from a linear start converges in
-    ``iters`` steps, and the result is shifted back by 2^-e. Outside [lo, hi] the start is poor and
-    the result is not guaranteed. Output resolution is absolute (2^-16), so 1/x has relative error
-    ~ 2^-16 * x for large x.
+    The most significant bit of x (sign tests against every power of two in the range, in one call)
+    selects e with x = 2^e m, m in [1, 2); a degree-6 polynomial gives 1/m (``MANTISSA_DEGREE``), and
+    the result is shifted back by 2^-e. Outside [lo, hi] the result is not guaranteed. Output
+    resolution is absolute (2^-16), so 1/x has relative error ~ 2^-16 * x for large x.
 
     Measured (2 parties): max abs error 6.8e-3 at 1/x = 254 (2.7e-5 relative) on [2^-8, 2^16], 4.4e-5
     on [0.5, 128]. Rounds (``pinfer bench nonlinear``, [0.5, 2^16]): 7 with FSS comparisons, 14 with the
     carry tree.
     """
     _require_default_encoding(x)
-    onehot, exps = _buckets(x, lo, hi, log2_base=1)
-    m = _select(onehot, _scale_pow2(x, -exps))
-    y = _newton_reciprocal(m, iters)
-    return _select(onehot, _scale_pow2(y, -exps))
+    return _octave_power(x, -1.0, _RECIPROCAL_POLY, lo, hi, 0)
 
 
 def rsqrt(
@@ -239,13 +259,12 @@ def rsqrt(
     *,
     lo: float = RSQRT_RANGE[0],
     hi: float = RSQRT_RANGE[1],
-    iters: int = RSQRT_ITERS,
     out_scale_log2: int = 0,
 ) -> MPCTensor:
     """x^-1/2 * 2^out_scale_log2 for x in [lo, hi] (default [2^-12, 2^24]).
 
-    Range reduction in base 4 (x = 4^e m, m in [1, 4)) makes Newton's iteration start within 9% and
-    converge in ``iters`` steps whatever the magnitude; the measured RMSNorm mean squares span
+    Range reduction by the most significant bit (x = 2^e m, m in [1, 2)) leaves a mantissa on which
+    a degree-6 polynomial is good to 2e-6 whatever the magnitude; the measured RMSNorm mean squares span
     0.006 .. 1.3e6 (the 1.3e6 belongs to SmolLM2's attention-sink token), far beyond any fixed
     starting guess. The output has absolute resolution 2^-16: rsqrt(1.3e6) = 8.8e-4 is then only
     good to 1.7% relative, so for such inputs ask for ``out_scale_log2`` > 0 (a public power of two the
@@ -257,10 +276,7 @@ def rsqrt(
     (``pinfer bench nonlinear``): 9 with FSS comparisons, 16 with the carry tree.
     """
     _require_default_encoding(x)
-    onehot, exps = _buckets(x, lo, hi, log2_base=2)
-    m = _select(onehot, _scale_pow2(x, -2 * exps))
-    y = _newton_rsqrt(m, iters)
-    return _select(onehot, _scale_pow2(y, out_scale_log2 - exps))
+    return _octave_power(x, -0.5, _RSQRT_POLY, lo, hi, out_scale_log2)
 
 
 NORM_EXTRA_BITS = 8

@@ -56,7 +56,7 @@ class Spline:
     lo: float
     width_log2: int
     index_bits: int
-    coeffs: torch.Tensor  # (2^index_bits, degree + 1) float64
+    coeffs: torch.Tensor  # (2^index_bits, degree + 1) float64: f^0 on a 2^-32 grid, the rest on 2^-16
     above_is_identity: bool
     floor: float  # the output is 0 below this: lo, or a point clear of lo by two selection units
 
@@ -83,9 +83,12 @@ class Spline:
 def fit(fn: Callable[[torch.Tensor], torch.Tensor], lo: float, width_log2: int, index_bits: int,
         degree: int, above_is_identity: bool, floor: float | None = None) -> Spline:
     """Least squares on Chebyshev nodes (near-minimax) per segment, over the segment widened by one
-    selection unit (``2^-SELECT_FRAC_BITS``) at each end. ``floor`` (default ``lo``) is where the
-    output drops to 0; one above ``lo`` is tested exactly, which lets an input at ``floor`` itself
-    (softmax's gap 0) sit clear of the segment choice's error."""
+    selection unit (``2^-SELECT_FRAC_BITS``) at each end. The coefficients of f^1.. are rounded to the
+    16-bit encoding they are used in, and the constant is then refitted to their rounding on a 2^-32
+    grid, so that a segment's error has no bias of up to half an ulp (a softmax adds thousands of
+    exponentials). ``floor`` (default ``lo``) is where the output drops to 0; one above ``lo`` is
+    tested exactly, which lets an input at ``floor`` itself (softmax's gap 0) sit clear of the
+    segment choice's error."""
     width = 2.0**width_log2
     margin = 2.0**-SELECT_FRAC_BITS
     if margin > width / 4:
@@ -98,8 +101,11 @@ def fit(fn: Callable[[torch.Tensor], torch.Tensor], lo: float, width_log2: int, 
     powers = torch.vander(offsets, degree + 1, increasing=True)
     rows = []
     for j in range(2**index_bits):
-        target = fn(lo + j * width + offsets).unsqueeze(-1)
-        rows.append(torch.linalg.lstsq(powers, target).solution.squeeze(-1))
+        target = fn(lo + j * width + offsets)
+        row = torch.linalg.lstsq(powers, target.unsqueeze(-1)).solution.squeeze(-1)
+        row[1:] = torch.round(row[1:] * 2.0**FRAC_BITS) / 2.0**FRAC_BITS
+        row[0] = torch.round((target - powers[:, 1:] @ row[1:]).mean() * 2.0 ** (2 * FRAC_BITS)) / 2.0 ** (2 * FRAC_BITS)
+        rows.append(row)
     return Spline(lo, width_log2, index_bits, torch.stack(rows), above_is_identity, floor)
 
 
@@ -136,7 +142,7 @@ def evaluate(x: MPCTensor, spline: Spline, bound: float, at_least_floor: bool = 
     if spline.above_is_identity:
         pairs.append((1 - below_top, x))
     raw = _products(pairs)
-    total = selected[0].share * (1 << FRAC_BITS) + sum(p.share for p in raw[: spline.degree])
+    total = selected[0].share + sum(p.share for p in raw[: spline.degree])  # all at 2^-32
     out = _like(x, total, 2 * FRAC_BITS)
     out._tensor.div_(1 << FRAC_BITS)
     out._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
@@ -148,7 +154,7 @@ def evaluate(x: MPCTensor, spline: Spline, bound: float, at_least_floor: bool = 
 def _selected_coefficients_and_powers(
     bits: Sequence[MPCTensor], gate: MPCTensor, f: MPCTensor, spline: Spline
 ) -> tuple[list[MPCTensor], list[MPCTensor]]:
-    """The gated segment's coefficients (16-bit encodings, exact) and ``f, f^2, .., f^d``.
+    """The gated segment's coefficients (exact: f^0's at 2^-32, the others at 2^-16) and ``f, .., f^d``.
 
     Bits go two at a time into one-hots of 4 (one product each), an odd last bit with the gate, else
     the gate as a group of its own. Groups above the lowest are joined by outer products, one round
@@ -175,7 +181,9 @@ def _selected_coefficients_and_powers(
         outer = [(low.unsqueeze(-2), high.unsqueeze(-1)) for low, high in joins]
         joined = [j.flatten(-2) for j in _with_powers(outer, powers, spline.degree)]
         groups = [groups[0]] + joined + (groups[-1:] if len(groups) % 2 == 0 else [])
-    coeffs = torch.round(spline.coeffs * (1 << FRAC_BITS)).to(torch.long)
+    column_scales = torch.full((spline.degree + 1,), 2.0**FRAC_BITS, dtype=torch.float64)
+    column_scales[0] = 2.0 ** (2 * FRAC_BITS)
+    coeffs = torch.round(spline.coeffs * column_scales).to(torch.long)
     if len(groups) == 1:
         selected_share = groups[0].share @ coeffs
     else:
@@ -186,7 +194,7 @@ def _selected_coefficients_and_powers(
         selected_share = picked.share.sum(-2)
     while len(powers) < spline.degree:
         _with_powers([], powers, spline.degree)
-    selected = [_like(f, selected_share[..., i], FRAC_BITS) for i in range(spline.degree + 1)]
+    selected = [_like(f, selected_share[..., i], FRAC_BITS if i else 2 * FRAC_BITS) for i in range(spline.degree + 1)]
     return selected, [powers[i] for i in range(1, spline.degree + 1)]
 
 

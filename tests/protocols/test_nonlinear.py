@@ -146,6 +146,9 @@ SWEEP: dict[str, tuple[str, torch.Tensor, dict[str, Any]]] = {
     "softmax causal": ("softmax", _scores(0, 3, 64), {"dim": -1, "mask": CAUSAL}),
     "softmax unmasked dim 1": ("softmax", _scores(1, 2, 33).transpose(1, 2), {"dim": 1}),
     "softmax decode row": ("softmax", _scores(2, 3, 64)[:, -1:, :], {"dim": -1, "mask": torch.ones(1, 64)}),
+    "softmax long decode row": (
+        "softmax", 4 * torch.randn(3, 1, 2048, generator=torch.Generator().manual_seed(4)), {"dim": -1}
+    ),
     "softmax single entry": ("softmax", torch.tensor([[3.5], [-70.0]]), {"dim": -1}),
     "rms_normalize per-row shifts": ("rms_normalize", HIDDEN, {"eps": 1e-5, "shift": _shifts(HIDDEN)}),
     "rms_normalize over-shifted (mean squares 64x smaller)": (
