@@ -12,7 +12,8 @@ method         how                                       rounds  online B / comp
 (k: lane width; w(n) = ``dcf.correction_words(n)`` 64-bit words, each sent to both parties.)
 ``fss`` needs two parties and a provider that makes DCF keys (the dealer); ``carry-tree`` works with
 any provider that makes Beaver triples, which is what a dealer-free mode has. ``auto`` (the default)
-takes ``fss`` where it can. :func:`using` pins the method for a block, which the benchmark uses to
+takes ``fss`` where it can, for calls up to ``FSS_AUTO_MAX_TESTS`` tests (a decode step's; a
+prefill's larger calls take the carry tree, where keys would cost more than the rounds they save). :func:`using` pins the method for a block, which the benchmark uses to
 run both side by side.
 
 The sign test reads ``x`` mod 2^k: the result is ``[x < 0]`` whenever ``|x| < 2^(k-1)`` in encoding
@@ -70,11 +71,20 @@ def fss_available() -> bool:
     return comm.get().get_world_size() == 2 and callable(getattr(provider, "sign_keys", None))
 
 
-def active_method() -> Method:
-    """The method :func:`ltz` uses now (``auto`` resolved)."""
+FSS_AUTO_MAX_TESTS = 1 << 16
+"""``auto`` takes ``fss`` for calls of at most this many sign tests. A key costs the dealer and the
+parties about a microsecond per input bit in AES and bookkeeping and 16 + 16 w(k-1) dealer bytes,
+where the carry tree costs about 6 more rounds per call: at a prefill's millions of tests per call
+(SmolLM2, 128 tokens: 1.4M for one SiLU) the keys cost minutes, at a decode step's thousands
+milliseconds against the rounds they save. The choice depends only on public shapes, so every party
+makes the same one."""
+
+
+def active_method(tests: int = 0) -> Method:
+    """The method a call of ``tests`` sign tests uses now (``auto`` resolved)."""
     method = _method.get()
     if method == "auto":
-        return "fss" if fss_available() else "carry-tree"
+        return "fss" if fss_available() and tests <= FSS_AUTO_MAX_TESTS else "carry-tree"
     if method == "fss" and not fss_available():
         raise ComparisonUnavailableError("fss comparisons need two parties and a dealer that makes DCF keys")
     return method
@@ -97,7 +107,7 @@ def ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
             raise ValueError(f"lane width {bits} must lie in 2..{packed_bits.WORD}")
     if not tests:
         return []
-    if active_method() == "carry-tree":
+    if active_method(sum(x.share.numel() for x, _ in tests)) == "carry-tree":
         return _carry_tree_ltz_many(tests)
     return _split(torch.cat(_fss_ltz_many(tests)), tests)
 
@@ -148,7 +158,7 @@ def ltz_with_min(x: MPCTensor, bits: int = packed_bits.WORD) -> tuple[MPCTensor,
     """
     if not 2 <= bits <= packed_bits.WORD:
         raise ValueError(f"lane width {bits} must lie in 2..{packed_bits.WORD}")
-    if active_method() == "carry-tree":
+    if active_method(x.share.numel()) == "carry-tree":
         sign = packed_bits.ltz(x, bits)
         return sign, sign * x
     sign, product = _fss_ltz_many([(x, bits)], product=True)

@@ -74,6 +74,26 @@ def job_masks(ctx, count: int, bits: int):
     return ArithmeticSharedTensor.from_shares(keys.mask(), precision=0).reveal()
 
 
+def job_auto_by_size(ctx, sizes: list[int]):
+    import crypten
+    import crypten.communicator as comm
+
+    from pinfer.protocols import comparison
+
+    default, comparison.FSS_AUTO_MAX_TESTS = comparison.FSS_AUTO_MAX_TESTS, 100
+    stats = comm.get()
+    rounds = []
+    try:
+        for size in sizes:
+            x = crypten.cryptensor(torch.arange(size, dtype=torch.float64) - size / 2, src=0)
+            before = stats.comm_rounds
+            comparison.ltz(x, 32)
+            rounds.append(stats.comm_rounds - before)
+    finally:
+        comparison.FSS_AUTO_MAX_TESTS = default
+    return rounds
+
+
 def job_pinned_fss(ctx):
     import crypten
 
@@ -154,6 +174,11 @@ def test_fss_costs_one_round_and_its_keys_are_dealer_traffic(world):
     key_bytes = 8 * correction_words(31) * count
     assert fss[1]["dealer_bytes"] >= key_bytes  # party 1 receives the correction words only
     assert fss[0]["dealer_bytes"] >= key_bytes + 2 * 8 * count  # party 0 also its mask shares
+
+
+def test_auto_takes_the_carry_tree_for_large_calls(world):
+    small, large = world.run(job_auto_by_size, [100, 101])[0]
+    assert small == 1 and large > 1
 
 
 def test_auto_takes_fss_with_two_parties_and_the_tree_with_three():
