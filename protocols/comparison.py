@@ -100,7 +100,7 @@ def ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
 
     Reading ``x mod 2^bits`` makes this a bit extractor too: ``ltz(y, i + 1)`` is bit ``i`` of y's
     encoding. With ``fss`` every value's masked opening travels in one message; the carry tree moves
-    each value's sign bit to bit 63 (a local shift) and runs one 64-bit tree when the widths differ.
+    each value's sign bit to the top of the widest lane (a local shift) and runs one tree.
     """
     for _, bits in tests:
         if not 2 <= bits <= packed_bits.WORD:
@@ -113,8 +113,7 @@ def ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
 
 
 def _carry_tree_ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
-    widths = {bits for _, bits in tests}
-    bits = widths.pop() if len(widths) == 1 else packed_bits.WORD
+    bits = max(width for _, width in tests)  # each sign moves up to bit bits-1: x 2^(bits-width)
     flat = [x.share.reshape(-1) << (bits - width) for x, width in tests]
     joined = _like(tests[0][0], torch.cat(flat), precision=0)
     signs = packed_bits.ltz(joined, bits).share
