@@ -36,9 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _emulation(net: str) -> Any:
-    from pinfer.protocols import tls_communicator
+    from pinfer.protocols import tls
 
-    return {"loopback": None, "lan": tls_communicator.LAN, "wan": tls_communicator.WAN}[net]
+    return {"loopback": None, "lan": tls.LAN, "wan": tls.WAN}[net]
 
 
 def _measure_model(world: Any, model: str, args: argparse.Namespace, progress) -> list[dict[str, Any]]:
