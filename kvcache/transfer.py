@@ -78,7 +78,7 @@ def join_secrets(skeleton: Any, shares: dict[str, torch.Tensor], ops: Any) -> An
     from pinfer.protocols import crypten_compat  # noqa: F401
     from crypten.mpc import MPCTensor
 
-    from pinfer.protocols.fixed_operand import FRACTIONAL_BITS
+    from pinfer.protocols.sharing import FRACTIONAL_BITS
 
     memo: dict[int, Any] = {}
 

@@ -18,7 +18,7 @@ from pinfer.kvcache import MPCacheParams, make_policy
 from pinfer.kvcache.clusters import selections
 from pinfer.model.registry import load_model, resolve
 from pinfer.model.plain_ops import PlainOps
-from pinfer.protocols.sharing import share
+from pinfer.protocols.sharing import FRACTIONAL_BITS, share
 from pinfer.protocols.world import LocalWorld
 
 PROMPT_LEN, STEPS, BUDGET = 64, 6, 0.25
@@ -60,7 +60,7 @@ def job_policies(ctx, config, shifts, cases, weights, tokens):
     from pinfer.protocols.mpc_ops import MpcOps
 
     ops = MpcOps(ctx.provider, ctx.costs, weights, shifts)
-    shared = MPCTensor.from_shares(tokens.expand()["tokens"], precision=16)
+    shared = MPCTensor.from_shares(tokens.expand()["tokens"], precision=FRACTIONAL_BITS)
     return {case: run_policy(Decoder(config, ops, kv_policy=policy(case)), shared, lambda v: v.get_plain_text())
             for case in cases}
 
@@ -76,7 +76,7 @@ def job_topk(ctx, k, x):
 
     from pinfer.protocols.oblivious import topk_onehot
 
-    return topk_onehot(MPCTensor.from_shares(x.expand()["x"], precision=16), k).get_plain_text()
+    return topk_onehot(MPCTensor.from_shares(x.expand()["x"], precision=FRACTIONAL_BITS), k).get_plain_text()
 
 
 @pytest.mark.slow
