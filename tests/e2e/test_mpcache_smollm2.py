@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pinfer.model import norm_plan
-from pinfer.bench.generate import essay_ids
+from pinfer.model.corpus import essay_ids
 from pinfer.model.decoder import Decoder, prepare_weights
 from pinfer.model.generation import one_hot
 from pinfer.kvcache.clusters import selections
