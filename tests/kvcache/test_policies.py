@@ -19,7 +19,6 @@ from pinfer.kvcache.clusters import selections
 from pinfer.model.registry import load_model, resolve
 from pinfer.model.plain_ops import PlainOps
 from pinfer.protocols.sharing import FRACTIONAL_BITS, share
-from pinfer.protocols.world import LocalWorld
 
 PROMPT_LEN, STEPS, BUDGET = 64, 6, 0.25
 SMALL_CLUSTERS = MPCacheParams(coarse=8, fine=4, own_first=0, own_last=0)  # layer 1 reuses layer 0
@@ -63,12 +62,6 @@ def job_policies(ctx, config, shifts, cases, weights, tokens):
     shared = MPCTensor.from_shares(tokens.expand()["tokens"], precision=FRACTIONAL_BITS)
     return {case: run_policy(Decoder(config, ops, kv_policy=policy(case)), shared, lambda v: v.get_plain_text())
             for case in cases}
-
-
-@pytest.fixture(scope="module")
-def world():
-    with LocalWorld(n_parties=2) as w:
-        yield w
 
 
 def job_topk(ctx, k, x):

@@ -15,7 +15,6 @@ from pinfer.model.registry import load_model, resolve
 from pinfer.model.plain_ops import PlainOps
 from pinfer.service.private import generate_private
 from pinfer.protocols.sharing import FRACTIONAL_BITS, share
-from pinfer.protocols.world import LocalWorld
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7]
 
@@ -37,12 +36,6 @@ def job_logits(ctx, config, shifts, weights, prompt, n_prompt):
 def load(model: str):
     config, weights, tokenizer = load_model(model)
     return config, weights, norm_plan.for_model(resolve(model), config, weights, tokenizer)
-
-
-@pytest.fixture(scope="module")
-def world():
-    with LocalWorld(n_parties=2) as w:
-        yield w
 
 
 @pytest.mark.slow
