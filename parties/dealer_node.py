@@ -36,16 +36,16 @@ def dealer_worker_main(spec: WorkerSpec, conn: Connection) -> None:
 def _serve_dealer_session(spec: WorkerSpec, conn: Connection) -> None:
     from dataclasses import replace
 
-    from pinfer.protocols import tls_communicator as tc
+    from pinfer.protocols import tls
     from pinfer.protocols.channel import Channel
     from pinfer.protocols.dealer import DealerServer
 
-    listener = tc.bind_listener(spec.listen_host, 0)
+    listener = tls.bind_listener(spec.listen_host, 0)
     conn.send(("ready", listener.getsockname()[1]))
     start = read_start(conn.recv())
     # The dealer idles while party 0 computes between requests, so it waits longer than a party.
     config = replace(mesh_config(spec, spec.parties, start.endpoints), recv_timeout_s=DEALER_RECV_TIMEOUT_S)
-    mesh = tc.TlsCommunicator.connect(config, listener=listener)
+    mesh = tls.TlsCommunicator.connect(config, listener=listener)
     try:
         server = DealerServer([Channel(mesh.transport(rank)) for rank in range(spec.parties)])
         server.distribute_seeds()

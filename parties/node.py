@@ -40,7 +40,7 @@ log = logging.getLogger("pinfer.node")
 WORKER_START_TIMEOUT_S = 120.0
 _POLL_S = 0.2
 _MP = mp.get_context("forkserver")
-_PRELOAD = ["pinfer.parties.session_worker", "pinfer.parties.dealer_node", "pinfer.protocols.tls_communicator",
+_PRELOAD = ["pinfer.parties.session_worker", "pinfer.parties.dealer_node", "pinfer.protocols.tls",
             "pinfer.protocols.dealer", "pinfer.parties.worker"]
 
 

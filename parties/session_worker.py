@@ -28,7 +28,7 @@ from pinfer.keys import envelope, session
 if TYPE_CHECKING:
     from pinfer.parties.weight_cache import SharedShares
     from pinfer.protocols.sharing import ShareBundle
-    from pinfer.protocols.tls_communicator import LinkEmulation, TlsCommConfig
+    from pinfer.protocols.tls import LinkEmulation, TlsCommConfig
 
 WORKER_RECV_TIMEOUT_S = 300.0
 MESH_CONNECT_TIMEOUT_S = 60.0
@@ -66,9 +66,9 @@ class SessionStart:
 def mesh_config(spec: WorkerSpec, rank: int, endpoints: dict[int, tuple[str, int]]) -> TlsCommConfig:
     """The TLS communicator configuration of this session's mesh (parties 0..n-1, dealer as rank n)."""
     from pinfer import keys
-    from pinfer.protocols import tls_communicator as tc
+    from pinfer.protocols import tls
 
-    return tc.TlsCommConfig(
+    return tls.TlsCommConfig(
         rank=rank, world_size=spec.parties, endpoints=endpoints,
         credentials=keys.load_node_credentials(spec.key_root, spec.role), session_id=spec.session_id,
         with_dealer=True, connect_timeout_s=MESH_CONNECT_TIMEOUT_S, recv_timeout_s=WORKER_RECV_TIMEOUT_S,
@@ -84,9 +84,9 @@ def link_emulation(link: str) -> LinkEmulation | None:
 
     Every rank of a mesh must use the same one, so it is a node setting that each worker inherits.
     """
-    from pinfer.protocols import tls_communicator as tc
+    from pinfer.protocols import tls
 
-    presets = {"loopback": None, "lan": tc.LAN, "wan": tc.WAN}
+    presets = {"loopback": None, "lan": tls.LAN, "wan": tls.WAN}
     if link not in presets:
         raise ValueError(f"unknown link {link!r}; one of {', '.join(LINKS)}")
     return presets[link]
@@ -140,11 +140,11 @@ def party_worker_main(spec: WorkerSpec, conn: Connection) -> None:
 
 def _serve_party_session(spec: WorkerSpec, conn: Connection) -> None:
     from pinfer import keys
-    from pinfer.protocols import tls_communicator as tc
+    from pinfer.protocols import tls
 
     party = keys.party_index(spec.role)
     assert party is not None and spec.weights is not None
-    listener = tc.bind_listener(spec.listen_host, 0)
+    listener = tls.bind_listener(spec.listen_host, 0)
     conn.send(("ready", listener.getsockname()[1]))
     private_key = keys.load_envelope_private_key(spec.key_root, spec.role)
     card, weights = spec.weights.card, spec.weights.bundle()
@@ -164,14 +164,14 @@ def _run_generation(spec: WorkerSpec, conn: Connection, party: int, start: Sessi
                     card: session.ModelCard, weights: ShareBundle, prompt: ShareBundle,
                     reply_key: session.ReplyKey) -> None:
     from pinfer.parties.worker import TokenShareStep, load_model_shares, stream_on_shares
-    from pinfer.protocols import tls_communicator as tc
+    from pinfer.protocols import tls
     from pinfer.protocols.costs import CostMeter
     from pinfer.protocols.sharing import SCALE
     from pinfer.protocols.world import PartyContext, activate_communicator, start_party_protocol
 
     import crypten
 
-    communicator = tc.TlsCommunicator.connect(mesh_config(spec, party, start.endpoints), listener=listener)
+    communicator = tls.TlsCommunicator.connect(mesh_config(spec, party, start.endpoints), listener=listener)
     activate_communicator(communicator)
     provider, reading = start_party_protocol(communicator, party, spec.parties)
     context = PartyContext(party, spec.parties, provider, CostMeter(reading))

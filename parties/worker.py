@@ -21,9 +21,8 @@ from pinfer.model.norm_plan import NormShifts
 from pinfer.protocols import crypten_compat  # noqa: F401
 from crypten.mpc import MPCTensor
 from pinfer.protocols.costs import Cost
-from pinfer.protocols.fixed_operand import FRACTIONAL_BITS
 from pinfer.protocols.mpc_ops import MpcOps
-from pinfer.protocols.sharing import ShareBundle
+from pinfer.protocols.sharing import FRACTIONAL_BITS, ShareBundle
 from pinfer.protocols.world import PartyContext
 
 @dataclass(frozen=True)

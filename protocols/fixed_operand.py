@@ -22,9 +22,7 @@ import crypten.communicator as comm
 from crypten.mpc import MPCTensor
 
 from .dealer import DealerProvider
-
-FRACTIONAL_BITS = 16
-SCALE = 1 << FRACTIONAL_BITS
+from .sharing import FRACTIONAL_BITS, SCALE
 
 
 def _open(share: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,8 @@ from pinfer.model.norm_plan import NormShifts, row_shifts
 
 from .costs import CostMeter
 from .dealer import DealerProvider
-from .fixed_operand import FRACTIONAL_BITS, FixedOperand
-from .sharing import ShareBundle
+from .fixed_operand import FixedOperand
+from .sharing import FRACTIONAL_BITS, ShareBundle
 
 # Shared tensors used as right operands of products; every other weight is added or indexed.
 _MATRIX_SUFFIXES = ("wqkv", "wo", "w_gate_up", "w_down", "w_fc", "w_proj")

@@ -30,8 +30,7 @@ from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
 
 from . import comparison, packed_bits
-
-FRAC_BITS = 16
+from .sharing import FRACTIONAL_BITS
 
 
 def _with_share(like: MPCTensor, share: torch.Tensor, scale_bits: int) -> MPCTensor:
@@ -49,7 +48,7 @@ def truncation(resolution: float | None, parties: int) -> int:
         return 0
     if not resolution > 0:
         raise ValueError(f"resolution={resolution} must be positive")
-    units = resolution * 2.0**FRAC_BITS
+    units = resolution * 2.0**FRACTIONAL_BITS
     t = 0
     while t < packed_bits.WORD - 2 and parties * 2.0 ** (t + 1) <= units:
         t += 1
@@ -59,7 +58,7 @@ def truncation(resolution: float | None, parties: int) -> int:
 def pair_lane_width(spread: float | None, t: int, parties: int) -> int:
     """Lanes for differences of per-entry truncated shares: ``|y_a - y_b| < spread 2^(16-t) + N``,
     and only the low ``64 - t`` bits of the y's sum are meaningful."""
-    bound = None if spread is None else spread * 2.0 ** (FRAC_BITS - t) + parties
+    bound = None if spread is None else spread * 2.0 ** (FRACTIONAL_BITS - t) + parties
     return min(packed_bits.lane_width(bound, 0), packed_bits.WORD - t)
 
 
@@ -76,9 +75,9 @@ def ranks(x: MPCTensor, spread: float | None = None, resolution: float | None = 
     parties = comm.get().get_world_size()
     t = truncation(resolution, parties)
     # One truncated value per entry (local, no traffic), so the pairwise comparisons stay transitive.
-    y = x if t == 0 else _with_share(x, x.share >> t, scale_bits=max(FRAC_BITS - t, 0))
+    y = x if t == 0 else _with_share(x, x.share >> t, scale_bits=max(FRACTIONAL_BITS - t, 0))
     # beaten[p] = [y_first < y_second]: the later entry beats the earlier one only when strictly larger.
-    lanes = pair_lane_width(spread, t, parties) if t else packed_bits.lane_width(spread, FRAC_BITS)
+    lanes = pair_lane_width(spread, t, parties) if t else packed_bits.lane_width(spread, FRACTIONAL_BITS)
     beaten = comparison.ltz(y[..., first] - y[..., second], lanes)
     share = torch.zeros(*beaten.share.shape[:-1], n, dtype=torch.int64)
     share.index_add_(-1, first, beaten.share)
@@ -105,4 +104,4 @@ def topk_onehot(
     below = comparison.ltz(rank - thresholds, packed_bits.lane_width(float(n + k), 0))  # [rank < r + 1]
     onehot = below.share.clone()
     onehot[..., 1:, :] -= below.share[..., :-1, :]
-    return _with_share(below, onehot << FRAC_BITS, scale_bits=FRAC_BITS)
+    return _with_share(below, onehot << FRACTIONAL_BITS, scale_bits=FRACTIONAL_BITS)

@@ -14,6 +14,7 @@ import torch
 
 from .csprng import AesCtrStream, fresh_seed
 
+# The fractional bits of every fixed-point value pinfer puts on shares (CrypTen's default precision).
 FRACTIONAL_BITS = 16
 SCALE = 1 << FRACTIONAL_BITS
 _LIMIT = 2.0**62 / SCALE

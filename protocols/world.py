@@ -65,15 +65,15 @@ class MeshPlan:
     key_dir: str
     ports: tuple[int, ...]
     session_id: str
-    emulation: Any = None  # tls_communicator.LinkEmulation for benchmarks over emulated links
+    emulation: Any = None  # tls.LinkEmulation for benchmarks over emulated links
 
     def connect(self, rank: int, recv_timeout_s: float):
         from pinfer import keys
 
-        from . import tls_communicator as tc
+        from . import tls
 
         role = keys.party_role(rank) if rank < self.n_parties else keys.DEALER
-        config = tc.TlsCommConfig(
+        config = tls.TlsCommConfig(
             rank=rank,
             world_size=self.n_parties,
             endpoints={r: ("127.0.0.1", port) for r, port in enumerate(self.ports)},
@@ -83,7 +83,7 @@ class MeshPlan:
             recv_timeout_s=recv_timeout_s,
             emulation=self.emulation,
         )
-        return tc.TlsCommunicator.connect(config)
+        return tls.TlsCommunicator.connect(config)
 
 
 def activate_communicator(communicator: Any) -> None:
@@ -91,9 +91,9 @@ def activate_communicator(communicator: Any) -> None:
     from . import crypten_compat  # noqa: F401
     import crypten
 
-    from . import crypten_config, tls_communicator
+    from . import crypten_config, tls
 
-    tls_communicator.install(communicator)
+    tls.install(communicator)
     crypten_config.install()
     crypten.cfg["communicator.verbose"] = True
 
@@ -239,7 +239,7 @@ class LocalWorld:
             keys.init_keys(key_dir, parties=n_parties)
         plan = MeshPlan(n_parties, str(key_dir), tuple(free_ports(n_parties + 1)), secrets.token_hex(8), emulation)
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["pinfer.protocols.tls_communicator", "pinfer.protocols.dealer"])
+        ctx.set_forkserver_preload(["pinfer.protocols.tls", "pinfer.protocols.dealer"])
         self._controls: dict[str, Connection] = {}
         self._processes = []
         for rank in range(n_parties):

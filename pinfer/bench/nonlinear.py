@@ -69,13 +69,14 @@ def job_costs(ctx: Any, method: str, rows: int, inputs: Any) -> dict[str, dict[s
     from crypten.mpc import MPCTensor
 
     from pinfer.protocols import comparison
+    from pinfer.protocols.sharing import FRACTIONAL_BITS
 
     calls = _calls(rows)
     stats, dealer = comm.get(), ctx.provider.channel.stats
     out = {}
     with comparison.using(method):
         for name, share in inputs.consume():
-            x = MPCTensor.from_shares(share, precision=16)
+            x = MPCTensor.from_shares(share, precision=FRACTIONAL_BITS)
             before = (stats.comm_bytes, stats.comm_rounds, dealer.bytes_received)
             result = calls[name](x)
             after = (stats.comm_bytes, stats.comm_rounds, dealer.bytes_received)

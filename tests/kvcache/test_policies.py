@@ -18,8 +18,7 @@ from pinfer.kvcache import MPCacheParams, make_policy
 from pinfer.kvcache.clusters import selections
 from pinfer.model.registry import load_model, resolve
 from pinfer.model.plain_ops import PlainOps
-from pinfer.protocols.sharing import share
-from pinfer.protocols.world import LocalWorld
+from pinfer.protocols.sharing import FRACTIONAL_BITS, share
 
 PROMPT_LEN, STEPS, BUDGET = 64, 6, 0.25
 SMALL_CLUSTERS = MPCacheParams(coarse=8, fine=4, own_first=0, own_last=0)  # layer 1 reuses layer 0
@@ -60,15 +59,9 @@ def job_policies(ctx, config, shifts, cases, weights, tokens):
     from pinfer.protocols.mpc_ops import MpcOps
 
     ops = MpcOps(ctx.provider, ctx.costs, weights, shifts)
-    shared = MPCTensor.from_shares(tokens.expand()["tokens"], precision=16)
+    shared = MPCTensor.from_shares(tokens.expand()["tokens"], precision=FRACTIONAL_BITS)
     return {case: run_policy(Decoder(config, ops, kv_policy=policy(case)), shared, lambda v: v.get_plain_text())
             for case in cases}
-
-
-@pytest.fixture(scope="module")
-def world():
-    with LocalWorld(n_parties=2) as w:
-        yield w
 
 
 def job_topk(ctx, k, x):
@@ -76,7 +69,7 @@ def job_topk(ctx, k, x):
 
     from pinfer.protocols.oblivious import topk_onehot
 
-    return topk_onehot(MPCTensor.from_shares(x.expand()["x"], precision=16), k).get_plain_text()
+    return topk_onehot(MPCTensor.from_shares(x.expand()["x"], precision=FRACTIONAL_BITS), k).get_plain_text()
 
 
 @pytest.mark.slow

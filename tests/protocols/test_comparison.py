@@ -103,12 +103,6 @@ def job_pinned_fss(ctx):
         comparison.ltz(crypten.cryptensor(torch.zeros(3)), 16)
 
 
-@pytest.fixture(scope="module")
-def world():
-    with LocalWorld(n_parties=2) as w:
-        yield w
-
-
 def encodings_within(width: int, count: int):
     top = min(2 ** (width - 1) - 1, 2**52)
     edges = [0, 1, -1, top, -top, -min(2 ** (width - 1), 2**52)]

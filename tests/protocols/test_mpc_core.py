@@ -86,12 +86,6 @@ def job_fail(ctx):
 
 # ---- fixtures and strategies -----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def world():
-    with LocalWorld(n_parties=2) as w:
-        yield w
-
-
 def matrices(rows: int, cols: int, bound: float = 8.0):
     return st.lists(
         st.floats(-bound, bound, allow_nan=False, width=32), min_size=rows * cols, max_size=rows * cols

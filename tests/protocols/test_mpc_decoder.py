@@ -14,8 +14,7 @@ from pinfer.model import norm_plan
 from pinfer.model.registry import load_model, resolve
 from pinfer.model.plain_ops import PlainOps
 from pinfer.service.private import generate_private
-from pinfer.protocols.sharing import share
-from pinfer.protocols.world import LocalWorld
+from pinfer.protocols.sharing import FRACTIONAL_BITS, share
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7]
 
@@ -27,7 +26,7 @@ def job_logits(ctx, config, shifts, weights, prompt, n_prompt):
     from pinfer.protocols.mpc_ops import MpcOps
 
     decoder = Decoder(config, MpcOps(ctx.provider, ctx.costs, weights, shifts))
-    tokens = MPCTensor.from_shares(prompt.expand()["tokens"], precision=16)
+    tokens = MPCTensor.from_shares(prompt.expand()["tokens"], precision=FRACTIONAL_BITS)
     cache = decoder.new_cache()
     prefill = decoder.forward(tokens[: n_prompt - 1], cache, 0).get_plain_text()
     decode = decoder.forward(tokens[n_prompt - 1 :], cache, n_prompt - 1).get_plain_text()
@@ -37,12 +36,6 @@ def job_logits(ctx, config, shifts, weights, prompt, n_prompt):
 def load(model: str):
     config, weights, tokenizer = load_model(model)
     return config, weights, norm_plan.for_model(resolve(model), config, weights, tokenizer)
-
-
-@pytest.fixture(scope="module")
-def world():
-    with LocalWorld(n_parties=2) as w:
-        yield w
 
 
 @pytest.mark.slow

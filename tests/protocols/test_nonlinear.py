@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from pinfer.model.norm_plan import norm_shift
 from pinfer.protocols import nonlinear as nl
-from pinfer.protocols.world import LocalWorld
 
 MPC = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -93,12 +92,6 @@ def assert_within_bound(name: str, x: torch.Tensor, got: torch.Tensor, kwargs: d
 
 
 # ---- fixtures ----------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def world():
-    with LocalWorld(n_parties=2) as w:
-        yield w
-
 
 def _scores(seed: int, heads: int, n: int) -> torch.Tensor:
     """Attention-like scores spanning the measured SmolLM2 range [-73, 28], with a sink column."""

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from pinfer.model.plain_ops import PlainOps
-from pinfer.protocols.oblivious import FRAC_BITS, pair_lane_width, truncation
-from pinfer.protocols.sharing import share
+from pinfer.protocols.oblivious import pair_lane_width, truncation
+from pinfer.protocols.sharing import FRACTIONAL_BITS, share
 from pinfer.protocols.world import LocalWorld
 
 SPREAD = 2.0**12
-UNIT = 2**FRAC_BITS
+UNIT = 2**FRACTIONAL_BITS
 
 
 def job_topk(ctx, k, spread, resolution, x):
@@ -23,7 +23,7 @@ def job_topk(ctx, k, spread, resolution, x):
 
     from pinfer.protocols.oblivious import ranks, topk_onehot
 
-    shared = MPCTensor.from_shares(x.expand()["x"], precision=FRAC_BITS)
+    shared = MPCTensor.from_shares(x.expand()["x"], precision=FRACTIONAL_BITS)
     stats, dealer = comm.get(), ctx.provider.channel.stats
     # party links and the dealer's: narrower lanes shrink the carry tree's words or the FSS keys
     before = stats.comm_bytes + dealer.bytes_received

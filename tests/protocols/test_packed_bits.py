@@ -34,12 +34,6 @@ def job_bits(ctx, encodings: torch.Tensor, width: int):
     return {"ltz": negative._tensor.reveal(), "packed_bytes": packed_bytes, "crypten_bytes": crypten_bytes}
 
 
-@pytest.fixture(scope="module")
-def world():
-    with LocalWorld(n_parties=2) as w:
-        yield w
-
-
 def encodings_within(width: int, count: int):
     """Integer encodings with |X| < 2^(width-1), edges included (for 64 bits, up to what a float64
     input encodes exactly)."""

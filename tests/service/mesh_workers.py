@@ -16,18 +16,18 @@ from typing import Any
 import torch
 
 from pinfer import keys
-from pinfer.protocols import tls_communicator as tc
+from pinfer.protocols import tls
 from pinfer.protocols.channel import Channel, Message
 
 _CTX = mp.get_context("forkserver")
-_CTX.set_forkserver_preload(["pinfer.protocols.tls_communicator"])
+_CTX.set_forkserver_preload(["pinfer.protocols.tls"])
 
 
 def make_config(key_dir: Path, rank: int, world_size: int, ports: list[int], with_dealer: bool = False,
-                **overrides: Any) -> tc.TlsCommConfig:
+                **overrides: Any) -> tls.TlsCommConfig:
     role = keys.party_role(rank) if rank < world_size else keys.DEALER
     credentials = keys.load_node_credentials(overrides.pop("credentials_dir", key_dir), overrides.pop("role", role))
-    return tc.TlsCommConfig(
+    return tls.TlsCommConfig(
         rank=rank,
         world_size=world_size,
         endpoints={r: ("127.0.0.1", p) for r, p in enumerate(ports)},
@@ -89,7 +89,7 @@ def collectives(rank: int, key_dir: Path, world_size: int, ports: list[int], wit
     config = make_config(key_dir, rank, world_size, ports, with_dealer)
     out: dict[str, Any] = {}
     dealer = world_size
-    with tc.TlsCommunicator.connect(config) as comm:
+    with tls.TlsCommunicator.connect(config) as comm:
         if rank == dealer:
             # CrypTen's TTP layout: party 0 asks over ttp_group, the dealer answers to (0, dealer).
             request = comm.recv_obj(0, comm.ttp_group)
@@ -163,8 +163,8 @@ def crypten_arithmetic(rank: int, key_dir: Path, ports: list[int], world_size: i
     from pinfer.protocols import crypten_rng
     from pinfer.protocols.csprng import SEED_BYTES, fresh_seed
 
-    communicator = tc.TlsCommunicator.connect(make_config(key_dir, rank, world_size, ports))
-    tc.install(communicator)
+    communicator = tls.TlsCommunicator.connect(make_config(key_dir, rank, world_size, ports))
+    tls.install(communicator)
     assert comm.get() is communicator and crypten.is_initialized()
     crypten.cfg["communicator.verbose"] = True  # the form that also works with pinfer's config cache
     crypten.reset_communication_stats()
@@ -198,18 +198,18 @@ def crypten_arithmetic(rank: int, key_dir: Path, ports: list[int], world_size: i
         "bytes_sent": stats.bytes_sent,
     }
     crypten.uninit()
-    result["restored"] = comm.get is not tc.TlsCommunicator.get
+    result["restored"] = comm.get is not tls.TlsCommunicator.get
     return result
 
 
 def recv_with_timeout(rank: int, key_dir: Path, ports: list[int]) -> dict[str, Any]:
     """Rank 0 waits for a message rank 1 never sends; rank 1 waits until rank 0 has timed out."""
-    with tc.TlsCommunicator.connect(make_config(key_dir, rank, 2, ports, recv_timeout_s=0.5 if rank == 0 else 20.0)) as comm:
+    with tls.TlsCommunicator.connect(make_config(key_dir, rank, 2, ports, recv_timeout_s=0.5 if rank == 0 else 20.0)) as comm:
         if rank == 0:
             start = time.monotonic()
             try:
                 comm.recv(torch.zeros(1, dtype=torch.int64), 1)
-            except tc.CommTimeoutError as exc:
+            except tls.CommTimeoutError as exc:
                 elapsed = time.monotonic() - start
                 comm.send_obj("done", 1)
                 return {"error": type(exc).__name__, "elapsed": elapsed}
@@ -219,7 +219,7 @@ def recv_with_timeout(rank: int, key_dir: Path, ports: list[int]) -> dict[str, A
 
 def exit_abruptly(rank: int, key_dir: Path, ports: list[int]) -> dict[str, Any]:
     """Rank 1 dies without a word; rank 0's pending receive fails fast, not at its timeout."""
-    comm = tc.TlsCommunicator.connect(make_config(key_dir, rank, 2, ports, recv_timeout_s=30.0))
+    comm = tls.TlsCommunicator.connect(make_config(key_dir, rank, 2, ports, recv_timeout_s=30.0))
     if rank == 1:
         comm.barrier()
         import os
@@ -229,7 +229,7 @@ def exit_abruptly(rank: int, key_dir: Path, ports: list[int]) -> dict[str, Any]:
     start = time.monotonic()
     try:
         comm.recv(torch.zeros(1, dtype=torch.int64), 1)
-    except tc.PeerDisconnectedError as exc:
+    except tls.PeerDisconnectedError as exc:
         return {"error": type(exc).__name__, "elapsed": time.monotonic() - start}
     return {"error": None}
 
@@ -237,8 +237,8 @@ def exit_abruptly(rank: int, key_dir: Path, ports: list[int]) -> dict[str, Any]:
 def connect_only(rank: int, key_dir: Path, ports: list[int], world_size: int, overrides: dict[str, Any]) -> dict[str, Any]:
     """Try to join a mesh; report what happened and, if linked, do one all_reduce."""
     try:
-        comm = tc.TlsCommunicator.connect(make_config(key_dir, rank, world_size, ports, **overrides))
-    except tc.CommError as exc:
+        comm = tls.TlsCommunicator.connect(make_config(key_dir, rank, world_size, ports, **overrides))
+    except tls.CommError as exc:
         return {"error": type(exc).__name__, "message": str(exc)}
     with comm:
         return {"error": None, "sum": comm.all_reduce(torch.tensor([rank + 1], dtype=torch.int64)).tolist()}
@@ -248,8 +248,8 @@ def connect_timed(rank: int, key_dir: Path, ports: list[int], world_size: int, o
     """Join a mesh and report how long ``connect()`` took (measured here, without process start-up)."""
     start = time.monotonic()
     try:
-        comm = tc.TlsCommunicator.connect(make_config(key_dir, rank, world_size, ports, **overrides))
-    except tc.CommError as exc:
+        comm = tls.TlsCommunicator.connect(make_config(key_dir, rank, world_size, ports, **overrides))
+    except tls.CommError as exc:
         return {"error": type(exc).__name__, "message": str(exc), "elapsed": time.monotonic() - start}
     elapsed = time.monotonic() - start
     with comm:
@@ -259,8 +259,8 @@ def connect_timed(rank: int, key_dir: Path, ports: list[int], world_size: int, o
 
 def emulated_link(rank: int, key_dir: Path, ports: list[int], bandwidth: float, delay: float) -> dict[str, Any]:
     """Ping-pong (latency) and one bulk tensor (bandwidth) over an emulated link."""
-    emulation = tc.LinkEmulation(bandwidth_bps=bandwidth, one_way_delay_s=delay)
-    with tc.TlsCommunicator.connect(make_config(key_dir, rank, 2, ports, emulation=emulation)) as comm:
+    emulation = tls.LinkEmulation(bandwidth_bps=bandwidth, one_way_delay_s=delay)
+    with tls.TlsCommunicator.connect(make_config(key_dir, rank, 2, ports, emulation=emulation)) as comm:
         comm.barrier()
         token = torch.zeros(1, dtype=torch.int64)
         start = time.monotonic()

@@ -12,7 +12,7 @@ import pytest
 from pinfer.bench import plane
 from pinfer.bench import service as bench_service
 from pinfer.parties.session_worker import link_emulation
-from pinfer.protocols import tls_communicator as tc
+from pinfer.protocols import tls
 
 
 def test_throughput_measurements_are_positive() -> None:
@@ -50,6 +50,6 @@ def test_round_costs_refuse_sizes_that_are_not_int64_tensors() -> None:
 
 def test_link_presets() -> None:
     assert link_emulation("loopback") is None
-    assert link_emulation("lan") == tc.LAN and link_emulation("wan") == tc.WAN
+    assert link_emulation("lan") == tls.LAN and link_emulation("wan") == tls.WAN
     with pytest.raises(ValueError):
         link_emulation("satellite")

@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 import mesh_workers as mw
 from pinfer import keys
 from pinfer.keys import envelope
-from pinfer.protocols import tls_communicator as tc
+from pinfer.protocols import tls
+from pinfer.protocols.tls import codec, link, mesh
 from pinfer.protocols.world import free_ports
+from pinfer.tensor_codes import DTYPE_CODES
 
 MASK = (1 << 64) - 1
 
@@ -38,9 +40,9 @@ def _wrap(value: int) -> int:
 
 @pytest.mark.parametrize(("world_size", "with_dealer"), [(2, False), (2, True), (3, True)])
 def test_collectives_and_counters(key_dir: Path, world_size: int, with_dealer: bool) -> None:
-    mesh = world_size + (1 if with_dealer else 0)
-    ports = free_ports(mesh)
-    out = _ok(mw.launch(mw.collectives, list(range(mesh)), (key_dir, world_size, ports, with_dealer)))
+    mesh_size = world_size + (1 if with_dealer else 0)
+    ports = free_ports(mesh_size)
+    out = _ok(mw.launch(mw.collectives, list(range(mesh_size)), (key_dir, world_size, ports, with_dealer)))
     values = [mw._values(r).tolist() for r in range(world_size)]
     expected_sum = [_wrap(sum(col)) for col in zip(*values)]
     expected_xor = [0] * len(values[0])
@@ -64,8 +66,8 @@ def test_collectives_and_counters(key_dir: Path, world_size: int, with_dealer: b
         assert delta["rounds"] == 1
         for peer in range(world_size):
             if peer != rank:
-                link = delta["links"][str(peer)]
-                assert link == {"bytes_sent": 8020, "bytes_received": 8020, "messages_sent": 1,
+                link_stats = delta["links"][str(peer)]
+                assert link_stats == {"bytes_sent": 8020, "bytes_received": 8020, "messages_sent": 1,
                                 "messages_received": 1, "rounds": 1}
         if with_dealer:
             assert got["dealer_bytes"] == b"seed-for-party-%d" % rank
@@ -146,7 +148,7 @@ def _impostor_hello(port: int, credentials: keys.NodeCredentials, claimed_rank: 
             time.sleep(0.05)
     with context.wrap_socket(raw) as sock:
         session = b"test-session"
-        sock.sendall(tc._HELLO.pack(tc._HELLO_MAGIC, tc.WIRE_VERSION, claimed_rank, len(session)) + session)
+        sock.sendall(mesh._HELLO.pack(mesh._HELLO_MAGIC, codec.WIRE_VERSION, claimed_rank, len(session)) + session)
         received = b""
         try:
             while chunk := sock.recv(4096):
@@ -189,13 +191,13 @@ def _fake_server(credentials: keys.NodeCredentials, listener: socket.socket) -> 
 def test_dialer_refuses_a_listener_with_the_wrong_identity(key_dir: Path, foreign_key_dir: Path, server: str) -> None:
     credentials = (keys.load_node_credentials(key_dir, "dealer") if server == "wrong-role"
                    else keys.load_node_credentials(foreign_key_dir, "party0"))
-    listener = tc.bind_listener("127.0.0.1", 0)
+    listener = tls.bind_listener("127.0.0.1", 0)
     port = listener.getsockname()[1]
     thread = threading.Thread(target=_fake_server, args=(credentials, listener), daemon=True)
     thread.start()
     config = mw.make_config(key_dir, 1, 2, [port, free_ports(1)[0]], connect_timeout_s=5.0)
-    with pytest.raises(tc.PeerAuthError):
-        tc.TlsCommunicator.connect(config)
+    with pytest.raises(tls.PeerAuthError):
+        tls.TlsCommunicator.connect(config)
     listener.close()
     thread.join(5)
 
@@ -212,9 +214,9 @@ def test_other_session_is_refused(key_dir: Path) -> None:
 
 def test_config_must_match_credentials(key_dir: Path) -> None:
     with pytest.raises(ValueError):
-        tc.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, free_ports(2), role="party0"))
+        tls.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, free_ports(2), role="party0"))
     with pytest.raises(ValueError):
-        tc.TlsCommunicator.connect(mw.make_config(key_dir, 2, 2, free_ports(3), with_dealer=False, role="dealer"))
+        tls.TlsCommunicator.connect(mw.make_config(key_dir, 2, 2, free_ports(3), with_dealer=False, role="dealer"))
 
 
 def test_link_emulation_adds_delay_and_limits_bandwidth(key_dir: Path) -> None:
@@ -242,106 +244,106 @@ _objects = st.recursive(
 @settings(max_examples=150, deadline=None)
 @given(_objects)
 def test_codec_round_trip(obj: object) -> None:
-    decoded = tc.decode_object(tc.encode_object(obj))
+    decoded = tls.decode_object(tls.encode_object(obj))
     assert decoded == obj and type(decoded) is type(obj)
 
 
 def test_codec_tensors_and_sizes() -> None:
     obj = {"size": torch.Size([3, 4]), "t": torch.arange(6, dtype=torch.int64).reshape(2, 3).t(), "f": torch.ones(2)}
-    decoded = tc.decode_object(tc.encode_object(obj))
+    decoded = tls.decode_object(tls.encode_object(obj))
     assert isinstance(decoded["size"], torch.Size) and decoded["size"] == torch.Size([3, 4])
     assert torch.equal(decoded["t"], obj["t"]) and decoded["f"].dtype == torch.float32
 
 
 @pytest.mark.parametrize("obj", [object(), {1, 2}, lambda: None, torch.zeros(2, dtype=torch.complex64), [[[[object()]]]]])
 def test_codec_refuses_arbitrary_objects(obj: object) -> None:
-    with pytest.raises(tc.UnsupportedObjectError):
-        tc.encode_object(obj)
+    with pytest.raises(tls.UnsupportedObjectError):
+        tls.encode_object(obj)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=64))
 def test_codec_rejects_garbage_with_a_typed_error(data: bytes) -> None:
     try:
-        tc.decode_object(data)
-    except tc.CommProtocolError:
+        tls.decode_object(data)
+    except tls.CommProtocolError:
         pass
 
 
 @pytest.mark.parametrize("data", [b"", b"I\x00\x00\x00\x05\x01", b"L\xff\xff\xff\xff", b"Zx", b"N\x00", b"Q",
                                   b"M\x00\x00\x00\x01L\x00\x00\x00\x00N", b"L\x00\x00\x00\x01" * 40 + b"N"])
 def test_codec_malformed_examples(data: bytes) -> None:
-    with pytest.raises(tc.CommProtocolError):
-        tc.decode_object(data)
+    with pytest.raises(tls.CommProtocolError):
+        tls.decode_object(data)
 
 
 # --- frame parsing against a misbehaving (authenticated) peer, in process over a socket pair ----------
 
 
-def _pair(key_dir: Path, **overrides: object) -> tuple[tc.TlsCommunicator, socket.socket]:
+def _pair(key_dir: Path, **overrides: object) -> tuple[tls.TlsCommunicator, socket.socket]:
     """A rank-0 communicator whose link to rank 1 is a plain socket pair; the test plays rank 1."""
     ours, theirs = socket.socketpair()
     config = mw.make_config(key_dir, 0, 2, [1, 2], recv_timeout_s=2.0, **overrides)
-    return tc.TlsCommunicator(config, {1: ours}), theirs  # type: ignore[dict-item]
+    return tls.TlsCommunicator(config, {1: ours}), theirs  # type: ignore[dict-item]
 
 
 def _frame(kind: int, payload: bytes = b"", code: int = 0, dims: tuple[int, ...] = (), reserved: int = 0) -> bytes:
-    return tc._FRAME.pack(kind, code, len(dims), reserved, len(payload)) + b"".join(tc._DIM.pack(d) for d in dims) + payload
+    return codec.FRAME.pack(kind, code, len(dims), reserved, len(payload)) + b"".join(codec.DIM.pack(d) for d in dims) + payload
 
 
 @pytest.mark.parametrize(
     "frame",
     [
         _frame(9),  # unknown kind
-        _frame(tc._KIND_TENSOR, bytes(8), code=1, dims=(1,), reserved=1),  # reserved field set
-        _frame(tc._KIND_TENSOR, bytes(8), code=77, dims=(1,)),  # unknown dtype
-        _frame(tc._KIND_TENSOR, bytes(8), code=1, dims=(2,)),  # length does not match the shape
-        _frame(tc._KIND_OBJECT, b"", code=1),  # dtype on a non-tensor frame
-        tc._FRAME.pack(tc._KIND_TENSOR, 1, 9, 0, 8),  # too many dims
+        _frame(codec.KIND_TENSOR, bytes(8), code=1, dims=(1,), reserved=1),  # reserved field set
+        _frame(codec.KIND_TENSOR, bytes(8), code=77, dims=(1,)),  # unknown dtype
+        _frame(codec.KIND_TENSOR, bytes(8), code=1, dims=(2,)),  # length does not match the shape
+        _frame(codec.KIND_OBJECT, b"", code=1),  # dtype on a non-tensor frame
+        codec.FRAME.pack(codec.KIND_TENSOR, 1, 9, 0, 8),  # too many dims
     ],
 )
 def test_malformed_frames_fail_the_link_with_a_protocol_error(key_dir: Path, frame: bytes) -> None:
     comm, peer = _pair(key_dir)
     with comm, peer:
         peer.sendall(frame)
-        with pytest.raises(tc.CommProtocolError):
+        with pytest.raises(tls.CommProtocolError):
             comm.recv(torch.zeros(1, dtype=torch.int64), 1)
-        with pytest.raises(tc.CommProtocolError):  # the link stays failed
+        with pytest.raises(tls.CommProtocolError):  # the link stays failed
             comm.send(torch.zeros(1, dtype=torch.int64), 1)
 
 
 def test_oversized_announcement_is_refused_before_allocating(key_dir: Path) -> None:
     comm, peer = _pair(key_dir, max_message_bytes=1024)
     with comm, peer:
-        peer.sendall(tc._FRAME.pack(tc._KIND_BYTES, 0, 0, 0, 1 << 40))
-        with pytest.raises(tc.CommProtocolError, match="limit"):
+        peer.sendall(codec.FRAME.pack(codec.KIND_BYTES, 0, 0, 0, 1 << 40))
+        with pytest.raises(tls.CommProtocolError, match="limit"):
             comm.recv_bytes(1)
 
 
 def test_unexpected_kind_and_mismatched_tensor_are_protocol_errors(key_dir: Path) -> None:
     comm, peer = _pair(key_dir)
     with comm, peer:
-        peer.sendall(_frame(tc._KIND_OBJECT, tc.encode_object("hello")))
-        with pytest.raises(tc.CommProtocolError, match="expected a tensor"):
+        peer.sendall(_frame(codec.KIND_OBJECT, tls.encode_object("hello")))
+        with pytest.raises(tls.CommProtocolError, match="expected a tensor"):
             comm.recv(torch.zeros(1, dtype=torch.int64), 1)
     comm, peer = _pair(key_dir)
     with comm, peer:
-        peer.sendall(_frame(tc._KIND_TENSOR, bytes(16), code=1, dims=(2,)))
-        with pytest.raises(tc.CommProtocolError):
+        peer.sendall(_frame(codec.KIND_TENSOR, bytes(16), code=1, dims=(2,)))
+        with pytest.raises(tls.CommProtocolError):
             comm.recv(torch.zeros(3, dtype=torch.int64), 1)
 
 
 def test_partial_frames_are_reassembled_and_timeouts_apply(key_dir: Path) -> None:
     comm, peer = _pair(key_dir)
     with comm, peer:
-        data = _frame(tc._KIND_TENSOR, torch.arange(5, dtype=torch.int64).numpy().tobytes(), code=1, dims=(5,))
+        data = _frame(codec.KIND_TENSOR, torch.arange(5, dtype=torch.int64).numpy().tobytes(), code=1, dims=(5,))
         sender = threading.Thread(target=lambda: [peer.sendall(data[i : i + 3]) or time.sleep(0.001) for i in range(0, len(data), 3)])
         sender.start()
         assert comm.recv(torch.zeros(5, dtype=torch.int64), 1).tolist() == [0, 1, 2, 3, 4]
         sender.join()
         peer.sendall(data[:10])  # half a header, then silence
         start = time.monotonic()
-        with pytest.raises(tc.CommTimeoutError):
+        with pytest.raises(tls.CommTimeoutError):
             comm.recv(torch.zeros(5, dtype=torch.int64), 1)
         assert time.monotonic() - start < 5
 
@@ -349,10 +351,10 @@ def test_partial_frames_are_reassembled_and_timeouts_apply(key_dir: Path) -> Non
 def test_frames_straddling_the_staging_buffer_and_larger_than_it_arrive_intact(key_dir: Path) -> None:
     # 60-byte frames do not divide the staging buffer, so some straddle its end (the buffered start is
     # moved to the front); a payload bigger than the buffer is copied in part and read straight in part.
-    small = [torch.arange(i, i + 5, dtype=torch.int64) for i in range(3 * tc._RECV_BUFFER // 60)]
-    big = torch.arange(tc._RECV_BUFFER // 4 + 3, dtype=torch.int64)
-    stream = b"".join(_frame(tc._KIND_TENSOR, t.numpy().tobytes(), code=1, dims=(5,)) for t in small)
-    stream += _frame(tc._KIND_TENSOR, big.numpy().tobytes(), code=1, dims=(big.numel(),)) + stream[:600]
+    small = [torch.arange(i, i + 5, dtype=torch.int64) for i in range(3 * link._RECV_BUFFER // 60)]
+    big = torch.arange(link._RECV_BUFFER // 4 + 3, dtype=torch.int64)
+    stream = b"".join(_frame(codec.KIND_TENSOR, t.numpy().tobytes(), code=1, dims=(5,)) for t in small)
+    stream += _frame(codec.KIND_TENSOR, big.numpy().tobytes(), code=1, dims=(big.numel(),)) + stream[:600]
     comm, peer = _pair(key_dir)
     with comm, peer:
         sender = threading.Thread(target=peer.sendall, args=(stream,))
@@ -369,9 +371,9 @@ def test_frames_straddling_the_staging_buffer_and_larger_than_it_arrive_intact(k
 def test_peer_closing_mid_message_is_a_disconnect(key_dir: Path) -> None:
     comm, peer = _pair(key_dir)
     with comm:
-        peer.sendall(_frame(tc._KIND_TENSOR, bytes(80), code=1, dims=(10,))[:30])
+        peer.sendall(_frame(codec.KIND_TENSOR, bytes(80), code=1, dims=(10,))[:30])
         peer.close()
-        with pytest.raises(tc.PeerDisconnectedError, match="mid-message"):
+        with pytest.raises(tls.PeerDisconnectedError, match="mid-message"):
             comm.recv(torch.zeros(10, dtype=torch.int64), 1)
 
 
@@ -389,8 +391,8 @@ def test_any_supported_tensor_crosses_a_link_bit_exactly(key_dir: Path, dtype: t
                                                          seed: int, transposed: bool) -> None:
     a, b = socket.socketpair()
     ports = [1, 2]
-    with tc.TlsCommunicator(mw.make_config(key_dir, 0, 2, ports), {1: a}) as zero, \
-            tc.TlsCommunicator(mw.make_config(key_dir, 1, 2, ports), {0: b}) as one:  # type: ignore[dict-item]
+    with tls.TlsCommunicator(mw.make_config(key_dir, 0, 2, ports), {1: a}) as zero, \
+            tls.TlsCommunicator(mw.make_config(key_dir, 1, 2, ports), {0: b}) as one:  # type: ignore[dict-item]
         count = math.prod(shape)
         raw = torch.randint(0, 256, (count * dtype.itemsize,), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
         if dtype == torch.bool:
@@ -407,8 +409,8 @@ def test_any_supported_tensor_crosses_a_link_bit_exactly(key_dir: Path, dtype: t
 def test_posted_receives_fill_in_posting_order_even_when_waited_out_of_order(key_dir: Path) -> None:
     a, b = socket.socketpair()
     ports = [1, 2]
-    with tc.TlsCommunicator(mw.make_config(key_dir, 0, 2, ports), {1: a}) as zero, \
-            tc.TlsCommunicator(mw.make_config(key_dir, 1, 2, ports), {0: b}) as one:  # type: ignore[dict-item]
+    with tls.TlsCommunicator(mw.make_config(key_dir, 0, 2, ports), {1: a}) as zero, \
+            tls.TlsCommunicator(mw.make_config(key_dir, 1, 2, ports), {0: b}) as one:  # type: ignore[dict-item]
         sends = [zero.isend(torch.full((2,), i, dtype=torch.int64), 1) for i in range(3)]
         zero.send_obj({"after": "tensors"}, 1)
         buffers = [torch.zeros(2, dtype=torch.int64) for _ in range(3)]
@@ -434,21 +436,21 @@ def _peak_rss_mib() -> float:
 @pytest.mark.parametrize("kind", ["tensor", "bytes"])
 def test_default_limit_refuses_an_oversized_header_before_allocating(key_dir: Path, kind: str) -> None:
     comm, peer = _pair(key_dir)
-    over = tc.MAX_MESSAGE_BYTES + 1
-    int8 = tc._DTYPE_CODES[torch.int8]
-    header = (tc._FRAME.pack(tc._KIND_TENSOR, int8, 1, 0, over) + tc._DIM.pack(over) if kind == "tensor"
-              else tc._FRAME.pack(tc._KIND_BYTES, 0, 0, 0, over))
+    over = tls.MAX_MESSAGE_BYTES + 1
+    int8 = DTYPE_CODES[torch.int8]
+    header = (codec.FRAME.pack(codec.KIND_TENSOR, int8, 1, 0, over) + codec.DIM.pack(over) if kind == "tensor"
+              else codec.FRAME.pack(codec.KIND_BYTES, 0, 0, 0, over))
     before = _peak_rss_mib()
     with comm, peer:
-        assert comm.config.max_message_bytes == tc.MAX_MESSAGE_BYTES
+        assert comm.config.max_message_bytes == tls.MAX_MESSAGE_BYTES
         peer.sendall(header)
-        with pytest.raises(tc.MessageTooLargeError, match="limit") as raised:
+        with pytest.raises(tls.MessageTooLargeError, match="limit") as raised:
             if kind == "tensor":
                 comm.recv(torch.zeros(1, dtype=torch.int8), 1)
             else:
                 comm.recv_bytes(1)
-        assert isinstance(raised.value, tc.CommProtocolError)
-        with pytest.raises(tc.MessageTooLargeError):  # the link stays failed
+        assert isinstance(raised.value, tls.CommProtocolError)
+        with pytest.raises(tls.MessageTooLargeError):  # the link stays failed
             comm.send_bytes(b"x", 1)
     assert _peak_rss_mib() - before < 256  # nothing near the announced 2 GiB was set aside
 
@@ -460,7 +462,7 @@ def test_message_limit_covers_the_largest_smollm2_frames() -> None:
     assert longest >= 2730
     one_hot_rows = longest * vocab * 8
     softmax_correction = 24 * heads * longest**2 + 4096  # dealer reply: 3 int64 per score plus its header
-    assert max(one_hot_rows, softmax_correction, vocab * 576 * 8) < tc.MAX_MESSAGE_BYTES
+    assert max(one_hot_rows, softmax_correction, vocab * 576 * 8) < tls.MAX_MESSAGE_BYTES
 
 
 def _flood(peer: socket.socket, frames: list[bytes]) -> threading.Thread:
@@ -472,32 +474,32 @@ def _flood(peer: socket.socket, frames: list[bytes]) -> threading.Thread:
 def test_a_flooding_peer_is_held_back_at_the_inbox_bound_and_nothing_is_lost(key_dir: Path) -> None:
     comm, peer = _pair(key_dir, max_inbox_messages=8)
     with comm, peer:
-        frames = [_frame(tc._KIND_TENSOR, torch.tensor([i], dtype=torch.int64).numpy().tobytes(), code=1, dims=(1,))
+        frames = [_frame(codec.KIND_TENSOR, torch.tensor([i], dtype=torch.int64).numpy().tobytes(), code=1, dims=(1,))
                   for i in range(20_000)]
         flooder = _flood(peer, frames)
-        link = comm._links[1]
+        held = comm._links[1]
         # let the engine run while the program takes nothing
-        with pytest.raises(tc.CommTimeoutError):
+        with pytest.raises(tls.CommTimeoutError):
             comm._engine.progress(lambda: False, 0.5, "nothing")
-        assert len(link.inbox) == 8 and flooder.is_alive()  # the rest waits in the kernel: the peer is blocked
+        assert len(held.inbox) == 8 and flooder.is_alive()  # the rest waits in the kernel: the peer is blocked
         got = [int(comm.recv(torch.zeros(1, dtype=torch.int64), 1)) for _ in range(len(frames))]
         assert got == list(range(len(frames)))
         flooder.join(5)
-        assert not flooder.is_alive() and link.error is None
+        assert not flooder.is_alive() and held.error is None
 
 
 def test_buffered_bytes_are_bounded_by_the_message_limit(key_dir: Path) -> None:
     comm, peer = _pair(key_dir, max_message_bytes=1024)
     with comm, peer:
-        frames = [_frame(tc._KIND_BYTES, bytes([i % 256]) * 600) for i in range(2_000)]  # 1.2 MB in all
+        frames = [_frame(codec.KIND_BYTES, bytes([i % 256]) * 600) for i in range(2_000)]  # 1.2 MB in all
         flooder = _flood(peer, frames)
-        link = comm._links[1]
-        with pytest.raises(tc.CommTimeoutError):
+        held = comm._links[1]
+        with pytest.raises(tls.CommTimeoutError):
             comm._engine.progress(lambda: False, 0.5, "nothing")
-        assert len(link.inbox) == 1 and link.inbox_bytes <= 1024
+        assert len(held.inbox) == 1 and held.inbox_bytes <= 1024
         for i in range(len(frames)):
             assert comm.recv_bytes(1) == bytes([i % 256]) * 600
-            assert link.inbox_bytes <= 1024
+            assert held.inbox_bytes <= 1024
         flooder.join(5)
         assert not flooder.is_alive()
 
@@ -507,18 +509,18 @@ def test_held_link_does_not_spin_and_other_links_keep_flowing(key_dir: Path) -> 
     flood_ours, flood_theirs = socket.socketpair()
     ours, theirs = socket.socketpair()
     config = mw.make_config(key_dir, 0, 3, [1, 2, 3], recv_timeout_s=5.0, max_inbox_messages=4)
-    with tc.TlsCommunicator(config, {1: flood_ours, 2: ours}) as comm, flood_theirs, theirs:  # type: ignore[dict-item]
-        flooder = _flood(flood_theirs, [_frame(tc._KIND_BARRIER)] * 200_000)
+    with tls.TlsCommunicator(config, {1: flood_ours, 2: ours}) as comm, flood_theirs, theirs:  # type: ignore[dict-item]
+        flooder = _flood(flood_theirs, [_frame(codec.KIND_BARRIER)] * 200_000)
         time.sleep(0.3)
         cpu = time.process_time()
         start = time.monotonic()
-        threading.Timer(0.5, lambda: theirs.sendall(_frame(tc._KIND_OBJECT, tc.encode_object("late")))).start()
+        threading.Timer(0.5, lambda: theirs.sendall(_frame(codec.KIND_OBJECT, tls.encode_object("late")))).start()
         assert comm.recv_obj(2) == "late"
         waited, spent = time.monotonic() - start, time.process_time() - cpu
         assert waited >= 0.4 and spent < 0.5 * waited  # it slept in select, not in a loop over the held socket
         assert len(comm._links[1].inbox) == 4
         for _ in range(200_000):
-            comm._links[1].post(tc._KIND_BARRIER, lambda item: None).wait()
+            comm._links[1].post(codec.KIND_BARRIER, lambda item: None).wait()
         flooder.join(5)
         assert not flooder.is_alive()
 
@@ -546,13 +548,13 @@ def _strangers(port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
-def _connect_in_thread(config: tc.TlsCommConfig, listener: socket.socket | None = None) -> tuple[threading.Thread, dict]:
+def _connect_in_thread(config: tls.TlsCommConfig, listener: socket.socket | None = None) -> tuple[threading.Thread, dict]:
     result: dict = {}
 
     def run() -> None:
         try:
-            result["comm"] = tc.TlsCommunicator.connect(config, listener=listener)
-        except tc.CommError as exc:
+            result["comm"] = tls.TlsCommunicator.connect(config, listener=listener)
+        except tls.CommError as exc:
             result["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)
@@ -564,7 +566,7 @@ def test_idle_connections_to_the_listener_do_not_delay_the_real_peer(key_dir: Pa
     ports = free_ports(2)
     process, queue = mw.start(mw.connect_timed, 0, (key_dir, ports, 2, {"connect_timeout_s": 30.0}))
     # more strangers than the listener keeps pending handshakes for, all there before the real peer
-    strangers = _strangers(ports[0], tc._MAX_PENDING_HANDSHAKES + 16)
+    strangers = _strangers(ports[0], mesh._MAX_PENDING_HANDSHAKES + 16)
     try:
         joined = mw.launch(mw.connect_timed, [1], (key_dir, ports, 2, {"connect_timeout_s": 30.0}))
         _, status, listener_side = queue.get(timeout=30)
@@ -576,7 +578,7 @@ def test_idle_connections_to_the_listener_do_not_delay_the_real_peer(key_dir: Pa
     assert status == "ok" and listener_side["error"] is None and listener_side["sum"] == [3], listener_side
     assert status_1 == "ok" and dialer_side["error"] is None and dialer_side["sum"] == [3], dialer_side
     # in before any stranger's handshake slot even expired (serial accepts took 10 s per stranger)
-    assert dialer_side["elapsed"] < tc._ACCEPT_HANDSHAKE_S, dialer_side
+    assert dialer_side["elapsed"] < mesh._ACCEPT_HANDSHAKE_S, dialer_side
 
 
 def _closed_by_peer_after(sock: socket.socket, trickle: bool) -> float:
@@ -601,14 +603,14 @@ def _closed_by_peer_after(sock: socket.socket, trickle: bool) -> float:
 
 @pytest.mark.parametrize("trickle", [False, True], ids=["idle", "slowloris"])
 def test_unauthenticated_connections_are_dropped_within_seconds(key_dir: Path, trickle: bool) -> None:
-    listener = tc.bind_listener("127.0.0.1", 0)
+    listener = tls.bind_listener("127.0.0.1", 0)
     ports = [listener.getsockname()[1], free_ports(1)[0]]
     thread, result = _connect_in_thread(mw.make_config(key_dir, 0, 2, ports, connect_timeout_s=20.0), listener)
     with socket.create_connection(("127.0.0.1", ports[0]), timeout=5) as stranger:
         elapsed = _closed_by_peer_after(stranger, trickle)
-    assert tc._ACCEPT_HANDSHAKE_S - 0.5 < elapsed < tc._ACCEPT_HANDSHAKE_S + 2.0
+    assert mesh._ACCEPT_HANDSHAKE_S - 0.5 < elapsed < mesh._ACCEPT_HANDSHAKE_S + 2.0
     # the listener is still waiting for its real peer, which joins
-    with tc.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, ports, connect_timeout_s=10.0)) as one:
+    with tls.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, ports, connect_timeout_s=10.0)) as one:
         thread.join(10)
         with result["comm"] as zero:
             one.send_obj("hello", 0)
@@ -617,26 +619,26 @@ def test_unauthenticated_connections_are_dropped_within_seconds(key_dir: Path, t
 
 def test_dials_run_concurrently_so_a_stalled_lower_rank_delays_no_other_link(key_dir: Path) -> None:
     # rank 0's port takes TCP connections but never answers a handshake (bound, never accepting)
-    stalled = tc.bind_listener("127.0.0.1", 0)
-    listener_1 = tc.bind_listener("127.0.0.1", 0)
+    stalled = tls.bind_listener("127.0.0.1", 0)
+    listener_1 = tls.bind_listener("127.0.0.1", 0)
     ports = [stalled.getsockname()[1], listener_1.getsockname()[1], free_ports(1)[0]]
     thread, result = _connect_in_thread(mw.make_config(key_dir, 1, 3, ports, connect_timeout_s=4.0), listener_1)
-    with stalled, pytest.raises(tc.CommTimeoutError) as raised:
-        tc.TlsCommunicator.connect(mw.make_config(key_dir, 2, 3, ports, connect_timeout_s=4.0))
+    with stalled, pytest.raises(tls.CommTimeoutError) as raised:
+        tls.TlsCommunicator.connect(mw.make_config(key_dir, 2, 3, ports, connect_timeout_s=4.0))
     thread.join(10)
     # rank 2's link to rank 1 formed while its dial to rank 0 hung: only rank 0 is missing, on both sides
     assert "ranks [0]" in str(raised.value)
-    assert isinstance(result["error"], tc.CommTimeoutError) and "ranks [0]" in str(result["error"])
+    assert isinstance(result["error"], tls.CommTimeoutError) and "ranks [0]" in str(result["error"])
 
 
 def test_data_plane_contexts_require_tls_1_3(key_dir: Path) -> None:
     credentials = keys.load_node_credentials(key_dir, "party0")
-    for context in (tc._server_context(credentials), tc._client_context(credentials, False)):
+    for context in (tls.server_context(credentials), tls.client_context(credentials, False)):
         assert context.minimum_version == ssl.TLSVersion.TLSv1_3
 
 
 def test_tls_1_2_only_client_is_refused_and_the_real_peer_still_joins(key_dir: Path) -> None:
-    listener = tc.bind_listener("127.0.0.1", 0)
+    listener = tls.bind_listener("127.0.0.1", 0)
     ports = [listener.getsockname()[1], free_ports(1)[0]]
     thread, result = _connect_in_thread(mw.make_config(key_dir, 0, 2, ports, connect_timeout_s=20.0), listener)
     credentials = keys.load_node_credentials(key_dir, "party1")  # a valid certificate of the right role
@@ -647,7 +649,7 @@ def test_tls_1_2_only_client_is_refused_and_the_real_peer_still_joins(key_dir: P
     old.check_hostname = False
     with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION"):
         old.wrap_socket(_open_when_listening(ports[0]))
-    with tc.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, ports, connect_timeout_s=10.0)) as one:
+    with tls.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, ports, connect_timeout_s=10.0)) as one:
         thread.join(10)
         with result["comm"] as zero:
             one.send_obj("over TLS 1.3", 0)
@@ -656,7 +658,7 @@ def test_tls_1_2_only_client_is_refused_and_the_real_peer_still_joins(key_dir: P
 
 def test_dialer_refuses_a_tls_1_2_only_listener(key_dir: Path) -> None:
     credentials = keys.load_node_credentials(key_dir, "party0")  # right CA and role, old protocol
-    listener = tc.bind_listener("127.0.0.1", 0)
+    listener = tls.bind_listener("127.0.0.1", 0)
     port = listener.getsockname()[1]
 
     def serve() -> None:
@@ -674,26 +676,26 @@ def test_dialer_refuses_a_tls_1_2_only_listener(key_dir: Path) -> None:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     config = mw.make_config(key_dir, 1, 2, [port, free_ports(1)[0]], connect_timeout_s=5.0)
-    with pytest.raises(tc.PeerAuthError, match="TLS 1.3"):
-        tc.TlsCommunicator.connect(config)
+    with pytest.raises(tls.PeerAuthError, match="TLS 1.3"):
+        tls.TlsCommunicator.connect(config)
     listener.close()
     thread.join(5)
 
 
 def test_authenticated_peer_announcing_a_huge_frame_over_tls_is_refused(key_dir: Path) -> None:
-    listener = tc.bind_listener("127.0.0.1", 0)
+    listener = tls.bind_listener("127.0.0.1", 0)
     ports = [listener.getsockname()[1], free_ports(1)[0]]
     thread, result = _connect_in_thread(mw.make_config(key_dir, 0, 2, ports, connect_timeout_s=20.0), listener)
-    with tc.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, ports, connect_timeout_s=10.0)) as one:
+    with tls.TlsCommunicator.connect(mw.make_config(key_dir, 1, 2, ports, connect_timeout_s=10.0)) as one:
         thread.join(10)
         with result["comm"] as zero:
             # rank 1 writes a raw header on its own TLS link: 2^62 int64s announced, none sent
             raw = one._links[0].sock
             raw.setblocking(True)
-            raw.sendall(tc._FRAME.pack(tc._KIND_TENSOR, tc._DTYPE_CODES[torch.int64], 1, 0, 1 << 62) + tc._DIM.pack(1 << 59))
+            raw.sendall(codec.FRAME.pack(codec.KIND_TENSOR, DTYPE_CODES[torch.int64], 1, 0, 1 << 62) + codec.DIM.pack(1 << 59))
             before = _peak_rss_mib()
             start = time.monotonic()
-            with pytest.raises(tc.MessageTooLargeError) as raised:
+            with pytest.raises(tls.MessageTooLargeError) as raised:
                 zero.recv(torch.zeros(1, dtype=torch.int64), 1)
             assert time.monotonic() - start < 2.0 and _peak_rss_mib() - before < 256
-            assert f"limit {tc.MAX_MESSAGE_BYTES}" in str(raised.value)
+            assert f"limit {tls.MAX_MESSAGE_BYTES}" in str(raised.value)

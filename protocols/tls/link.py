@@ -1,0 +1,472 @@
+"""The link engine: one persistent connection per peer, and the progress engine that drives them all.
+
+All socket work runs on the caller's thread: whenever a call waits (for a receive, for a send to reach the
+kernel), the :class:`Engine` reads and writes every link without blocking, as MPI implementations do. There
+are no I/O threads, so nothing hands a message from one thread to another on the latency path and no
+OpenSSL object is shared between threads; two ranks that send to each other at once never deadlock,
+because each keeps reading while it waits. Every wait has a deadline (:class:`CommTimeoutError`, never a
+hang). A frame whose payload is at most 64 KiB is joined with its header and written with one TLS write
+(for a small tensor: one record, one syscall); larger payloads are written from the tensor's own memory.
+Each link reads into a 128 KiB staging buffer, so a frame that fits one TLS record costs one TLS read,
+and its payload is copied from there into the new tensor; a payload that does not fit is read straight
+into the tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from pinfer.tensor_codes import DTYPES
+
+from .codec import DIMS, FRAME, KIND_NAMES, KIND_TENSOR, MAX_DIMS, tensor_type
+from .config import TlsCommConfig
+from .errors import CommError, CommProtocolError, CommTimeoutError, MessageTooLargeError, PeerDisconnectedError
+from .stats import LinkCounters
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20  # bytes per TLS write / read call: big enough to amortize, small enough to interleave
+SMALL_PAYLOAD = 1 << 16  # payloads up to this size are written together with their header
+# Each link reads into a staging buffer of this size, so one TLS record (16 KiB at most) arrives with one
+# read call however many frames it holds; a payload that does not fit is read straight into its tensor.
+_RECV_BUFFER = 1 << 17
+
+
+class Incoming:
+    """A received frame waiting in a link's inbox for the posted receive that takes it."""
+
+    __slots__ = ("kind", "value", "nbytes", "deliver_at")
+
+    def __init__(self, kind: int, value: Any, nbytes: int, deliver_at: float) -> None:
+        self.kind = kind
+        self.value = value  # torch.Tensor for tensors, bytearray otherwise
+        self.nbytes = nbytes  # framed size on the wire
+        self.deliver_at = deliver_at
+
+
+class SendRequest:
+    """Completion handle of a queued frame (what ``isend`` returns)."""
+
+    def __init__(self, link: Link, parts: tuple[memoryview, ...], owner: object) -> None:
+        self._link = link
+        self.parts = parts
+        self.owner = owner  # keeps the tensor whose memory ``parts`` view alive until written
+        self.nbytes = sum(p.nbytes for p in parts)
+        self.not_before = 0.0
+        self.done = False
+        self.error: CommError | None = None
+
+    def finish(self, error: CommError | None = None) -> None:
+        self.error = error
+        self.parts = ()
+        self.owner = None
+        self.done = True
+
+    def is_completed(self) -> bool:
+        return self.done
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Drive the links until this frame is written (to the kernel) or its link fails."""
+        link = self._link
+        link.engine.progress(lambda: self.done, timeout, f"send to rank {link.peer}")
+        if self.error is not None:
+            raise self.error
+
+
+class RecvRequest:
+    """A posted receive (what ``irecv`` returns); messages fill posted receives in posting order."""
+
+    def __init__(self, link: Link, kind: int, on_message: Callable[[Incoming], Any]) -> None:
+        self._link = link
+        self.kind = kind
+        self._on_message = on_message
+        self.done = False
+        self.result: Any = None
+
+    def fulfil(self, item: Incoming) -> None:
+        if item.kind != self.kind:
+            raise CommProtocolError(
+                f"expected a {KIND_NAMES[self.kind]} from rank {self._link.peer}, got a {KIND_NAMES.get(item.kind, '?')}"
+            )
+        self.result = self._on_message(item)
+        self.done = True
+
+    def is_completed(self) -> bool:
+        return self.done
+
+    def wait(self, timeout: float | None = None) -> Any:
+        self._link.complete(self, timeout)
+        return self.result
+
+
+class Link:
+    """One persistent TLS connection to a peer rank: outgoing frame queue, incoming frame parser.
+
+    A link never blocks: :meth:`read_some` and :meth:`write_some` move whatever bytes the socket takes,
+    and the :class:`Engine` calls them whenever the caller waits for anything.
+    """
+
+    def __init__(self, peer: int, sock: ssl.SSLSocket, config: TlsCommConfig, engine: Engine) -> None:
+        self.peer = peer
+        self.sock = sock
+        self.engine = engine
+        self.counters = LinkCounters()
+        self.error: CommError | None = None
+        self.inbox: deque[Incoming] = deque()
+        self.inbox_bytes = 0
+        self.outgoing: deque[SendRequest] = deque()
+        self._posted: deque[RecvRequest] = deque()
+        self._max_message = config.max_message_bytes
+        self._max_inbox = config.max_inbox_messages
+        self._emulation = config.emulation
+        self._emulated_free_at = 0.0
+        # Read state: unparsed bytes are _buffer[_start:_end]; a frame goes header (with its dims) ->
+        # [held until the inbox has room] -> payload, copied from the buffer or read straight into _target.
+        self._buffer = bytearray(_RECV_BUFFER)
+        # plaintext OpenSSL has decrypted but not yet handed over (a plain socket, as in tests, has none)
+        self._pending: Callable[[], int] = sock.pending if isinstance(sock, ssl.SSLSocket) else lambda: 0
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0
+        self._stage = "head"
+        self._target: memoryview = memoryview(b"")
+        self._filled = 0
+        self._frame: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self._shape: tuple[int, ...] = ()
+        self._value: Any = None
+        # write state: the frame being written, which part, where, and the chunk OpenSSL last refused
+        self._current: SendRequest | None = None
+        self._part = 0
+        self._offset = 0
+        self._pending_chunk: memoryview | None = None
+        sock.setblocking(False)
+
+    # -- caller side --------------------------------------------------------------------------------
+
+    def send(self, parts: tuple[memoryview, ...], owner: object) -> SendRequest:
+        if self.error is not None:
+            raise self.error
+        request = SendRequest(self, parts, owner)
+        if self._emulation is not None and self._emulation.bandwidth_bps is not None:
+            now = time.monotonic()
+            self._emulated_free_at = max(now, self._emulated_free_at) + request.nbytes * 8 / self._emulation.bandwidth_bps
+            request.not_before = self._emulated_free_at
+        self.outgoing.append(request)
+        self.counters.bytes_sent += request.nbytes
+        self.counters.messages_sent += 1
+        self.engine.kick(self)
+        return request
+
+    def post(self, kind: int, on_message: Callable[[Incoming], Any]) -> RecvRequest:
+        request = RecvRequest(self, kind, on_message)
+        self._posted.append(request)
+        return request
+
+    def complete(self, request: RecvRequest, timeout: float | None) -> None:
+        """Drive the links and hand arriving messages to posted receives, in order, until ``request`` is filled."""
+        while not request.done:
+            self.engine.progress(lambda: bool(self.inbox) or self.error is not None, timeout,
+                                 f"message from rank {self.peer}")
+            if not self.inbox:
+                assert self.error is not None
+                raise self.error
+            item = self.inbox[0]
+            if item.deliver_at > time.monotonic():  # emulated one-way delay
+                self.engine.progress(lambda: time.monotonic() >= item.deliver_at, None, "emulated delay",
+                                     wake_at=item.deliver_at)
+            self.inbox.popleft()
+            self.inbox_bytes -= item.nbytes
+            self.counters.bytes_received += item.nbytes
+            self.counters.messages_received += 1
+            self._posted.popleft().fulfil(item)
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None or bool(self.outgoing)
+
+    @property
+    def wants_read(self) -> bool:
+        """False while a parsed frame waits for inbox room: the engine then stops watching the socket."""
+        return self._stage != "held"
+
+    def fail(self, error: CommError) -> None:
+        if self.error is None:
+            self.error = error
+        for request in ([self._current] if self._current else []) + list(self.outgoing):
+            request.finish(self.error)
+        self._current = None
+        self.outgoing.clear()
+
+    # -- socket side (called by the engine) ---------------------------------------------------------
+
+    def read_some(self) -> bool:
+        """Read what the socket has (a bounded amount) and parse it; return whether any byte arrived or a
+        held frame was admitted.
+
+        A read that returns less than it asked for, with nothing left inside OpenSSL, ends the call: the
+        record is used up, and asking again would most often only raise SSLWantReadError. The caller
+        loops while anything moved, and waits on the (level-triggered) selector only after a read that
+        found nothing, so a record still in the kernel is never forgotten.
+        """
+        progressed = self._parse() if self._stage == "held" or self._start != self._end else False
+        for _ in range(64):
+            if self._stage == "held":
+                return progressed
+            direct = self._stage == "payload" and self._start == self._end
+            if direct:
+                target, size = self._target[self._filled :], min(self._target.nbytes - self._filled, _CHUNK)
+            else:
+                if self._start == self._end:
+                    self._start = self._end = 0
+                elif self._end == _RECV_BUFFER:  # a frame's start sits at the end: move it to the front
+                    kept = self._end - self._start
+                    self._buffer[:kept] = self._view[self._start : self._end]
+                    self._start, self._end = 0, kept
+                target, size = self._view[self._end :], _RECV_BUFFER - self._end
+            try:
+                count = self.sock.recv_into(target, size)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return progressed
+            except (ssl.SSLError, OSError) as exc:
+                raise PeerDisconnectedError(f"link to rank {self.peer} failed: {type(exc).__name__}") from None
+            if count == 0:
+                idle = self._stage == "head" and self._start == self._end
+                raise PeerDisconnectedError(f"rank {self.peer} closed the connection{'' if idle else ' mid-message'}")
+            progressed = True
+            if direct:
+                self._filled += count
+            else:
+                self._end += count
+            self._parse()
+            if count < size and not self._pending():
+                return True
+        return progressed
+
+    def _parse(self) -> bool:
+        """Turn buffered bytes into frames (as far as they go and the inbox has room); return whether any
+        frame moved on."""
+        moved = False
+        while True:
+            buffered = self._end - self._start
+            if self._stage == "head":
+                if buffered < FRAME.size:
+                    return moved
+                kind, code, ndim, reserved, nbytes = FRAME.unpack_from(self._buffer, self._start)
+                if kind not in KIND_NAMES or reserved != 0 or ndim > MAX_DIMS or (kind != KIND_TENSOR and (ndim or code)):
+                    raise CommProtocolError(f"malformed frame header from rank {self.peer}")
+                # Checked on the header alone, so an announced size never turns into an allocation.
+                if nbytes > self._max_message:
+                    raise MessageTooLargeError(
+                        f"rank {self.peer} announced a {nbytes}-byte message (limit {self._max_message})"
+                    )
+                if buffered < FRAME.size + 8 * ndim:
+                    return moved
+                shape = DIMS[ndim].unpack_from(self._buffer, self._start + FRAME.size)
+                if kind == KIND_TENSOR:
+                    try:
+                        tensor_type(code, shape, nbytes)
+                    except ValueError:
+                        raise CommProtocolError(f"malformed tensor frame from rank {self.peer}") from None
+                self._start += FRAME.size + 8 * ndim
+                self._frame, self._shape, self._stage = (kind, code, ndim, nbytes), shape, "held"
+                moved = True
+            if self._stage == "held":
+                if not self._has_room():
+                    return moved
+                self._admit()
+                moved = True
+            take = min(self._end - self._start, self._target.nbytes - self._filled)
+            if take:
+                self._target[self._filled : self._filled + take] = self._view[self._start : self._start + take]
+                self._start += take
+                self._filled += take
+            if self._filled < self._target.nbytes:
+                return moved
+            self._deliver()
+
+    def _framed_size(self) -> int:
+        _, _, ndim, nbytes = self._frame
+        return FRAME.size + 8 * ndim + nbytes
+
+    def _has_room(self) -> bool:
+        # An empty inbox always takes the next frame, so any frame within the size limit gets through and
+        # a program that consumes its messages never stalls; buffered bytes stay under the limit.
+        if not self.inbox:
+            return True
+        return len(self.inbox) < self._max_inbox and self.inbox_bytes + self._framed_size() <= self._max_message
+
+    def _admit(self) -> None:
+        """Allocate the payload's destination (what the payload's bytes are read or copied into)."""
+        kind, code, _, nbytes = self._frame
+        try:
+            if kind == KIND_TENSOR and nbytes:
+                # numpy allocates faster than torch.empty, and the tensor shares the array's memory
+                array = np.empty(self._shape, dtype=DTYPES[code][1])
+                self._value = torch.from_numpy(array)
+                self._target = memoryview(array.reshape(-1)).cast("B")
+            elif kind == KIND_TENSOR:  # torch.from_numpy would give an empty tensor zero strides
+                self._value = torch.empty(self._shape, dtype=DTYPES[code][0])
+                self._target = memoryview(b"")
+            else:
+                self._value = bytearray(nbytes)
+                self._target = memoryview(self._value)
+        except (MemoryError, ValueError):
+            raise MessageTooLargeError(f"rank {self.peer} announced a {nbytes}-byte message this host cannot hold") from None
+        self._stage, self._filled = "payload", 0
+
+    def _deliver(self) -> None:
+        delay = self._emulation.one_way_delay_s if self._emulation else 0.0
+        size = self._framed_size()
+        self.inbox.append(Incoming(self._frame[0], self._value, size, time.monotonic() + delay if delay else 0.0))
+        self.inbox_bytes += size
+        self._value = None
+        self._stage, self._target, self._filled = "head", memoryview(b""), 0
+
+    def write_some(self) -> tuple[bool, bool, float | None]:
+        """Write queued frames until done or the socket is full.
+
+        Returns (wrote anything, blocked on a full socket, time the next paced frame is due or None).
+        """
+        wrote = False
+        while True:
+            if self._current is None:
+                if not self.outgoing:
+                    return wrote, False, None
+                if self.outgoing[0].not_before > time.monotonic():
+                    return wrote, False, self.outgoing[0].not_before
+                self._current = self.outgoing.popleft()
+                self._part, self._offset, self._pending_chunk = 0, 0, None
+            request = self._current
+            while self._part < len(request.parts):
+                part = request.parts[self._part]
+                if self._offset >= part.nbytes:
+                    self._part, self._offset = self._part + 1, 0
+                    continue
+                if self._pending_chunk is None:
+                    self._pending_chunk = part[self._offset : self._offset + _CHUNK]
+                try:
+                    written = self.sock.send(self._pending_chunk)
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    return wrote, True, None  # retry the same chunk when writable (OpenSSL requires it)
+                except (ssl.SSLError, OSError) as exc:
+                    raise PeerDisconnectedError(f"link to rank {self.peer} failed: {type(exc).__name__}") from None
+                wrote = True
+                self._offset += written
+                self._pending_chunk = None if written >= self._pending_chunk.nbytes else self._pending_chunk[written:]
+            self._current = None
+            request.finish()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Engine:
+    """Moves bytes on every link whenever the caller waits (an MPI-style progress engine).
+
+    All socket work happens on the caller's thread, inside whatever call is waiting: no I/O threads, no
+    hand-offs between threads on the latency path, and no OpenSSL object shared across threads. While
+    waiting for one peer the engine keeps reading and writing every other link, so ranks that send to
+    each other at the same time never deadlock. Data a peer sends while this rank computes waits in the
+    kernel's socket buffers until the next call.
+    """
+
+    def __init__(self, recv_timeout_s: float) -> None:
+        self.recv_timeout_s = recv_timeout_s
+        self.links: list[Link] = []
+        self._selector = selectors.DefaultSelector()
+        self._events: dict[int, int] = {}
+
+    def add(self, link: Link) -> None:
+        self.links.append(link)
+        self._selector.register(link.sock, selectors.EVENT_READ, link)
+        self._events[link.peer] = selectors.EVENT_READ
+
+    def kick(self, link: Link) -> None:
+        """Start writing a freshly queued frame right away (small frames finish here)."""
+        if link.error is None:
+            try:
+                link.write_some()
+            except CommError as exc:
+                link.fail(exc)
+
+    def _step(self, link: Link) -> tuple[bool, float | None]:
+        if link.error is not None:
+            return False, None
+        try:
+            read = link.read_some()
+            wrote, blocked, due = link.write_some() if link.busy else (False, False, None)
+        except CommError as exc:
+            link.fail(exc)
+            return True, None
+        self._watch(link, (selectors.EVENT_READ if link.wants_read else 0) | (selectors.EVENT_WRITE if blocked else 0))
+        return read or wrote, due
+
+    def _watch(self, link: Link, events: int) -> None:
+        # A held link's socket stays readable while its data waits in the kernel; watching it would turn
+        # select() into a busy loop. A selector cannot watch for no event, so such a link is unregistered.
+        current = self._events[link.peer]
+        if current == events:
+            return
+        if not events:
+            self._selector.unregister(link.sock)
+        elif not current:
+            self._selector.register(link.sock, events, link)
+        else:
+            self._selector.modify(link.sock, events, link)
+        self._events[link.peer] = events
+
+    def progress(self, done: Callable[[], bool], timeout: float | None, what: str, wake_at: float | None = None) -> None:
+        """Service every link until ``done()``; raise :class:`CommTimeoutError` after ``timeout`` seconds.
+
+        ``timeout`` None means the receive timeout; ``wake_at`` bounds the sleep without raising.
+        """
+        if done():
+            return
+        limit = self.recv_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            progressed = False
+            next_due = wake_at
+            for link in self.links:
+                moved, due = self._step(link)
+                progressed |= moved
+                if due is not None:
+                    next_due = due if next_due is None else min(next_due, due)
+            if done():
+                return
+            if progressed:
+                continue
+            now = time.monotonic()
+            if now >= deadline and wake_at is None:
+                raise CommTimeoutError(f"no {what} within {limit:.1f}s")
+            until = deadline if next_due is None else min(deadline, next_due)
+            if self.links and any(link.error is None for link in self.links):
+                self._selector.select(max(0.0, until - now))
+            else:
+                time.sleep(max(0.0, until - now))
+
+    def flush(self, timeout: float) -> None:
+        """Write out everything queued (best effort within ``timeout``)."""
+        try:
+            self.progress(lambda: not any(link.busy and link.error is None for link in self.links), timeout, "flush")
+        except CommTimeoutError:
+            log.warning("closing the data plane with frames still unsent")
+
+    def close(self) -> None:
+        self._selector.close()
+        for link in self.links:
+            link.fail(PeerDisconnectedError(f"link to rank {link.peer} is closed"))
+            link.close()
+
+# ----------------------------------------------------------------------------------------------------
