@@ -36,11 +36,11 @@ import torch
 from . import crypten_compat  # noqa: F401  (must precede every crypten import)
 import crypten
 import crypten.communicator as comm
-from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import ArithmeticSharedTensor
 
 from . import packed_bits
+from .share_wrap import wrap_share
 from .fss import dcf
 
 Method = Literal["auto", "fss", "carry-tree"]
@@ -115,7 +115,7 @@ def ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
 def _carry_tree_ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
     bits = max(width for _, width in tests)  # each sign moves up to bit bits-1: x 2^(bits-width)
     flat = [x.share.reshape(-1) << (bits - width) for x, width in tests]
-    joined = _like(tests[0][0], torch.cat(flat), precision=0)
+    joined = wrap_share(tests[0][0], torch.cat(flat), 0)
     signs = packed_bits.ltz(joined, bits).share
     return _split(signs, tests)
 
@@ -161,22 +161,16 @@ def ltz_with_min(x: MPCTensor, bits: int = packed_bits.WORD) -> tuple[MPCTensor,
         sign = packed_bits.ltz(x, bits)
         return sign, sign * x
     sign, product = _fss_ltz_many([(x, bits)], product=True)
-    return (_like(x, sign.reshape(x.share.shape), precision=0),
-            _like(x, product.reshape(x.share.shape), precision=x.encoder.scale.bit_length() - 1))
+    return (wrap_share(x, sign.reshape(x.share.shape), 0),
+            wrap_share(x, product.reshape(x.share.shape), x.encoder.scale.bit_length() - 1))
 
 
 def _split(signs: torch.Tensor, tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
     out, offset = [], 0
     for x, _ in tests:
         count = x.share.numel()
-        out.append(_like(x, signs[offset : offset + count].reshape(x.share.shape), precision=0))
+        out.append(wrap_share(x, signs[offset : offset + count].reshape(x.share.shape), 0))
         offset += count
     return out
 
 
-def _like(x: MPCTensor, share: torch.Tensor, precision: int) -> MPCTensor:
-    out = x.shallow_copy()
-    out._tensor = x._tensor.shallow_copy()
-    out._tensor.share = share
-    out._tensor.encoder = FixedPointEncoder(precision_bits=precision)
-    return out

@@ -51,8 +51,10 @@ from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import beaver
 
 from . import comparison, packed_bits, spline
+from .share_wrap import wrap_share
+from .sharing import FRACTIONAL_BITS
 
-FRAC_BITS = 16
+FRAC_BITS = FRACTIONAL_BITS
 """Fractional bits of the fixed-point encoding every function expects (CrypTen's default)."""
 
 _SCALE = 1 << FRAC_BITS
@@ -131,18 +133,9 @@ def _require_default_encoding(x: MPCTensor) -> None:
         raise ValueError(f"expected {FRAC_BITS} fractional bits, got scale {x.encoder.scale}")
 
 
-def _with_share(like: MPCTensor, share: torch.Tensor, scale_bits: int = FRAC_BITS) -> MPCTensor:
-    """An arithmetic MPCTensor holding ``share`` with ``scale_bits`` fractional bits."""
-    out = like.shallow_copy()
-    out._tensor = like._tensor.shallow_copy()
-    out._tensor.share = share
-    out._tensor.encoder = FixedPointEncoder(precision_bits=scale_bits)
-    return out
-
-
 def _to_fixed(bits: MPCTensor) -> MPCTensor:
     """Re-encode a scale-1 integer tensor at 16 fractional bits (exact: shares times 2^16)."""
-    return _with_share(bits, bits.share * _SCALE)
+    return wrap_share(bits, bits.share * _SCALE, FRAC_BITS)
 
 
 def _mul_stacked(a: Sequence[MPCTensor], b: Sequence[MPCTensor]) -> list[MPCTensor]:
@@ -156,7 +149,7 @@ def _scale_pow2(x: MPCTensor, shifts: torch.Tensor) -> MPCTensor:
     x = x.unsqueeze(-1)
     up = torch.where(shifts > 0, 2**shifts.clamp(min=0), 1)
     down = torch.where(shifts < 0, 2 ** (-shifts).clamp(min=0), 1)
-    out = _with_share(x, x.share * up, scale_bits=FRAC_BITS)
+    out = wrap_share(x, x.share * up, FRAC_BITS)
     if bool((down > 1).any()):
         out._tensor.div_(down)
     return out
@@ -202,7 +195,7 @@ def _select(onehot: MPCTensor, values: MPCTensor) -> MPCTensor:
 def _linear_int(terms: Sequence[MPCTensor], coeffs: Sequence[float], const: float) -> MPCTensor:
     """const + sum(coeffs[i] * terms[i]) with a single truncation (coefficients kept at 16 bits)."""
     share = sum(t.share * int(round(c * _SCALE)) for t, c in zip(terms, coeffs))
-    out = _with_share(terms[0], share, scale_bits=2 * FRAC_BITS)
+    out = wrap_share(terms[0], share, 2 * FRAC_BITS)
     out = out + const
     out._tensor.div_(_SCALE)
     out._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
@@ -315,11 +308,11 @@ def rms_normalize(
     shifts = torch.as_tensor(shift, dtype=torch.long).unsqueeze(-1)
     up = torch.where(shifts < 0, 2 ** (-shifts).clamp(min=0), 1)
     down = torch.where(shifts > 0, 2**shifts.clamp(min=0), 1)
-    xs = _with_share(x, x.share * up)
+    xs = wrap_share(x, x.share * up, FRAC_BITS)
     if bool((down > 1).any()):
         xs._tensor.div_(down)
     squares = beaver.square(xs._tensor).share  # shares of (xs 2^16)^2, not truncated
-    total = _with_share(xs, squares.sum(dim=-1, keepdim=True), scale_bits=2 * FRAC_BITS)
+    total = wrap_share(xs, squares.sum(dim=-1, keepdim=True), 2 * FRAC_BITS)
     # the single truncation: the mean at FRAC_BITS + NORM_EXTRA_BITS fractional bits, read at
     # FRAC_BITS, i.e. as 2^NORM_EXTRA_BITS * mean
     total._tensor.div_(x.size(-1) * (_SCALE >> NORM_EXTRA_BITS))
@@ -367,14 +360,14 @@ def softmax(x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTens
     if valid is None:
         e = _exp_of_gap(w)
     else:
-        e = _with_share(w, torch.zeros_like(w.share))
+        e = wrap_share(w, torch.zeros_like(w.share), FRAC_BITS)
         if bool(valid.any()):
             e._tensor.share[valid] = _exp_of_gap(w[valid]).share
     n = x.size(-1)
     denom = e.sum(dim=-1, keepdim=True)
     out = e * reciprocal(denom, lo=0.5, hi=float(max(n, 1)))
     if valid is not None:
-        out = _with_share(out, out.share * valid.long())
+        out = wrap_share(out, out.share * valid.long(), FRAC_BITS)
     return out.transpose(dim, -1) if moved else out
 
 
@@ -395,7 +388,7 @@ def _knockout(a: MPCTensor, b: MPCTensor, compare: torch.Tensor | None, default:
         below, low = comparison.ltz_with_min(gap, lanes)
         return 1 - below, a - low
     picks = default.long()
-    decisions = _with_share(a, torch.zeros_like(a.share), scale_bits=0) + picks
+    decisions = wrap_share(a, torch.zeros_like(a.share), 0) + picks
     winners = b + gap * picks
     if bool(compare.any()):
         below, low = comparison.ltz_with_min(gap[compare], lanes)

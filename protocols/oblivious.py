@@ -26,19 +26,11 @@ import torch
 
 from . import crypten_compat  # noqa: F401  (must precede every crypten import)
 import crypten.communicator as comm
-from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
 
 from . import comparison, packed_bits
+from .share_wrap import wrap_share
 from .sharing import FRACTIONAL_BITS
-
-
-def _with_share(like: MPCTensor, share: torch.Tensor, scale_bits: int) -> MPCTensor:
-    out = like.shallow_copy()
-    out._tensor = like._tensor.shallow_copy()
-    out._tensor.share = share
-    out._tensor.encoder = FixedPointEncoder(precision_bits=scale_bits)
-    return out
 
 
 def truncation(resolution: float | None, parties: int) -> int:
@@ -75,14 +67,14 @@ def ranks(x: MPCTensor, spread: float | None = None, resolution: float | None = 
     parties = comm.get().get_world_size()
     t = truncation(resolution, parties)
     # One truncated value per entry (local, no traffic), so the pairwise comparisons stay transitive.
-    y = x if t == 0 else _with_share(x, x.share >> t, scale_bits=max(FRACTIONAL_BITS - t, 0))
+    y = x if t == 0 else wrap_share(x, x.share >> t, scale_bits=max(FRACTIONAL_BITS - t, 0))
     # beaten[p] = [y_first < y_second]: the later entry beats the earlier one only when strictly larger.
     lanes = pair_lane_width(spread, t, parties) if t else packed_bits.lane_width(spread, FRACTIONAL_BITS)
     beaten = comparison.ltz(y[..., first] - y[..., second], lanes)
     share = torch.zeros(*beaten.share.shape[:-1], n, dtype=torch.int64)
     share.index_add_(-1, first, beaten.share)
     share.index_add_(-1, second, -beaten.share)
-    rank = _with_share(x, share, scale_bits=0)
+    rank = wrap_share(x, share, scale_bits=0)
     # Each entry m is the second of m pairs, and loses those unless beaten: + m, public.
     return rank + torch.arange(n, dtype=torch.int64).expand(share.shape)
 
@@ -104,4 +96,4 @@ def topk_onehot(
     below = comparison.ltz(rank - thresholds, packed_bits.lane_width(float(n + k), 0))  # [rank < r + 1]
     onehot = below.share.clone()
     onehot[..., 1:, :] -= below.share[..., :-1, :]
-    return _with_share(below, onehot << FRACTIONAL_BITS, scale_bits=FRACTIONAL_BITS)
+    return wrap_share(below, onehot << FRACTIONAL_BITS, scale_bits=FRACTIONAL_BITS)

@@ -26,6 +26,8 @@ from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
 from crypten.mpc.primitives.binary import BinarySharedTensor
 
+from .share_wrap import wrap_share
+
 WORD = 64
 
 
@@ -115,11 +117,7 @@ def _packed_bits_to_arithmetic(packed: BinarySharedTensor, shape: torch.Size, li
     mask = _bit_planes(r_bin.share & 1, 1)[0]
     z = _bit_planes_unpack(_binary(packed.share ^ mask).reveal(), shape.numel()).reshape(shape)
     arith = r_arith * (1 - 2 * z) + z
-    out = like.shallow_copy()
-    out._tensor = like._tensor.shallow_copy()
-    out._tensor.share = arith.share
-    out._tensor.encoder = FixedPointEncoder(precision_bits=0)
-    return out
+    return wrap_share(like, arith.share, 0)
 
 
 def _bit_planes_unpack(words: torch.Tensor, count: int) -> torch.Tensor:

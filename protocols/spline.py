@@ -38,9 +38,10 @@ from crypten.mpc.primitives import beaver
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
 
 from . import comparison, packed_bits
+from .share_wrap import wrap_share
+from .sharing import FRACTIONAL_BITS
 
-FRAC_BITS = 16
-"""Fractional bits of the encoding every input uses (CrypTen's default)."""
+FRAC_BITS = FRACTIONAL_BITS
 
 SELECT_FRAC_BITS = 4
 """Fractional bits kept for choosing the segment: a choice off by one unit (1/16) lands in a
@@ -76,8 +77,8 @@ class Spline:
         index = torch.floor((x - self.lo) / width).clamp(0, 2**self.index_bits - 1).long()
         f = x - self.lo - index * width
         value = (self.coeffs[index] * torch.stack([f**i for i in range(self.degree + 1)], dim=-1)).sum(-1)
-        above = x if self.above_is_identity else torch.zeros_like(x)
-        return torch.where(x < self.floor, torch.zeros_like(x), torch.where(x >= self.top, above, value))
+        above = x if self.above_is_identity else torch.zeroswrap_share(x)
+        return torch.where(x < self.floor, torch.zeroswrap_share(x), torch.where(x >= self.top, above, value))
 
 
 def fit(fn: Callable[[torch.Tensor], torch.Tensor], lo: float, width_log2: int, index_bits: int,
@@ -117,7 +118,7 @@ def evaluate(x: MPCTensor, spline: Spline, bound: float, at_least_floor: bool = 
     if FRAC_BITS + spline.width_log2 < SELECT_FRAC_BITS:
         raise ValueError("segments narrower than the selection resolution")
     y = x - spline.lo
-    yt = _like(y, y.share.clone(), FRAC_BITS)
+    yt = wrap_share(y, y.share.clone(), FRAC_BITS)
     yt._tensor.div_(2 ** (FRAC_BITS - SELECT_FRAC_BITS))
     yt._tensor.encoder = FixedPointEncoder(precision_bits=SELECT_FRAC_BITS)
     span = bound + abs(spline.lo) + abs(spline.top)
@@ -136,18 +137,18 @@ def evaluate(x: MPCTensor, spline: Spline, bound: float, at_least_floor: bool = 
     inside = below_top if at_least_floor else below_top - signs[-1]
 
     start = sum(b.share << (FRAC_BITS + spline.width_log2 + i) for i, b in enumerate(bits))
-    f = _like(y, y.share - start, FRAC_BITS)
+    f = wrap_share(y, y.share - start, FRAC_BITS)
     selected, powers = _selected_coefficients_and_powers(bits, inside, f, spline)
     pairs = [(selected[i], powers[i - 1]) for i in range(1, spline.degree + 1)]
     if spline.above_is_identity:
         pairs.append((1 - below_top, x))
     raw = _products(pairs)
     total = selected[0].share + sum(p.share for p in raw[: spline.degree])  # all at 2^-32
-    out = _like(x, total, 2 * FRAC_BITS)
+    out = wrap_share(x, total, 2 * FRAC_BITS)
     out._tensor.div_(1 << FRAC_BITS)
     out._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
     if spline.above_is_identity:
-        out = out + _like(x, raw[-1].share, FRAC_BITS)
+        out = out + wrap_share(x, raw[-1].share, FRAC_BITS)
     return out
 
 
@@ -189,12 +190,12 @@ def _selected_coefficients_and_powers(
     else:
         low, high = groups
         table = coeffs.reshape(high.size(-1), low.size(-1), spline.degree + 1)
-        sums = _like(high, torch.einsum("...b,bai->...ai", high.share, table), FRAC_BITS)
+        sums = wrap_share(high, torch.einsum("...b,bai->...ai", high.share, table), FRAC_BITS)
         (picked,) = _with_powers([(low.unsqueeze(-1), sums)], powers, spline.degree)
         selected_share = picked.share.sum(-2)
     while len(powers) < spline.degree:
         _with_powers([], powers, spline.degree)
-    selected = [_like(f, selected_share[..., i], FRAC_BITS if i else 2 * FRAC_BITS) for i in range(spline.degree + 1)]
+    selected = [wrap_share(f, selected_share[..., i], FRAC_BITS if i else 2 * FRAC_BITS) for i in range(spline.degree + 1)]
     return selected, [powers[i] for i in range(1, spline.degree + 1)]
 
 
@@ -226,14 +227,14 @@ def _products(pairs: Sequence[tuple[MPCTensor, MPCTensor]]) -> list[MPCTensor]:
     for (a, b), shape in zip(pairs, shapes):
         count = math.prod(shape)
         scale = _scale_bits(a) + _scale_bits(b)
-        out.append(_like(a, product[offset : offset + count].reshape(shape), scale))
+        out.append(wrap_share(a, product[offset : offset + count].reshape(shape), scale))
         offset += count
     return out
 
 
 def _truncated(x: MPCTensor) -> MPCTensor:
     """A product of two 16-bit encodings brought back to 16 fractional bits."""
-    out = _like(x, x.share.clone(), 2 * FRAC_BITS)
+    out = wrap_share(x, x.share.clone(), 2 * FRAC_BITS)
     out._tensor.div_(1 << FRAC_BITS)
     out._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
     return out
@@ -241,13 +242,5 @@ def _truncated(x: MPCTensor) -> MPCTensor:
 
 def _scale_bits(x: MPCTensor) -> int:
     return int(x.encoder.scale).bit_length() - 1
-
-
-def _like(x: MPCTensor, share: torch.Tensor, scale_bits: int) -> MPCTensor:
-    out = x.shallow_copy()
-    out._tensor = x._tensor.shallow_copy()
-    out._tensor.share = share
-    out._tensor.encoder = FixedPointEncoder(precision_bits=scale_bits)
-    return out
 
 

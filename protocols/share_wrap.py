@@ -1,0 +1,24 @@
+"""Raw arithmetic shares back into CrypTen's tensor type, at a chosen fixed-point scale.
+
+The protocols above CrypTen compute on the parties' int64 shares directly (exact bit products,
+single truncations, openings packed several to a word); this is the one place that puts such a
+share back into an :class:`MPCTensor`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import crypten_compat  # noqa: F401  (must precede every crypten import)
+from crypten.encoder import FixedPointEncoder
+from crypten.mpc import MPCTensor
+
+
+def wrap_share(like: MPCTensor, share: torch.Tensor, scale_bits: int) -> MPCTensor:
+    """An arithmetic MPCTensor shaped by ``share``, in ``like``'s wrapper, with ``scale_bits``
+    fractional bits."""
+    out = like.shallow_copy()
+    out._tensor = like._tensor.shallow_copy()
+    out._tensor.share = share
+    out._tensor.encoder = FixedPointEncoder(precision_bits=scale_bits)
+    return out
