@@ -146,7 +146,7 @@ def test_unauthenticated_client(service: LocalService, client: pinfer.Client) ->
     for token in (None, "wrong-token"):
         stub = _stub(service, token)
         assert _code(lambda: stub.ListModels(inference_pb2.ListModelsRequest())) == grpc.StatusCode.UNAUTHENTICATED
-        request = prepare_request(info, PROMPT, 2).request
+        request = prepare_request(info, PROMPT, 2, service.token).request
         assert _code(lambda: list(stub.Generate(request))) == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -154,12 +154,12 @@ def test_unknown_model_and_invalid_parameters(service: LocalService, client: pin
     stub = _stub(service, service.token)
     info = client.model_info("tiny-llama")
     assert _code(lambda: stub.GetModel(inference_pb2.GetModelRequest(model="no-such-model"))) == grpc.StatusCode.NOT_FOUND
-    request = prepare_request(info, PROMPT, 2).request
+    request = prepare_request(info, PROMPT, 2, service.token).request
     request.model = "no-such-model"
     assert _code(lambda: list(stub.Generate(request))) == grpc.StatusCode.NOT_FOUND
 
     def variant(**changes) -> inference_pb2.GenerateRequest:
-        request = prepare_request(info, PROMPT, 2).request
+        request = prepare_request(info, PROMPT, 2, service.token).request
         for name, value in changes.items():
             setattr(request, name, value)
         return request
@@ -172,7 +172,7 @@ def test_unknown_model_and_invalid_parameters(service: LocalService, client: pin
         # over the context: a prompt as long as the context leaves no room for a new token
         variant(prompt_tokens=info.config.max_positions),
     ]
-    one_share = prepare_request(info, PROMPT, 2).request
+    one_share = prepare_request(info, PROMPT, 2, service.token).request
     del one_share.input_shares[1]
     bad.append(one_share)
     for request in bad:
@@ -185,7 +185,7 @@ def test_bad_envelopes_then_the_next_request_succeeds(service: LocalService, cli
     info = client.model_info("tiny-llama")
 
     def with_share(party: int, make) -> inference_pb2.GenerateRequest:
-        request = prepare_request(info, PROMPT, 2).request
+        request = prepare_request(info, PROMPT, 2, service.token).request
         request.input_shares[party] = make(request.input_shares[party])
         return request
 
@@ -199,14 +199,15 @@ def test_bad_envelopes_then_the_next_request_succeeds(service: LocalService, cli
     for request in checked_by_orchestrator:
         assert _code(lambda: list(stub.Generate(request))) == grpc.StatusCode.INVALID_ARGUMENT
     # Well-framed envelopes only a party can reject: sealed to the other party, or under another session.
-    swapped = prepare_request(info, PROMPT, 2).request
-    other = prepare_request(info, PROMPT, 2).request
+    swapped = prepare_request(info, PROMPT, 2, service.token).request
+    other = prepare_request(info, PROMPT, 2, service.token).request
     swapped.input_shares[1] = other.input_shares[1]
     assert _code(lambda: list(stub.Generate(swapped))) == grpc.StatusCode.INVALID_ARGUMENT
-    wrong_key = prepare_request(info, PROMPT, 2).request
+    wrong_key = prepare_request(info, PROMPT, 2, service.token)
     party0 = info.deployment.party_keys[0]
-    wrong_key.input_shares[1] = envelope.seal(bytes(46), party0, envelope.EnvelopeContext(wrong_key.request_id, 1, "input-share"))
-    assert _code(lambda: list(stub.Generate(wrong_key))) == grpc.StatusCode.INVALID_ARGUMENT
+    wrong_key.request.input_shares[1] = envelope.seal(bytes(46), party0,
+                                                      envelope.EnvelopeContext(wrong_key.session_id, 1, "input-share"))
+    assert _code(lambda: list(stub.Generate(wrong_key.request))) == grpc.StatusCode.INVALID_ARGUMENT
     _wait_idle(service)
     assert [t.token_id for t in client.generate_ids(PROMPT, 3)] == plain_tokens
 
@@ -274,7 +275,7 @@ def test_interceptor_on_the_orchestrator_sees_only_ciphertext(service: LocalServ
     try:
         with pinfer.Client(f"127.0.0.1:{port}", service.token, service.ca_path, timeout_s=120) as c:
             info = c.model_info("tiny-llama")
-            prepared = prepare_request(info, PROMPT, 3)
+            prepared = prepare_request(info, PROMPT, 3, service.token)
             events = list(c._stub.Generate(prepared.request))
             assert [t.token_id for t in prepared.open_stream(events)] == plain_tokens
     finally:
@@ -286,7 +287,7 @@ def test_interceptor_on_the_orchestrator_sees_only_ciphertext(service: LocalServ
     party_keys = {i: keys.load_envelope_private_key(service.key_dir, f"party{i}") for i in range(2)}
     for i, item in enumerate(recorder.requests[0].input_shares):
         with pytest.raises(envelope.EnvelopeAuthError):  # ...that opens for its party only
-            envelope.open_envelope(item, party_keys[1 - i], envelope.EnvelopeContext(prepared.request.request_id, i, "input-share"))
+            envelope.open_envelope(item, party_keys[1 - i], envelope.EnvelopeContext(prepared.session_id, i, "input-share"))
     for event in recorder.events:
         for field, value in event.ListFields():
             assert field.name in ("step", "phase", "token_shares")
@@ -484,7 +485,7 @@ def test_admission_departed_waiter_does_not_stall_the_queue() -> None:
 
 def test_cancel_ends_the_stream_and_the_workers(service: LocalService, client: pinfer.Client) -> None:
     stub = _stub(service, service.token)
-    prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 40)
+    prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 40, service.token)
     stream = stub.Generate(prepared.request, timeout=120)
     next(stream)  # the prefill token: the session runs on every node
     assert stub.Cancel(inference_pb2.CancelRequest(request_id=prepared.request.request_id)).cancelled
@@ -511,7 +512,7 @@ def test_cancel_only_by_the_token_that_started_the_request(service: LocalService
                 f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "orchestrator")]))
 
         owner, intruder = stub(service.token), stub(other_token)
-        prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 40)
+        prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 40, service.token)
         request_id = prepared.request.request_id
         stream = owner.Generate(prepared.request, timeout=120)
         next(stream)
@@ -523,6 +524,52 @@ def test_cancel_only_by_the_token_that_started_the_request(service: LocalService
         with pytest.raises(grpc.RpcError) as info:
             list(stream)
         assert info.value.code() == grpc.StatusCode.CANCELLED
+    finally:
+        orchestrator.close()
+        server.stop(grace=1)
+    _wait_idle(service)
+
+
+def test_request_ids_are_per_caller_so_generate_is_no_oracle(service: LocalService, client: pinfer.Client,
+                                                             plain_tokens: list[int]) -> None:
+    """Another token's request id, in flight or run before, is no answer to probe: the same id from a
+    second caller simply runs. A caller's own id still runs once (the parties remember it)."""
+    other_token = "a-second-client-token"
+    config = OrchestratorConfig(
+        key_root=str(service.node_keys(keys.ORCHESTRATOR)), models_root=str(service.root / "models"),
+        nodes={role: f"127.0.0.1:{service.ports[role]}" for role in service.node_roles},
+        token_sha256=frozenset({token_digest(service.token), token_digest(other_token)}), slots=2)
+    server, port, orchestrator = serve(config, "127.0.0.1:0")
+    try:
+        def stub(token: str) -> inference_pb2_grpc.InferenceStub:
+            creds = grpc.composite_channel_credentials(
+                grpc.ssl_channel_credentials(root_certificates=service.ca_path.read_bytes()),
+                grpc.access_token_call_credentials(token))
+            return inference_pb2_grpc.InferenceStub(grpc.secure_channel(
+                f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "orchestrator")]))
+
+        info = client.model_info("tiny-llama")
+        alice, bob = stub(service.token), stub(other_token)
+        mine = prepare_request(info, PROMPT, 40, service.token)
+        request_id = mine.request.request_id
+        stream = alice.Generate(mine.request, timeout=120)
+        next(stream)  # alice's request runs on every node, so the parties have admitted its session id
+        # The same request id from another caller: not ALREADY_EXISTS, it just runs.
+        theirs = prepare_request(info, PROMPT, 3, other_token, request_id=request_id)
+        assert theirs.session_id != mine.session_id
+        assert [t.token_id for t in theirs.open_stream(bob.Generate(theirs.request, timeout=120))] == plain_tokens
+        assert not bob.Cancel(inference_pb2.CancelRequest(request_id=request_id)).cancelled  # bob's has finished
+        next(stream)  # alice's still runs
+        # A caller's own id in flight is its own business: ALREADY_EXISTS at the orchestrator.
+        again = prepare_request(info, PROMPT, 3, service.token, request_id=request_id)
+        assert _code(lambda: list(alice.Generate(again.request, timeout=120))) == grpc.StatusCode.ALREADY_EXISTS
+        assert alice.Cancel(inference_pb2.CancelRequest(request_id=request_id)).cancelled
+        with pytest.raises(grpc.RpcError):
+            list(stream)
+        # ...and once it ran, the parties refuse it as a replay, for either caller.
+        for token, call in ((service.token, alice), (other_token, bob)):
+            replay = prepare_request(info, PROMPT, 3, token, request_id=request_id)
+            assert _code(lambda: list(call.Generate(replay.request, timeout=120))) == grpc.StatusCode.ALREADY_EXISTS
     finally:
         orchestrator.close()
         server.stop(grace=1)
