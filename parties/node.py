@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from pinfer import keys
-from pinfer.keys import envelope, session
+from pinfer.keys import envelope, grpc_tls, session
 from pinfer.parties.replay import ReplayMemoryFull, ServedRequests
 from pinfer.proto import node_pb2, node_pb2_grpc
 
@@ -293,7 +293,12 @@ def server_credentials(key_root: str, role: str) -> grpc.ServerCredentials:
 
 
 def serve(config: NodeConfig, address: str) -> tuple[grpc.Server, int, NodeService]:
-    """Start the node's gRPC server on ``address`` (``host:port``, port 0 picks one); return it and the port."""
+    """Start the node's gRPC server on ``address`` (``host:port``, port 0 picks one); return it and the port.
+
+    The port must refuse TLS 1.2 (:func:`pinfer.keys.grpc_tls.check_tls13_only`; the process must have
+    called :func:`~pinfer.keys.grpc_tls.require_tls13` before importing grpc), else it raises
+    :class:`~pinfer.keys.grpc_tls.GrpcTlsError`.
+    """
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     service = NodeService(config)
@@ -305,6 +310,11 @@ def serve(config: NodeConfig, address: str) -> tuple[grpc.Server, int, NodeServi
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_secure_port(address, server_credentials(config.key_root, config.role))
     server.start()
+    try:  # TLS 1.3 only, seen from the outside (grpcio has no minimum-version setting to trust instead)
+        grpc_tls.check_tls13_only(address, port, keys.load_node_credentials(config.key_root, config.role))
+    except grpc_tls.GrpcTlsError:
+        server.stop(0)
+        raise
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("%s node listening on port %d", config.role, port)
     return server, port, service

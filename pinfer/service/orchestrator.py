@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 
 from pinfer import keys
-from pinfer.keys import envelope
+from pinfer.keys import envelope, grpc_tls
 from pinfer.parties.share_store import SIGNED_CARD_FILE, ModelCard, load_card, signed_card
 from pinfer.keys.session import REQUEST_ID, SEALED_INPUT_OVERHEAD, session_id, token_digest
 from pinfer.proto import inference_pb2, inference_pb2_grpc, node_pb2, node_pb2_grpc
@@ -473,7 +473,10 @@ def serve(config: OrchestratorConfig, address: str,
           interceptors: Iterable[grpc.ServerInterceptor] = ()) -> tuple[grpc.Server, int, Orchestrator]:
     """Start the orchestrator (TLS with its ``orchestrator`` certificate, health, reflection) on ``address``.
 
-    Health is SERVING only while every node answers (:meth:`Orchestrator.watch_nodes`).
+    Health is SERVING only while every node answers (:meth:`Orchestrator.watch_nodes`). The port must
+    refuse TLS 1.2 (:func:`pinfer.keys.grpc_tls.check_tls13_only`; the process must have called
+    :func:`~pinfer.keys.grpc_tls.require_tls13` before importing grpc), else it raises
+    :class:`~pinfer.keys.grpc_tls.GrpcTlsError`.
     """
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
@@ -492,6 +495,12 @@ def serve(config: OrchestratorConfig, address: str,
     creds = keys.load_node_credentials(config.key_root, keys.ORCHESTRATOR)
     port = server.add_secure_port(address, grpc.ssl_server_credentials([(creds.private_key_pem(), creds.certificate_pem())]))
     server.start()
+    try:  # TLS 1.3 only, seen from the outside (grpcio has no minimum-version setting to trust instead)
+        grpc_tls.check_tls13_only(address, port, creds)
+    except grpc_tls.GrpcTlsError:
+        server.stop(0)
+        service.close()
+        raise
 
     def report(serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -574,3 +574,28 @@ def test_request_ids_are_per_caller_so_generate_is_no_oracle(service: LocalServi
         orchestrator.close()
         server.stop(grace=1)
     _wait_idle(service)
+
+
+@pytest.mark.parametrize("name", ["orchestrator", "party0", "party1", "dealer"])
+def test_every_grpc_port_refuses_a_tls_1_2_only_client(service: LocalService, name: str) -> None:
+    """grpcio has no minimum-version setting; the nodes and the orchestrator refuse TLS 1.2 anyway
+    (pinfer.keys.grpc_tls). Checked with Python's ssl module, presenting a CA-issued certificate (the
+    nodes require one) and offering h2, so only the version can make the handshake fail."""
+    import socket
+    import ssl
+
+    creds = keys.load_node_credentials(service.key_dir, keys.CLIENT)
+
+    def handshake(version: ssl.TLSVersion) -> str:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = context.maximum_version = version
+        context.load_verify_locations(cafile=str(service.ca_path))
+        context.load_cert_chain(creds.cert_path, creds.key_path)
+        context.set_alpn_protocols(["h2"])
+        with socket.create_connection(("127.0.0.1", service.ports[name]), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                return f"{tls.version()} {tls.selected_alpn_protocol()}"
+
+    assert handshake(ssl.TLSVersion.TLSv1_3) == "TLSv1.3 h2"
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        handshake(ssl.TLSVersion.TLSv1_2)
