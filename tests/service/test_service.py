@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -599,3 +599,62 @@ def test_every_grpc_port_refuses_a_tls_1_2_only_client(service: LocalService, na
     assert handshake(ssl.TLSVersion.TLSv1_3) == "TLSv1.3 h2"
     with pytest.raises((ssl.SSLError, ConnectionResetError)):
         handshake(ssl.TLSVersion.TLSv1_2)
+
+
+def _drive_node(service: LocalService, role: str, session_id: str,
+                start: Callable[[int], node_pb2.StartSession]) -> grpc.RpcError:
+    """Open a session on one node as the orchestrator would, send ``start(worker_port)``, return its error."""
+    import queue
+
+    controls: queue.Queue = queue.Queue()
+    controls.put(node_pb2.SessionControl(open=node_pb2.OpenSession(session_id=session_id, model="tiny-llama",
+                                                                   parties=2)))
+
+    def requests() -> Iterator[node_pb2.SessionControl]:
+        while (item := controls.get()) is not None:
+            yield item
+
+    call = _node_stub(service, role).Session(requests(), timeout=120)
+    try:
+        ready = next(call).ready
+        controls.put(node_pb2.SessionControl(start=start(ready.port)))
+        with pytest.raises(grpc.RpcError) as info:
+            list(call)
+        return info.value
+    finally:
+        controls.put(None)
+
+
+def test_a_failed_worker_is_logged_on_its_node_as_types_and_frames(service: LocalService,
+                                                                    client: pinfer.Client) -> None:
+    """A real worker failure on a real node: party 1 is told to dial its own port as party 0, so its mesh
+    set-up fails (wrong peer role). Its node's log then holds one line in the node's format naming the
+    exception type and its frames, the node's own line on the session's end, and no traceback."""
+    import re
+
+    prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 2, service.token)
+    sid = prepared.session_id[:8]
+
+    def start(port: int) -> node_pb2.StartSession:
+        return node_pb2.StartSession(endpoints=[node_pb2.Endpoint(rank=r, host="127.0.0.1", port=port) for r in range(3)],
+                                     input_share=prepared.request.input_shares[1], prompt_tokens=len(PROMPT),
+                                     max_new_tokens=2)
+
+    error = _drive_node(service, "party1", prepared.session_id, start)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE and "session worker failed (" in error.details()
+    log_file = service.root / "party1.log"
+    deadline = time.monotonic() + 30
+    while f"session {sid}: ended with" not in log_file.read_text():
+        assert time.monotonic() < deadline, "the node never logged the session's end"
+        time.sleep(0.2)
+    lines = [line for line in log_file.read_text().splitlines() if sid in line]
+    [failure] = [line for line in lines if " ERROR " in line]
+    assert re.match(rf"^\d{{4}}-\d\d-\d\d [\d:,]+ party1 worker {sid} ERROR party1 worker of session {sid} failed: "
+                    r"pinfer\.\S+Error at \S+\.py:\d+ in \w+( <- \S+\.py:\d+ in \w+)* <- \S+session_worker\.py:\d+ "
+                    r"in party_worker_main$", failure), failure
+    assert any(re.search(rf" party1 WARNING session {sid}: worker failed \(\w+\)$", line) for line in lines), lines
+    assert any(line.endswith(f"session {sid}: ended with UNAVAILABLE") for line in lines), lines
+    text = log_file.read_text()
+    assert "Traceback" not in text[text.index(f"session {sid}: worker "):]
+    _wait_idle(service)
+
