@@ -208,6 +208,13 @@ def test_bad_envelopes_then_the_next_request_succeeds(service: LocalService, cli
     wrong_key.request.input_shares[1] = envelope.seal(bytes(46), party0,
                                                       envelope.EnvelopeContext(wrong_key.session_id, 1, "input-share"))
     assert _code(lambda: list(stub.Generate(wrong_key.request))) == grpc.StatusCode.INVALID_ARGUMENT
+
+    def zero_encapsulation(sealed: bytes) -> bytes:  # all-zero HPKE encapsulated key (a low-order X25519 part)
+        size = envelope.Kem(sealed[5]).encapsulated_size
+        return sealed[:envelope.HEADER_SIZE] + bytes(size) + sealed[envelope.HEADER_SIZE + size:]
+
+    for party in (0, 1):  # refused by the party before any peer is contacted, not retryable
+        assert _code(lambda: list(stub.Generate(with_share(party, zero_encapsulation)))) == grpc.StatusCode.INVALID_ARGUMENT
     _wait_idle(service)
     assert [t.token_id for t in client.generate_ids(PROMPT, 3)] == plain_tokens
 
@@ -658,3 +665,30 @@ def test_a_failed_worker_is_logged_on_its_node_as_types_and_frames(service: Loca
     assert "Traceback" not in text[text.index(f"session {sid}: worker "):]
     _wait_idle(service)
 
+
+def test_nodes_refuse_start_messages_they_should_not_run(service: LocalService, client: pinfer.Client) -> None:
+    """A node checks the orchestrator's StartSession itself (endpoints, token counts, who takes an input)."""
+    from pinfer.keys import session
+
+    info = client.model_info("tiny-llama")
+    context = info.config.max_positions
+
+    def case(role: str, ranks: range = range(3), port: int | None = None, prompt: int = len(PROMPT), new: int = 2,
+             share: bool = True) -> str:
+        def start(worker_port: int) -> node_pb2.StartSession:
+            return node_pb2.StartSession(
+                endpoints=[node_pb2.Endpoint(rank=r, host="127.0.0.1", port=worker_port if port is None else port)
+                           for r in ranks],
+                input_share=b"sealed" if share else b"", prompt_tokens=prompt, max_new_tokens=new)
+
+        error = _drive_node(service, role, session.new_request_id(), start)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (role, error.details())
+        return error.details()
+
+    assert "ranks 0..2" in case("party0", ranks=range(2))
+    assert "ranks 0..2" in case("dealer", ranks=[0, 1, 1, 2], share=False)
+    assert "a port in 1..65535" in case("party1", port=70000)
+    assert "context" in case("party0", prompt=context - 1, new=2)
+    assert "needs its sealed input" in case("party1", share=False)
+    assert "the dealer takes no input" in case("dealer")
+    _wait_idle(service)
