@@ -21,6 +21,9 @@ DEALER_RECV_TIMEOUT_S = 600.0
 
 def dealer_worker_main(spec: WorkerSpec, conn: Connection) -> None:
     """Entry point of the dealer's session worker (run in a child process of the dealer node)."""
+    from pinfer.parties.failure_log import set_up_worker_process
+
+    set_up_worker_process(spec.role, spec.session_id)
     torch.set_num_threads(1)
     try:
         _serve_dealer_session(spec, conn)

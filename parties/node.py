@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from pinfer import keys
-from pinfer.keys import envelope, session
+from pinfer.keys import envelope, grpc_tls, session
 from pinfer.parties.replay import ReplayMemoryFull, ServedRequests
 from pinfer.proto import node_pb2, node_pb2_grpc
 
@@ -79,6 +79,7 @@ class _Worker:
 
         spec = WorkerSpec(config.role, config.key_root, session_id, config.parties, config.mesh_listen_host, weights,
                           config.link, not_before)
+        self.session_id = session_id
         self.conn, theirs = _MP.Pipe()
         target = dealer_worker_main if config.is_dealer else party_worker_main
         self.process = _MP.Process(target=target, args=(spec, theirs), name=f"pinfer-{config.role}-{session_id[:8]}",
@@ -98,11 +99,18 @@ class _Worker:
                 if self.conn.poll(_POLL_S):
                     return self.conn.recv()
             except (EOFError, OSError):
-                context.abort(grpc.StatusCode.UNAVAILABLE, "session worker exited")
+                self._exited(context)
             if not self.process.is_alive() and not self.conn.poll(0):
-                context.abort(grpc.StatusCode.UNAVAILABLE, "session worker exited")
+                self._exited(context)
             if deadline is not None and time.monotonic() > deadline:
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "session worker did not start in time")
+
+    def _exited(self, context: grpc.ServicerContext) -> None:
+        if not context.is_active():  # the stream ended first, and its callback killed the worker
+            raise _StreamGone()
+        log.warning("session %s: worker exited (code %s) without reporting", self.session_id[:8],
+                    self.process.exitcode)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "session worker exited")
 
     def stop(self) -> None:
         """Kill the worker (idempotent; called both by the stream's end and by its cancellation)."""
@@ -206,8 +214,9 @@ class NodeService(node_pb2_grpc.NodeServicer):
             outcome = "done"
         except _StreamGone:
             pass
-        except Exception as exc:
-            outcome = type(exc).__name__
+        except Exception as exc:  # context.abort raises a bare Exception: the status code says more
+            code = context.code()
+            outcome = f"ended with {code.name}" if isinstance(code, grpc.StatusCode) else type(exc).__name__
             raise
         finally:
             log.info("session %s: %s", open_.session_id[:8], outcome)
@@ -241,8 +250,8 @@ class NodeService(node_pb2_grpc.NodeServicer):
                 return
             elif kind == "invalid":
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, message[1])
-            else:
-                log.warning("session worker failed: %s", message[1])
+            else:  # the worker logged its exception's type and frames on this node's stderr
+                log.warning("session %s: worker failed (%s)", worker.session_id[:8], message[1])
                 context.abort(grpc.StatusCode.UNAVAILABLE, f"session worker failed ({message[1]})")
 
     def _check_start(self, start: node_pb2.StartSession, card: session.ModelCard | None) -> str | None:
@@ -293,7 +302,12 @@ def server_credentials(key_root: str, role: str) -> grpc.ServerCredentials:
 
 
 def serve(config: NodeConfig, address: str) -> tuple[grpc.Server, int, NodeService]:
-    """Start the node's gRPC server on ``address`` (``host:port``, port 0 picks one); return it and the port."""
+    """Start the node's gRPC server on ``address`` (``host:port``, port 0 picks one); return it and the port.
+
+    The port must refuse TLS 1.2 (:func:`pinfer.keys.grpc_tls.check_tls13_only`; the process must have
+    called :func:`~pinfer.keys.grpc_tls.require_tls13` before importing grpc), else it raises
+    :class:`~pinfer.keys.grpc_tls.GrpcTlsError`.
+    """
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     service = NodeService(config)
@@ -305,6 +319,11 @@ def serve(config: NodeConfig, address: str) -> tuple[grpc.Server, int, NodeServi
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_secure_port(address, server_credentials(config.key_root, config.role))
     server.start()
+    try:  # TLS 1.3 only, seen from the outside (grpcio has no minimum-version setting to trust instead)
+        grpc_tls.check_tls13_only(address, port, keys.load_node_credentials(config.key_root, config.role))
+    except grpc_tls.GrpcTlsError:
+        server.stop(0)
+        raise
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("%s node listening on port %d", config.role, port)
     return server, port, service

@@ -126,6 +126,9 @@ def _open_prompt(spec: WorkerSpec, party: int, start: SessionStart, card: sessio
 
 def party_worker_main(spec: WorkerSpec, conn: Connection) -> None:
     """Entry point of a party's session worker (run in a child process of the party node)."""
+    from pinfer.parties.failure_log import set_up_worker_process
+
+    set_up_worker_process(spec.role, spec.session_id)
     torch.set_num_threads(1)
     try:
         _serve_party_session(spec, conn)

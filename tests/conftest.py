@@ -1,7 +1,9 @@
-"""Suite-wide test set-up: offline Hugging Face libraries, tiny model checkpoint directories, a local MPC world.
+"""Suite-wide test set-up: offline Hugging Face libraries, TLS 1.3-only gRPC, tiny model checkpoints,
+a local MPC world.
 
 The offline variables are set here, at conftest import, because huggingface_hub reads them once when
-it is first imported; with them set, any attempt to reach a hub fails instead of downloading.
+it is first imported; with them set, any attempt to reach a hub fails instead of downloading. gRPC's
+TLS setting is read once too, when grpc is first imported.
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+# The orchestrators and nodes some tests serve in-process must refuse TLS 1.2, as `pinfer node` and
+# `pinfer orchestrator` do; gRPC reads the setting once, when it is first imported.
+from pinfer.keys.grpc_tls import require_tls13  # noqa: E402
+
+require_tls13()
 
 import socket  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402

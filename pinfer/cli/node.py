@@ -48,6 +48,9 @@ def write_port_file(path: str | None, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pinfer.keys.grpc_tls import require_tls13
+
+    require_tls13()  # before anything imports grpc: gRPC reads its TLS settings once, at import
     from pinfer.parties.node import NodeConfig, serve
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.role} %(levelname)s %(message)s")

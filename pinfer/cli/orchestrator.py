@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pinfer.keys.grpc_tls import require_tls13
+
+    require_tls13()  # before anything imports grpc: gRPC reads its TLS settings once, at import
     from pinfer import keys
     from pinfer.cli.node import clear_port_file, wait_for_signal, write_port_file
     from pinfer.service.orchestrator import OrchestratorConfig, serve

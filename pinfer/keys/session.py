@@ -12,13 +12,19 @@ client opens), and the two sides must never drift apart.
   data. Only the client and party *i* know that secret, so the orchestrator can neither read a share
   nor forge, reorder or move one between parties, steps or requests: the reply key is bound into what
   the client sealed, and there is no reply key on the wire to swap.
-* **Replay.** A node refuses a request id it has already run, and a request issued outside
+* **Replay.** A node refuses a session id it has already run, and a request issued outside
   ``REPLAY_WINDOW_S`` of its clock or before the node started, so it needs to remember ids only for a
   bounded time.
+* **Ids are per caller.** The id the parties run a request under (and every envelope and reply key is
+  bound to) is :func:`session_id`: the client's request id scoped to the caller's bearer token. The
+  orchestrator derives it from the token it authenticated, the client from the token it holds. So
+  one client's request ids never collide with another's, at the orchestrator or in a node's replay
+  memory, and no answer tells a caller whether someone else used an id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -99,6 +105,26 @@ def new_request_id() -> str:
     return os.urandom(16).hex()
 
 
+def token_digest(token: str) -> str:
+    """SHA-256 hex of a bearer token: how the orchestrator knows a caller (it stores no token itself)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+_SESSION_LABEL = b"pinfer session v1"
+
+
+def session_id(caller: str, request_id: str) -> str:
+    """The id the parties know request ``request_id`` of caller ``caller`` (its :func:`token_digest`) by.
+
+    Why scoped: a request id is the client's choice, and the parties remember every id they ran. With
+    bare ids, any token holder could submit another client's id and learn from the refusal that it was
+    in use (and, at the parties, that it ran in the last ``2 * REPLAY_WINDOW_S``). Scoped, two callers'
+    ids never meet; a replay of a recorded request still carries its original caller's session id
+    (sealed into every envelope) and is refused. 64 lowercase hex characters, so a :data:`REQUEST_ID`.
+    """
+    return hashlib.sha256(b"\n".join((_SESSION_LABEL, caller.encode(), request_id.encode()))).hexdigest()
+
+
 def input_context(request_id: str, party: int) -> envelope.EnvelopeContext:
     """HPKE context of party ``party``'s sealed input (the client seals and the party opens under it)."""
     return envelope.EnvelopeContext(request_id, party, "input-share")
@@ -106,7 +132,10 @@ def input_context(request_id: str, party: int) -> envelope.EnvelopeContext:
 
 @dataclass(frozen=True)
 class SessionParameters:
-    """What a party runs: the fields of a sealed input (or of the orchestrator's messages) to compare."""
+    """What a party runs: the fields of a sealed input (or of the orchestrator's messages) to compare.
+
+    ``request_id`` is the session id the parties run it under (:func:`session_id`), not the caller's own.
+    """
 
     request_id: str
     model: str

@@ -100,11 +100,16 @@ def verify_model(info: inference_pb2.ModelInfo, ca: x509.Certificate) -> Verifie
 
 @dataclass(frozen=True)
 class PreparedRequest:
-    """A sealed ``GenerateRequest`` and what opens its answer: one reply key per pinned party."""
+    """A sealed ``GenerateRequest`` and what opens its answer: one reply key per pinned party.
+
+    ``session_id`` is what the parties run it under (the request id scoped to the caller's token,
+    :func:`pinfer.keys.session.session_id`); the request carries only the caller's own ``request_id``.
+    """
 
     request: inference_pb2.GenerateRequest
     vocab_size: int
     reply_keys: tuple[session.ReplyKey, ...] = field(repr=False)
+    session_id: str = ""
 
     def open(self, event: inference_pb2.GenerateEvent, expected_step: int) -> Token:
         """Open every party's share of this step's token and add them (mod 2^64).
@@ -142,8 +147,15 @@ class PreparedRequest:
                 f"the stream ended after {received} of {self.request.max_new_tokens} tokens")
 
 
-def prepare_request(model: VerifiedModel, prompt_ids: list[int], max_new_tokens: int) -> PreparedRequest:
-    """Share the one-hot prompt; seal share *i*, the session parameters and a reply secret to party *i*."""
+def prepare_request(model: VerifiedModel, prompt_ids: list[int], max_new_tokens: int, token: str, *,
+                    request_id: str | None = None) -> PreparedRequest:
+    """Share the one-hot prompt; seal share *i*, the session parameters and a reply secret to party *i*.
+
+    ``token`` is the bearer token the request will be sent with: the parties run it under the request
+    id scoped to that token (:func:`pinfer.keys.session.session_id`), which the orchestrator derives
+    from the token it authenticates; sent with another token, the parties refuse it. ``request_id``
+    defaults to a fresh random one; a caller's id runs once (a second use is ``ALREADY_EXISTS``).
+    """
     from pinfer.model.generation import one_hot
     from pinfer.protocols.sharing import share
 
@@ -152,21 +164,24 @@ def prepare_request(model: VerifiedModel, prompt_ids: list[int], max_new_tokens:
         raise ValueError("prompt ids must be non-empty and inside the model's vocabulary")
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
-    request_id = session.new_request_id()
+    request_id = request_id or session.new_request_id()
+    if not session.REQUEST_ID.match(request_id):
+        raise ValueError("a request id is 16 to 64 lowercase hex characters")
+    session_id = session.session_id(session.token_digest(token), request_id)
     issued_at = int(time.time())
     bundles = share({"tokens": one_hot(prompt_ids, vocab_size)}, model.parties)
     sealed, reply_keys = [], []
     for party, (bundle, recipient) in enumerate(zip(bundles, model.deployment.party_keys)):
         payload = bundle.dense["tokens"] if bundle.seed is None else torch.frombuffer(bytearray(bundle.seed), dtype=torch.uint8)
-        parameters = session.SessionParameters(request_id, model.name, model.parties, party, len(prompt_ids),
+        parameters = session.SessionParameters(session_id, model.name, model.parties, party, len(prompt_ids),
                                                max_new_tokens)
         secret = os.urandom(session.REPLY_SECRET_BYTES)
         sealed.append(session.seal_input(parameters, issued_at, secret, envelope.encode_tensor(payload), recipient))
-        reply_keys.append(session.ReplyKey(secret, request_id, party))
+        reply_keys.append(session.ReplyKey(secret, session_id, party))
     request = inference_pb2.GenerateRequest(
         model=model.name, request_id=request_id, input_shares=sealed, prompt_tokens=len(prompt_ids),
         max_new_tokens=max_new_tokens)
-    return PreparedRequest(request, vocab_size, tuple(reply_keys))
+    return PreparedRequest(request, vocab_size, tuple(reply_keys), session_id)
 
 
 def text_pieces(tokenizer: Any, stop_ids: Iterable[int], tokens: Iterable[Token]) -> Iterator[str]:
@@ -217,6 +232,7 @@ class Client:
             ("grpc.max_receive_message_length", envelope.MAX_MESSAGE_BYTES),
         ])
         self._stub = inference_pb2_grpc.InferenceStub(self._channel)
+        self._token = token
         self._timeout_s = timeout_s
         self._tokenizers: dict[str, Any] = {}
 
@@ -264,7 +280,7 @@ class Client:
         yield from self._generate(info, prompt_ids, max_new_tokens)
 
     def _generate(self, info: VerifiedModel, prompt_ids: list[int], max_new_tokens: int) -> Iterator[Token]:
-        prepared = prepare_request(info, prompt_ids, max_new_tokens)
+        prepared = prepare_request(info, prompt_ids, max_new_tokens, self._token)
         yield from prepared.open_stream(self._stub.Generate(prepared.request, timeout=self._timeout_s))
 
     def stream(self, prompt: str, max_new_tokens: int = 16, model: str | None = None, raw: bool = False) -> Iterator[str]:

@@ -9,14 +9,18 @@ node ends the session on every node (its control streams are cancelled, which ki
 
 Status codes: ``UNAUTHENTICATED`` (no or wrong token), ``NOT_FOUND`` (unknown model),
 ``INVALID_ARGUMENT`` (bad sizes or parameters, a prompt over the context, an envelope that is
-malformed here or does not open at its party), ``RESOURCE_EXHAUSTED`` (slots and queue full),
+malformed here or does not open at its party), ``ALREADY_EXISTS`` (the caller's own request id is in
+flight, or the parties already ran it), ``RESOURCE_EXHAUSTED`` (slots and queue full),
 ``UNAVAILABLE`` (a node down or lost mid-session), ``CANCELLED`` (``Cancel`` or client gone).
+
+Request ids are per caller: sessions are keyed by (token digest, request id), and the parties run a
+request under :func:`pinfer.keys.session.session_id` of the two, so no answer (``ALREADY_EXISTS``
+here or from a node's replay memory, ``Cancel``'s) depends on another token's requests.
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
 import hmac
 import logging
 import queue
@@ -30,9 +34,9 @@ from typing import Any
 import grpc
 
 from pinfer import keys
-from pinfer.keys import envelope
+from pinfer.keys import envelope, grpc_tls
 from pinfer.parties.share_store import SIGNED_CARD_FILE, ModelCard, load_card, signed_card
-from pinfer.keys.session import REQUEST_ID, SEALED_INPUT_OVERHEAD
+from pinfer.keys.session import REQUEST_ID, SEALED_INPUT_OVERHEAD, session_id, token_digest
 from pinfer.proto import inference_pb2, inference_pb2_grpc, node_pb2, node_pb2_grpc
 
 log = logging.getLogger("pinfer.service.orchestrator")
@@ -73,10 +77,6 @@ class OrchestratorConfig:
     queue: int = 4
     max_new_tokens: int = 256
     parties: int = 2
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(eq=False)
@@ -153,12 +153,13 @@ class _NodeStream:
 class _Session:
     """One generation across the nodes; ``cancel`` ends every node's stream (and so its worker).
 
-    ``owner`` is the SHA-256 of the bearer token that started it: only that token may cancel it.
+    ``owner`` is the SHA-256 of the bearer token that started it; ``session_id`` is the id the nodes
+    run it under, derived from the owner and its request id.
     """
 
-    def __init__(self, session_id: str, owner: str) -> None:
-        self.session_id = session_id
+    def __init__(self, owner: str, request_id: str) -> None:
         self.owner = owner
+        self.session_id = session_id(owner, request_id)
         self.streams: list[_NodeStream] = []
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
@@ -215,7 +216,7 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
         self._stubs = {role: node_pb2_grpc.NodeStub(ch) for role, ch in self._channels.items()}
         self._health_stubs = {role: node_pb2_grpc.NodeStub(ch) for role, ch in self._health_channels.items()}
         self._admission = Admission(config.slots, config.queue)
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[tuple[str, str], _Session] = {}  # by (owner, request id)
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._unreachable: list[str] | None = None
@@ -270,12 +271,12 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
 
         Another token's request is answered exactly as an unknown id (``cancelled=false``), not with
         PERMISSION_DENIED: a distinct answer would let any token holder probe which request ids are
-        in flight.
+        in flight. Sessions are looked up by (caller, request id), so another token's never matches.
         """
         caller = self._authenticate(context)
         with self._lock:
-            session = self._sessions.get(request.request_id)
-        if session is None or not hmac.compare_digest(session.owner, caller):
+            session = self._sessions.get((caller, request.request_id))
+        if session is None:
             return inference_pb2.CancelResponse(cancelled=False)
         session.cancel()
         return inference_pb2.CancelResponse(cancelled=True)
@@ -312,11 +313,12 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
         owner = self._authenticate(context)
         card = self._card(request.model, context)
         self._validate(request, card, context)
-        session = _Session(request.request_id, owner)
+        session = _Session(owner, request.request_id)
+        key = (owner, request.request_id)
         with self._lock:
-            if request.request_id in self._sessions:
+            if key in self._sessions:  # only the caller's own ids: another token's never match
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, "request_id in use")
-            self._sessions[request.request_id] = session
+            self._sessions[key] = session
         context.add_callback(session.cancel)
         try:
             if not self._admission.enter(lambda: context.is_active() and not session.cancelled.is_set()):
@@ -334,7 +336,7 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
                 self._admission.leave()
         finally:
             with self._lock:
-                self._sessions.pop(request.request_id, None)
+                self._sessions.pop(key, None)
 
     def _open(self, session: _Session, role: str, model: str, parties: int) -> _NodeStream:
         stream = _NodeStream(role, None)  # type: ignore[arg-type]
@@ -471,7 +473,10 @@ def serve(config: OrchestratorConfig, address: str,
           interceptors: Iterable[grpc.ServerInterceptor] = ()) -> tuple[grpc.Server, int, Orchestrator]:
     """Start the orchestrator (TLS with its ``orchestrator`` certificate, health, reflection) on ``address``.
 
-    Health is SERVING only while every node answers (:meth:`Orchestrator.watch_nodes`).
+    Health is SERVING only while every node answers (:meth:`Orchestrator.watch_nodes`). The port must
+    refuse TLS 1.2 (:func:`pinfer.keys.grpc_tls.check_tls13_only`; the process must have called
+    :func:`~pinfer.keys.grpc_tls.require_tls13` before importing grpc), else it raises
+    :class:`~pinfer.keys.grpc_tls.GrpcTlsError`.
     """
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
@@ -490,6 +495,12 @@ def serve(config: OrchestratorConfig, address: str,
     creds = keys.load_node_credentials(config.key_root, keys.ORCHESTRATOR)
     port = server.add_secure_port(address, grpc.ssl_server_credentials([(creds.private_key_pem(), creds.certificate_pem())]))
     server.start()
+    try:  # TLS 1.3 only, seen from the outside (grpcio has no minimum-version setting to trust instead)
+        grpc_tls.check_tls13_only(address, port, creds)
+    except grpc_tls.GrpcTlsError:
+        server.stop(0)
+        service.close()
+        raise
 
     def report(serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -62,3 +62,53 @@ def test_dealer_worker_failure_logs_the_cause_chain_but_no_message(
     assert "in _join_mesh" in message and "in _open_input_share" in message and "in dealer_worker_main" in message
     assert record.exc_info is None
     assert "SECRET123" not in caplog.text and "SECRET456" not in caplog.text
+
+
+_STRAY_EXCEPTIONS = """
+import gc, threading
+from pinfer.parties.failure_log import install_worker_logging
+
+install_worker_logging("party0", "5ec0e7" * 4)
+
+def in_a_thread():
+    raise ValueError("SECRET789 in a thread")
+
+thread = threading.Thread(target=in_a_thread, name="pinfer-test-thread")
+thread.start()
+thread.join()
+
+class Finaliser:
+    def __del__(self):
+        raise RuntimeError("SECRET790 in a finaliser")
+
+Finaliser()
+gc.collect()
+"""
+
+
+def test_a_worker_process_logs_stray_exceptions_as_types_and_frames() -> None:
+    """In a worker process (a fresh interpreter here), log lines carry the node's format plus the session,
+    and exceptions in threads or finalisers are logged as types and frames, not printed with messages."""
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _STRAY_EXCEPTIONS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    prefix = rf"^\d{{4}}-\d\d-\d\d [\d:,]+ party0 worker {SESSION[:8]} ERROR party0 worker of session {SESSION[:8]}: "
+    assert re.match(prefix + r"thread pinfer-test-thread failed: builtins\.ValueError at .*:\d+ in in_a_thread <- .*threading\.py:\d+ in run\b.*$",
+                    lines[0]), lines
+    assert re.match(prefix + r"unraisable exception: builtins\.RuntimeError at .*:\d+ in __del__$", lines[1]), lines
+    assert len(lines) == 2 and "SECRET" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_worker_main_run_in_its_caller_leaves_logging_and_hooks_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import threading
+
+    hooks = threading.excepthook, sys.unraisablehook
+    handlers = list(logging.getLogger().handlers)
+    monkeypatch.setattr(session_worker, "_serve_party_session", _open_input_share)
+    _run_worker(session_worker.party_worker_main, "party1")
+    assert (threading.excepthook, sys.unraisablehook) == hooks and logging.getLogger().handlers == handlers

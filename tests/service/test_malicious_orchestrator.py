@@ -204,7 +204,9 @@ def test_malicious_swapped_reply_key_gets_nothing(attack, service: LocalService)
     real = trust.verify_deployment(_ca(service), keys.load_deployment_statement(service.key_dir))
 
     def reseal(request: inference_pb2.GenerateRequest) -> inference_pb2.GenerateRequest:
-        parameters = session.SessionParameters(request.request_id, request.model, 2, 1, request.prompt_tokens,
+        # The double knows every caller's token digest, so it can name the session id the parties expect.
+        session_id = session.session_id(token_digest(service.token), request.request_id)
+        parameters = session.SessionParameters(session_id, request.model, 2, 1, request.prompt_tokens,
                                                request.max_new_tokens)
         own_share = envelope.encode_tensor(torch.zeros(32, dtype=torch.uint8))
         request.input_shares[1] = session.seal_input(parameters, int(time.time()), bytes(32), own_share,
@@ -221,7 +223,7 @@ def test_malicious_replay_of_a_recorded_request_is_refused(attack, service: Loca
     interceptor, client = attack
     assert [t.token_id for t in client.generate_ids(PROMPT, TOKENS, model="tiny-llama")] == plain_tokens
     recorded = interceptor.requests[-1]
-    prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, TOKENS)
+    prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, TOKENS, service.token)
     # Replayed as it was: the nodes remember the id.
     with pytest.raises(grpc.RpcError) as same_id:
         list(client._stub.Generate(recorded, timeout=120))
@@ -233,7 +235,7 @@ def test_malicious_replay_of_a_recorded_request_is_refused(attack, service: Loca
         list(client._stub.Generate(renamed, timeout=120))
     assert new_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # Replayed with other public parameters than the client sealed: refused by the parties.
-    longer = prepare_request(client.model_info("tiny-llama"), PROMPT, TOKENS).request
+    longer = prepare_request(client.model_info("tiny-llama"), PROMPT, TOKENS, service.token).request
     longer.max_new_tokens = TOKENS + 5
     with pytest.raises(grpc.RpcError) as changed:
         list(client._stub.Generate(longer, timeout=120))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -146,7 +146,7 @@ def test_unauthenticated_client(service: LocalService, client: pinfer.Client) ->
     for token in (None, "wrong-token"):
         stub = _stub(service, token)
         assert _code(lambda: stub.ListModels(inference_pb2.ListModelsRequest())) == grpc.StatusCode.UNAUTHENTICATED
-        request = prepare_request(info, PROMPT, 2).request
+        request = prepare_request(info, PROMPT, 2, service.token).request
         assert _code(lambda: list(stub.Generate(request))) == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -154,12 +154,12 @@ def test_unknown_model_and_invalid_parameters(service: LocalService, client: pin
     stub = _stub(service, service.token)
     info = client.model_info("tiny-llama")
     assert _code(lambda: stub.GetModel(inference_pb2.GetModelRequest(model="no-such-model"))) == grpc.StatusCode.NOT_FOUND
-    request = prepare_request(info, PROMPT, 2).request
+    request = prepare_request(info, PROMPT, 2, service.token).request
     request.model = "no-such-model"
     assert _code(lambda: list(stub.Generate(request))) == grpc.StatusCode.NOT_FOUND
 
     def variant(**changes) -> inference_pb2.GenerateRequest:
-        request = prepare_request(info, PROMPT, 2).request
+        request = prepare_request(info, PROMPT, 2, service.token).request
         for name, value in changes.items():
             setattr(request, name, value)
         return request
@@ -172,7 +172,7 @@ def test_unknown_model_and_invalid_parameters(service: LocalService, client: pin
         # over the context: a prompt as long as the context leaves no room for a new token
         variant(prompt_tokens=info.config.max_positions),
     ]
-    one_share = prepare_request(info, PROMPT, 2).request
+    one_share = prepare_request(info, PROMPT, 2, service.token).request
     del one_share.input_shares[1]
     bad.append(one_share)
     for request in bad:
@@ -185,7 +185,7 @@ def test_bad_envelopes_then_the_next_request_succeeds(service: LocalService, cli
     info = client.model_info("tiny-llama")
 
     def with_share(party: int, make) -> inference_pb2.GenerateRequest:
-        request = prepare_request(info, PROMPT, 2).request
+        request = prepare_request(info, PROMPT, 2, service.token).request
         request.input_shares[party] = make(request.input_shares[party])
         return request
 
@@ -199,14 +199,22 @@ def test_bad_envelopes_then_the_next_request_succeeds(service: LocalService, cli
     for request in checked_by_orchestrator:
         assert _code(lambda: list(stub.Generate(request))) == grpc.StatusCode.INVALID_ARGUMENT
     # Well-framed envelopes only a party can reject: sealed to the other party, or under another session.
-    swapped = prepare_request(info, PROMPT, 2).request
-    other = prepare_request(info, PROMPT, 2).request
+    swapped = prepare_request(info, PROMPT, 2, service.token).request
+    other = prepare_request(info, PROMPT, 2, service.token).request
     swapped.input_shares[1] = other.input_shares[1]
     assert _code(lambda: list(stub.Generate(swapped))) == grpc.StatusCode.INVALID_ARGUMENT
-    wrong_key = prepare_request(info, PROMPT, 2).request
+    wrong_key = prepare_request(info, PROMPT, 2, service.token)
     party0 = info.deployment.party_keys[0]
-    wrong_key.input_shares[1] = envelope.seal(bytes(46), party0, envelope.EnvelopeContext(wrong_key.request_id, 1, "input-share"))
-    assert _code(lambda: list(stub.Generate(wrong_key))) == grpc.StatusCode.INVALID_ARGUMENT
+    wrong_key.request.input_shares[1] = envelope.seal(bytes(46), party0,
+                                                      envelope.EnvelopeContext(wrong_key.session_id, 1, "input-share"))
+    assert _code(lambda: list(stub.Generate(wrong_key.request))) == grpc.StatusCode.INVALID_ARGUMENT
+
+    def zero_encapsulation(sealed: bytes) -> bytes:  # all-zero HPKE encapsulated key (a low-order X25519 part)
+        size = envelope.Kem(sealed[5]).encapsulated_size
+        return sealed[:envelope.HEADER_SIZE] + bytes(size) + sealed[envelope.HEADER_SIZE + size:]
+
+    for party in (0, 1):  # refused by the party before any peer is contacted, not retryable
+        assert _code(lambda: list(stub.Generate(with_share(party, zero_encapsulation)))) == grpc.StatusCode.INVALID_ARGUMENT
     _wait_idle(service)
     assert [t.token_id for t in client.generate_ids(PROMPT, 3)] == plain_tokens
 
@@ -274,7 +282,7 @@ def test_interceptor_on_the_orchestrator_sees_only_ciphertext(service: LocalServ
     try:
         with pinfer.Client(f"127.0.0.1:{port}", service.token, service.ca_path, timeout_s=120) as c:
             info = c.model_info("tiny-llama")
-            prepared = prepare_request(info, PROMPT, 3)
+            prepared = prepare_request(info, PROMPT, 3, service.token)
             events = list(c._stub.Generate(prepared.request))
             assert [t.token_id for t in prepared.open_stream(events)] == plain_tokens
     finally:
@@ -286,7 +294,7 @@ def test_interceptor_on_the_orchestrator_sees_only_ciphertext(service: LocalServ
     party_keys = {i: keys.load_envelope_private_key(service.key_dir, f"party{i}") for i in range(2)}
     for i, item in enumerate(recorder.requests[0].input_shares):
         with pytest.raises(envelope.EnvelopeAuthError):  # ...that opens for its party only
-            envelope.open_envelope(item, party_keys[1 - i], envelope.EnvelopeContext(prepared.request.request_id, i, "input-share"))
+            envelope.open_envelope(item, party_keys[1 - i], envelope.EnvelopeContext(prepared.session_id, i, "input-share"))
     for event in recorder.events:
         for field, value in event.ListFields():
             assert field.name in ("step", "phase", "token_shares")
@@ -484,7 +492,7 @@ def test_admission_departed_waiter_does_not_stall_the_queue() -> None:
 
 def test_cancel_ends_the_stream_and_the_workers(service: LocalService, client: pinfer.Client) -> None:
     stub = _stub(service, service.token)
-    prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 40)
+    prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 40, service.token)
     stream = stub.Generate(prepared.request, timeout=120)
     next(stream)  # the prefill token: the session runs on every node
     assert stub.Cancel(inference_pb2.CancelRequest(request_id=prepared.request.request_id)).cancelled
@@ -511,7 +519,7 @@ def test_cancel_only_by_the_token_that_started_the_request(service: LocalService
                 f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "orchestrator")]))
 
         owner, intruder = stub(service.token), stub(other_token)
-        prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 40)
+        prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 40, service.token)
         request_id = prepared.request.request_id
         stream = owner.Generate(prepared.request, timeout=120)
         next(stream)
@@ -526,4 +534,161 @@ def test_cancel_only_by_the_token_that_started_the_request(service: LocalService
     finally:
         orchestrator.close()
         server.stop(grace=1)
+    _wait_idle(service)
+
+
+def test_request_ids_are_per_caller_so_generate_is_no_oracle(service: LocalService, client: pinfer.Client,
+                                                             plain_tokens: list[int]) -> None:
+    """Another token's request id, in flight or run before, is no answer to probe: the same id from a
+    second caller simply runs. A caller's own id still runs once (the parties remember it)."""
+    other_token = "a-second-client-token"
+    config = OrchestratorConfig(
+        key_root=str(service.node_keys(keys.ORCHESTRATOR)), models_root=str(service.root / "models"),
+        nodes={role: f"127.0.0.1:{service.ports[role]}" for role in service.node_roles},
+        token_sha256=frozenset({token_digest(service.token), token_digest(other_token)}), slots=2)
+    server, port, orchestrator = serve(config, "127.0.0.1:0")
+    try:
+        def stub(token: str) -> inference_pb2_grpc.InferenceStub:
+            creds = grpc.composite_channel_credentials(
+                grpc.ssl_channel_credentials(root_certificates=service.ca_path.read_bytes()),
+                grpc.access_token_call_credentials(token))
+            return inference_pb2_grpc.InferenceStub(grpc.secure_channel(
+                f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "orchestrator")]))
+
+        info = client.model_info("tiny-llama")
+        alice, bob = stub(service.token), stub(other_token)
+        mine = prepare_request(info, PROMPT, 40, service.token)
+        request_id = mine.request.request_id
+        stream = alice.Generate(mine.request, timeout=120)
+        next(stream)  # alice's request runs on every node, so the parties have admitted its session id
+        # The same request id from another caller: not ALREADY_EXISTS, it just runs.
+        theirs = prepare_request(info, PROMPT, 3, other_token, request_id=request_id)
+        assert theirs.session_id != mine.session_id
+        assert [t.token_id for t in theirs.open_stream(bob.Generate(theirs.request, timeout=120))] == plain_tokens
+        assert not bob.Cancel(inference_pb2.CancelRequest(request_id=request_id)).cancelled  # bob's has finished
+        next(stream)  # alice's still runs
+        # A caller's own id in flight is its own business: ALREADY_EXISTS at the orchestrator.
+        again = prepare_request(info, PROMPT, 3, service.token, request_id=request_id)
+        assert _code(lambda: list(alice.Generate(again.request, timeout=120))) == grpc.StatusCode.ALREADY_EXISTS
+        assert alice.Cancel(inference_pb2.CancelRequest(request_id=request_id)).cancelled
+        with pytest.raises(grpc.RpcError):
+            list(stream)
+        # ...and once it ran, the parties refuse it as a replay, for either caller.
+        for token, call in ((service.token, alice), (other_token, bob)):
+            replay = prepare_request(info, PROMPT, 3, token, request_id=request_id)
+            assert _code(lambda: list(call.Generate(replay.request, timeout=120))) == grpc.StatusCode.ALREADY_EXISTS
+    finally:
+        orchestrator.close()
+        server.stop(grace=1)
+    _wait_idle(service)
+
+
+@pytest.mark.parametrize("name", ["orchestrator", "party0", "party1", "dealer"])
+def test_every_grpc_port_refuses_a_tls_1_2_only_client(service: LocalService, name: str) -> None:
+    """grpcio has no minimum-version setting; the nodes and the orchestrator refuse TLS 1.2 anyway
+    (pinfer.keys.grpc_tls). Checked with Python's ssl module, presenting a CA-issued certificate (the
+    nodes require one) and offering h2, so only the version can make the handshake fail."""
+    import socket
+    import ssl
+
+    creds = keys.load_node_credentials(service.key_dir, keys.CLIENT)
+
+    def handshake(version: ssl.TLSVersion) -> str:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = context.maximum_version = version
+        context.load_verify_locations(cafile=str(service.ca_path))
+        context.load_cert_chain(creds.cert_path, creds.key_path)
+        context.set_alpn_protocols(["h2"])
+        with socket.create_connection(("127.0.0.1", service.ports[name]), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                return f"{tls.version()} {tls.selected_alpn_protocol()}"
+
+    assert handshake(ssl.TLSVersion.TLSv1_3) == "TLSv1.3 h2"
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        handshake(ssl.TLSVersion.TLSv1_2)
+
+
+def _drive_node(service: LocalService, role: str, session_id: str,
+                start: Callable[[int], node_pb2.StartSession]) -> grpc.RpcError:
+    """Open a session on one node as the orchestrator would, send ``start(worker_port)``, return its error."""
+    import queue
+
+    controls: queue.Queue = queue.Queue()
+    controls.put(node_pb2.SessionControl(open=node_pb2.OpenSession(session_id=session_id, model="tiny-llama",
+                                                                   parties=2)))
+
+    def requests() -> Iterator[node_pb2.SessionControl]:
+        while (item := controls.get()) is not None:
+            yield item
+
+    call = _node_stub(service, role).Session(requests(), timeout=120)
+    try:
+        ready = next(call).ready
+        controls.put(node_pb2.SessionControl(start=start(ready.port)))
+        with pytest.raises(grpc.RpcError) as info:
+            list(call)
+        return info.value
+    finally:
+        controls.put(None)
+
+
+def test_a_failed_worker_is_logged_on_its_node_as_types_and_frames(service: LocalService,
+                                                                    client: pinfer.Client) -> None:
+    """A real worker failure on a real node: party 1 is told to dial its own port as party 0, so its mesh
+    set-up fails (wrong peer role). Its node's log then holds one line in the node's format naming the
+    exception type and its frames, the node's own line on the session's end, and no traceback."""
+    import re
+
+    prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 2, service.token)
+    sid = prepared.session_id[:8]
+
+    def start(port: int) -> node_pb2.StartSession:
+        return node_pb2.StartSession(endpoints=[node_pb2.Endpoint(rank=r, host="127.0.0.1", port=port) for r in range(3)],
+                                     input_share=prepared.request.input_shares[1], prompt_tokens=len(PROMPT),
+                                     max_new_tokens=2)
+
+    error = _drive_node(service, "party1", prepared.session_id, start)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE and "session worker failed (" in error.details()
+    log_file = service.root / "party1.log"
+    deadline = time.monotonic() + 30
+    while f"session {sid}: ended with" not in log_file.read_text():
+        assert time.monotonic() < deadline, "the node never logged the session's end"
+        time.sleep(0.2)
+    lines = [line for line in log_file.read_text().splitlines() if sid in line]
+    [failure] = [line for line in lines if " ERROR " in line]
+    assert re.match(rf"^\d{{4}}-\d\d-\d\d [\d:,]+ party1 worker {sid} ERROR party1 worker of session {sid} failed: "
+                    r"pinfer\.\S+Error at \S+\.py:\d+ in \w+( <- \S+\.py:\d+ in \w+)* <- \S+session_worker\.py:\d+ "
+                    r"in party_worker_main$", failure), failure
+    assert any(re.search(rf" party1 WARNING session {sid}: worker failed \(\w+\)$", line) for line in lines), lines
+    assert any(line.endswith(f"session {sid}: ended with UNAVAILABLE") for line in lines), lines
+    text = log_file.read_text()
+    assert "Traceback" not in text[text.index(f"session {sid}: worker "):]
+    _wait_idle(service)
+
+
+def test_nodes_refuse_start_messages_they_should_not_run(service: LocalService, client: pinfer.Client) -> None:
+    """A node checks the orchestrator's StartSession itself (endpoints, token counts, who takes an input)."""
+    from pinfer.keys import session
+
+    info = client.model_info("tiny-llama")
+    context = info.config.max_positions
+
+    def case(role: str, ranks: range = range(3), port: int | None = None, prompt: int = len(PROMPT), new: int = 2,
+             share: bool = True) -> str:
+        def start(worker_port: int) -> node_pb2.StartSession:
+            return node_pb2.StartSession(
+                endpoints=[node_pb2.Endpoint(rank=r, host="127.0.0.1", port=worker_port if port is None else port)
+                           for r in ranks],
+                input_share=b"sealed" if share else b"", prompt_tokens=prompt, max_new_tokens=new)
+
+        error = _drive_node(service, role, session.new_request_id(), start)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (role, error.details())
+        return error.details()
+
+    assert "ranks 0..2" in case("party0", ranks=range(2))
+    assert "ranks 0..2" in case("dealer", ranks=[0, 1, 1, 2], share=False)
+    assert "a port in 1..65535" in case("party1", port=70000)
+    assert "context" in case("party0", prompt=context - 1, new=2)
+    assert "needs its sealed input" in case("party1", share=False)
+    assert "the dealer takes no input" in case("dealer")
     _wait_idle(service)

@@ -97,3 +97,16 @@ def test_replay_memory_is_bounded_in_time_and_size() -> None:
         served.admit("c")
     now[0] = 11.0  # past the retention, an id can no longer pass the issue-time check: forgotten
     assert served.admit("c") and len(served) == 1
+
+
+def test_session_ids_are_scoped_to_the_caller() -> None:
+    alice, bob = session.token_digest("alice-token"), session.token_digest("bob-token")
+    request = "ab" * 16
+    ids = {session.session_id(alice, request), session.session_id(bob, request),
+           session.session_id(alice, "cd" * 16)}
+    assert len(ids) == 3 and all(session.REQUEST_ID.match(i) for i in ids)
+    assert session.session_id(alice, request) == session.session_id(session.token_digest("alice-token"), request)
+    # An envelope sealed under one caller's session id does not open under another's.
+    sealed = _sealed(session.SessionParameters(session.session_id(alice, request), "tiny-llama", 2, 1, 5, 3))
+    with pytest.raises(envelope.EnvelopeAuthError):
+        _open(sealed, session.SessionParameters(session.session_id(bob, request), "tiny-llama", 2, 1, 5, 3))
