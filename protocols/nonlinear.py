@@ -203,29 +203,50 @@ def _linear_int(terms: Sequence[MPCTensor], coeffs: Sequence[float], const: floa
 
 
 def _octave_power(x: MPCTensor, power: float, coeffs: torch.Tensor, lo: float, hi: float,
-                  out_scale_log2: int) -> MPCTensor:
-    """x^power * 2^out_scale_log2 for x in [lo, hi], power -1 or -1/2: with x = 2^E m, m in [1, 2),
-    a fixed polynomial gives m^power and the octave's public factor 2^(E power + out_scale_log2)
-    (an odd E's sqrt(2) applied before its shift) is selected by the same one-hot.
+                  out_scale_log2: int, times: MPCTensor | None = None) -> MPCTensor:
+    """x^power * 2^out_scale_log2 for x in [lo, hi], power -1 or -1/2, or ``times * x^power ...``
+    for a ``times`` that x broadcasts against along its last dim (x's last dim is 1 then).
+
+    With x = 2^E m, m in [1, 2), a fixed polynomial gives m^power, and the octave's public factor
+    2^(E power + out_scale_log2) (an odd E's sqrt(2) applied before its shift) is selected by the same
+    one-hot: applied to the result, or, with ``times``, to ``times`` in the mantissa's selection round,
+    which saves the round of a separate product at the cost of one product per octave and entry.
 
     Rounds: the bucket edges (1 with FSS keys), the mantissa selection (1), the powers of m - 1 (3),
-    the output selection (1)."""
+    the output selection or the product with ``times`` (1)."""
     onehot, exps = _buckets(x, lo, hi, log2_base=1)
-    m = _select(onehot, _scale_pow2(x, -exps))
+    exponent = exps.to(torch.float64) * power + out_scale_log2
+    shifts = torch.floor(exponent).long()
+    odd = exponent - shifts > 0  # odd octaves of the square root: 2^(1/2) before the shift
+
+    def scaled(v: MPCTensor) -> MPCTensor:
+        candidates = _scale_pow2(v, shifts)
+        if bool(odd.any()):
+            lifted = _scale_pow2(v * math.sqrt(2.0), shifts)
+            mask = torch.broadcast_to(odd, candidates.share.shape)
+            candidates._tensor.share = torch.where(mask, lifted.share, candidates.share)
+        return candidates
+
+    mantissas = _scale_pow2(x, -exps)
+    if times is None:
+        m = _select(onehot, mantissas)
+    else:
+        both = _select(onehot, crypten.cat([mantissas, scaled(times)], dim=-2))  # x's last dim is 1
+        m, times_scaled = both[..., :1], both[..., 1:]
     f = m - 1
     f2 = f * f
     f3, f4 = _mul_stacked([f2, f2], [f, f2])
     f5, f6 = _mul_stacked([f4, f4], [f, f2])
     core = _linear_int([f, f2, f3, f4, f5, f6], coeffs[1:].tolist(), float(coeffs[0]))
-    exponent = exps.to(torch.float64) * power + out_scale_log2
-    shifts = torch.floor(exponent).long()
-    candidates = _scale_pow2(core, shifts)
-    fractional = exponent - shifts
-    if bool((fractional > 0).any()):  # odd octaves of the square root: 2^(1/2) before the shift
-        scaled = _scale_pow2(core * math.sqrt(2.0), shifts)
-        odd = torch.broadcast_to(fractional > 0, candidates.share.shape)
-        candidates._tensor.share = torch.where(odd, scaled.share, candidates.share)
-    return _select(onehot, candidates)
+    if times is None:
+        return _select(onehot, scaled(core))
+    return times_scaled * core
+
+
+SOFTMAX_FUSED_MAX_PRODUCTS = 1 << 16
+"""Softmax scales its exponentials inside the reciprocal's mantissa round (one round fewer) when
+that costs at most this many extra products (entries x octaves): a decode step's 9 x 145 x 12, not
+a causal prefill's 9 x 128 x 128 x 12 (57 MB more per layer)."""
 
 
 # --- public functions ----------------------------------------------------------------------------
@@ -365,7 +386,12 @@ def softmax(x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTens
             e._tensor.share[valid] = _exp_of_gap(w[valid]).share
     n = x.size(-1)
     denom = e.sum(dim=-1, keepdim=True)
-    out = e * reciprocal(denom, lo=0.5, hi=float(max(n, 1)))
+    hi = float(max(n, 1))
+    octaves = math.floor(math.log2(hi)) - math.floor(math.log2(0.5)) + 1
+    if e.share.numel() * octaves <= SOFTMAX_FUSED_MAX_PRODUCTS:
+        out = _octave_power(denom, -1.0, _RECIPROCAL_POLY, 0.5, hi, 0, times=e)
+    else:
+        out = e * reciprocal(denom, lo=0.5, hi=hi)
     if valid is not None:
         out = wrap_share(out, out.share * valid.long(), FRAC_BITS)
     return out.transpose(dim, -1) if moved else out
