@@ -7,6 +7,7 @@ numerics are covered in tests/protocols.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -502,22 +503,35 @@ def test_cancel_ends_the_stream_and_the_workers(service: LocalService, client: p
     _wait_idle(service)
 
 
-def test_cancel_only_by_the_token_that_started_the_request(service: LocalService, client: pinfer.Client) -> None:
-    """Another accepted token's Cancel gets the unknown-id answer and leaves the generation running."""
-    other_token = "another-client-token"
+@contextlib.contextmanager
+def _orchestrator_for_two_tokens(service: LocalService, other_token: str,
+                                 **options: object) -> Iterator[Callable[[str], inference_pb2_grpc.InferenceStub]]:
+    """A second orchestrator over the service's nodes that also accepts ``other_token``; yields a
+    function that opens an inference stub with a given token."""
     config = OrchestratorConfig(
         key_root=str(service.node_keys(keys.ORCHESTRATOR)), models_root=str(service.root / "models"),
         nodes={role: f"127.0.0.1:{service.ports[role]}" for role in service.node_roles},
-        token_sha256=frozenset({token_digest(service.token), token_digest(other_token)}))
+        token_sha256=frozenset({token_digest(service.token), token_digest(other_token)}), **options)
     server, port, orchestrator = serve(config, "127.0.0.1:0")
-    try:
-        def stub(token: str) -> inference_pb2_grpc.InferenceStub:
-            creds = grpc.composite_channel_credentials(
-                grpc.ssl_channel_credentials(root_certificates=service.ca_path.read_bytes()),
-                grpc.access_token_call_credentials(token))
-            return inference_pb2_grpc.InferenceStub(grpc.secure_channel(
-                f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "orchestrator")]))
 
+    def stub(token: str) -> inference_pb2_grpc.InferenceStub:
+        creds = grpc.composite_channel_credentials(
+            grpc.ssl_channel_credentials(root_certificates=service.ca_path.read_bytes()),
+            grpc.access_token_call_credentials(token))
+        return inference_pb2_grpc.InferenceStub(grpc.secure_channel(
+            f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "orchestrator")]))
+
+    try:
+        yield stub
+    finally:
+        orchestrator.close()
+        server.stop(grace=1)
+
+
+def test_cancel_only_by_the_token_that_started_the_request(service: LocalService, client: pinfer.Client) -> None:
+    """Another accepted token's Cancel gets the unknown-id answer and leaves the generation running."""
+    other_token = "another-client-token"
+    with _orchestrator_for_two_tokens(service, other_token) as stub:
         owner, intruder = stub(service.token), stub(other_token)
         prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 40, service.token)
         request_id = prepared.request.request_id
@@ -531,9 +545,6 @@ def test_cancel_only_by_the_token_that_started_the_request(service: LocalService
         with pytest.raises(grpc.RpcError) as info:
             list(stream)
         assert info.value.code() == grpc.StatusCode.CANCELLED
-    finally:
-        orchestrator.close()
-        server.stop(grace=1)
     _wait_idle(service)
 
 
@@ -542,19 +553,7 @@ def test_request_ids_are_per_caller_so_generate_is_no_oracle(service: LocalServi
     """Another token's request id, in flight or run before, is no answer to probe: the same id from a
     second caller simply runs. A caller's own id still runs once (the parties remember it)."""
     other_token = "a-second-client-token"
-    config = OrchestratorConfig(
-        key_root=str(service.node_keys(keys.ORCHESTRATOR)), models_root=str(service.root / "models"),
-        nodes={role: f"127.0.0.1:{service.ports[role]}" for role in service.node_roles},
-        token_sha256=frozenset({token_digest(service.token), token_digest(other_token)}), slots=2)
-    server, port, orchestrator = serve(config, "127.0.0.1:0")
-    try:
-        def stub(token: str) -> inference_pb2_grpc.InferenceStub:
-            creds = grpc.composite_channel_credentials(
-                grpc.ssl_channel_credentials(root_certificates=service.ca_path.read_bytes()),
-                grpc.access_token_call_credentials(token))
-            return inference_pb2_grpc.InferenceStub(grpc.secure_channel(
-                f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "orchestrator")]))
-
+    with _orchestrator_for_two_tokens(service, other_token, slots=2) as stub:
         info = client.model_info("tiny-llama")
         alice, bob = stub(service.token), stub(other_token)
         mine = prepare_request(info, PROMPT, 40, service.token)
@@ -577,9 +576,6 @@ def test_request_ids_are_per_caller_so_generate_is_no_oracle(service: LocalServi
         for token, call in ((service.token, alice), (other_token, bob)):
             replay = prepare_request(info, PROMPT, 3, token, request_id=request_id)
             assert _code(lambda: list(call.Generate(replay.request, timeout=120))) == grpc.StatusCode.ALREADY_EXISTS
-    finally:
-        orchestrator.close()
-        server.stop(grace=1)
     _wait_idle(service)
 
 
