@@ -17,9 +17,11 @@ Evaluation (:func:`evaluate`), for ``y = x - lo``:
 3. The one-hot of the segment (gated by the range tests) and the powers of ``f`` are built in the
    same Beaver rounds; the last round multiplies the selected coefficients with the powers.
 
-Cost for ``m`` index bits and degree ``d`` (two parties): 1 + ceil(log2(ceil((m + 1) / 2))) + 1 rounds
-with FSS keys, at least ``ceil(log2 d)`` + 2 (5 rounds for m = 5, d = 4); dealer keys for m + 2 sign
-tests (m + 1 when the caller guarantees ``x >= floor``).
+Cost for ``m >= 2`` index bits and degree ``d`` (two parties), with g = ceil((m + 1) / 2) bit groups:
+the sign tests (1 round with FSS keys), the pair products (1), ceil(log2(g - 1)) joins, the
+coefficient selection (1) and the final products (1), and never fewer than ``ceil(log2 d) + 2``: 5
+rounds for m = 5, d = 4. Dealer keys for m + 2 sign tests (m + 1 when the caller guarantees
+``x >= floor``).
 """
 
 from __future__ import annotations
