@@ -220,7 +220,7 @@ class SignKeys:
         words = self._words.get()
         if self._own is None:
             words = words[:, 3 if self.product else 2 :]
-        return dcf.Corrections.from_words(words.contiguous().numpy().view(np.uint64), self.bits - 1,
+        return dcf.Corrections.from_words(words.numpy().view(np.uint64), self.bits - 1,
                                           2 if self.product else 1)
 
 

@@ -6,8 +6,11 @@ Secure Multiparty Computation from Fixed-Key Block Ciphers", S&P 2020): one bulk
 whole tree level for every key at once. The key K is public; security rests on AES behaving as a
 random permutation, as in every fixed-key FSS implementation.
 
-Seeds are ``(count, 2)`` uint64 arrays (little-endian halves of the 128-bit block). The control bit
-of a child is the lowest bit of its block, which is then cleared, so children carry 127 random bits.
+Seeds are held as two ``(count,)`` uint64 arrays, the little-endian low and high halves of the
+128-bit block: one-dimensional arrays keep every numpy pass over a tree level a single contiguous
+loop (a ``(count, 2)`` array costs numpy one inner call per key in broadcasts, more than the AES).
+The control bit of a child is the lowest bit of its block, which is then cleared, so children carry
+127 random bits.
 """
 
 from __future__ import annotations
@@ -19,13 +22,44 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 _FIXED_KEY = hashlib.sha256(b"pinfer fss prg v1").digest()[:16]
-_MAX_VALUE_WORDS = 4
-_TWEAKS = np.array([[i, 0] for i in range(2 + _MAX_VALUE_WORDS)], dtype=np.uint64)
+MAX_VALUE_WORDS = 4
+LEFT, RIGHT = 0, 1
+"""The tweaks of the two child seeds; value word j of both children comes from tweak ``2 + j``
+(the left child's in the block's low half, the right child's in its high half)."""
 _CLEAR_LOW = np.uint64(0xFFFFFFFFFFFFFFFE)
+_ONE = np.uint64(1)
+
 
 def blocks_per_expansion(value_words: int = 1) -> int:
-    """AES blocks one seed expansion costs: two child seeds and one block per value word pair."""
+    """AES blocks one full seed expansion costs: two child seeds and one block per value word pair."""
     return 2 + value_words
+
+
+def hash_blocks(low: np.ndarray, high: np.ndarray, tweaks: np.ndarray) -> np.ndarray:
+    """``H_t(s)`` for every seed ``(low[k], high[k])`` and tweak: ``(count, len(tweaks), 2)`` uint64.
+
+    ``tweaks`` is ``(len,)`` (the same for every seed) or ``(count, len)`` (per seed); a tweak xors
+    into the low half only."""
+    count = low.shape[0]
+    tweaks = np.asarray(tweaks, dtype=np.uint64)
+    width = tweaks.shape[-1]
+    inputs = np.empty((count, width, 2), dtype=np.uint64)
+    for j in range(width):
+        np.bitwise_xor(low, tweaks[..., j], out=inputs[:, j, 0])
+        inputs[:, j, 1] = high
+    out = bytearray(inputs.nbytes + 15)
+    encryptor = Cipher(algorithms.AES(_FIXED_KEY), modes.ECB()).encryptor()
+    written = encryptor.update_into(memoryview(inputs).cast("B"), out)
+    blocks = np.frombuffer(out, dtype=np.uint64, count=written // 8).reshape(inputs.shape)
+    blocks ^= inputs
+    return blocks
+
+
+def split_seed(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A hashed ``(count, 2)`` block as a child seed (low with its lowest bit cleared, high) and
+    that bit, the child's control bit."""
+    low, high = block[:, 0], block[:, 1]
+    return low & _CLEAR_LOW, high, low & _ONE
 
 
 @dataclass(frozen=True)
@@ -46,19 +80,9 @@ def expand(seeds: np.ndarray, value_words: int = 1) -> Expansion:
     blocks per seed (tweaks 0 and 1 the child seeds, tweak 2 + j the j-th value of each child)."""
     if seeds.ndim != 2 or seeds.shape[1] != 2 or seeds.dtype != np.uint64:
         raise ValueError(f"seeds must be a (count, 2) uint64 array, got {seeds.dtype} {seeds.shape}")
-    if not 1 <= value_words <= _MAX_VALUE_WORDS:
-        raise ValueError(f"value_words must lie in 1..{_MAX_VALUE_WORDS}, got {value_words}")
-    blocks_each = blocks_per_expansion(value_words)
-    inputs = np.empty((seeds.shape[0], blocks_each, 2), dtype=np.uint64)
-    np.bitwise_xor(seeds[:, None, :], _TWEAKS[None, :blocks_each, :], out=inputs)
-    # one writable buffer for the ciphertext, so the outputs below are views into it, not copies
-    out = bytearray(inputs.nbytes + 15)
-    encryptor = Cipher(algorithms.AES(_FIXED_KEY), modes.ECB()).encryptor()
-    written = encryptor.update_into(memoryview(inputs).cast("B"), out)
-    blocks = np.frombuffer(out, dtype=np.uint64, count=written // 8).reshape(inputs.shape)
-    blocks ^= inputs
-    left, right, values = blocks[:, 0], blocks[:, 1], blocks[:, 2:]
-    bit_left, bit_right = left[:, 0] & np.uint64(1), right[:, 0] & np.uint64(1)
-    left[:, 0] &= _CLEAR_LOW
-    right[:, 0] &= _CLEAR_LOW
-    return Expansion(left, bit_left, right, bit_right, values[:, :, 0], values[:, :, 1])
+    if not 1 <= value_words <= MAX_VALUE_WORDS:
+        raise ValueError(f"value_words must lie in 1..{MAX_VALUE_WORDS}, got {value_words}")
+    blocks = hash_blocks(seeds[:, 0], seeds[:, 1], np.arange(blocks_per_expansion(value_words), dtype=np.uint64))
+    (left_low, left_high, bit_left), (right_low, right_high, bit_right) = split_seed(blocks[:, LEFT]), split_seed(blocks[:, RIGHT])
+    return Expansion(np.stack([left_low, left_high], axis=1), bit_left, np.stack([right_low, right_high], axis=1),
+                     bit_right, blocks[:, 2:, 0], blocks[:, 2:, 1])
