@@ -8,6 +8,10 @@ at any x add up to f(x) mod 2^64, and either key alone is pseudo-random. Every f
 ``count`` independent keys at once, one tree level per step, so a level costs one bulk AES call
 (:mod:`prg`) whatever the count.
 
+The per-level bookkeeping (choosing the path's child, applying the corrections, accumulating the
+output) runs as compiled loops over the keys (numba), between bulk AES calls: numpy would make
+some twenty passes over the key arrays per level, each costing more than the level's AES.
+
 Costs per key of ``n`` bits and an m-word payload: evaluation ``(1 + m) n`` AES blocks per party (the
 path's child seed and its value words), generation ``2 (2 + m) n`` at the dealer (both children of
 both parties' paths); the correction words are ``correction_words(n, m)`` 64-bit words (24 n + 16
@@ -16,6 +20,7 @@ bytes for n <= 32 and m = 1).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from . import prg
@@ -87,27 +92,11 @@ class Corrections:
         return cls(words, bits, payload_words)
 
 
-def _bit(values: np.ndarray, position: int) -> np.ndarray:
-    return (values >> np.uint64(position)) & _ONE
-
-
-def _pick(choose_right: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """``right`` where the 0/1 selector is 1, else ``left``, as a mask blend (no broadcast over a
-    word axis: ``left``/``right`` may be (count,) or (count, m) with a (count,) selector)."""
-    mask = np.negative(choose_right)  # all ones where 1
-    if left.ndim == 2:
-        return left ^ ((left ^ right) & mask[:, None])
-    return left ^ ((left ^ right) & mask)
-
-
-def _signed(control: np.ndarray) -> np.ndarray:
-    """(-1)^control in Z_2^64."""
-    return _ONE - (control << _ONE)
-
-
-def _path_values(blocks: np.ndarray, right: np.ndarray, first: int, m: int) -> np.ndarray:
-    """The m value words of each seed's chosen child from its hashed value blocks ``first..``."""
-    return _pick(right, blocks[:, first : first + m, 0], blocks[:, first : first + m, 1])
+_CHUNK_KEYS = 4096
+"""Keys made or evaluated together through all levels: their correction rows (about 200 bytes
+each) then stay in the core's cache from one level to the next."""
+_ZERO = np.uint64(0)
+_CLEAR_LOW = np.uint64(0xFFFFFFFFFFFFFFFE)
 
 
 def generate(
@@ -120,7 +109,7 @@ def generate(
     secret and uniformly random.
     """
     _check_bits(bits)
-    alpha = np.asarray(alpha, dtype=np.uint64)
+    alpha = np.ascontiguousarray(alpha, dtype=np.uint64)
     beta = np.asarray(beta, dtype=np.uint64)
     count = alpha.shape[0]
     if beta.ndim == 1:
@@ -132,42 +121,61 @@ def generate(
             or root1.shape != (count, 2):
         raise ValueError("alpha, beta and the roots must describe the same number of keys")
     words = np.zeros((count, correction_words(bits, m)), dtype=np.uint64)
-    value_base, control_base = 2 * bits, (2 + m) * bits
+    for start in range(0, count, _CHUNK_KEYS):
+        rows = slice(start, start + _CHUNK_KEYS)
+        _generate_chunk(alpha[rows], np.ascontiguousarray(beta[rows]), bits, root0[rows], root1[rows], words[rows])
+    return Corrections(words, bits, m)
+
+
+def _generate_chunk(alpha: np.ndarray, beta: np.ndarray, bits: int, root0: np.ndarray, root1: np.ndarray,
+                    words: np.ndarray) -> None:
+    count, m = alpha.shape[0], beta.shape[1]
     # both parties' seeds side by side, so each level is one AES call: rows [0, count) party 0
-    low = np.concatenate([root0[:, 0], root1[:, 0]])
-    high = np.concatenate([root0[:, 1], root1[:, 1]])
+    low = np.concatenate([root0[:, 0], root1[:, 0]]).astype(np.uint64)
+    high = np.concatenate([root0[:, 1], root1[:, 1]]).astype(np.uint64)
     t = np.concatenate([np.zeros(count, dtype=np.uint64), np.ones(count, dtype=np.uint64)])
     v_alpha = np.zeros((count, m), dtype=np.uint64)
     tweaks = np.arange(prg.blocks_per_expansion(m), dtype=np.uint64)
     for level in range(bits):
-        a = _bit(alpha, bits - 1 - level)  # 1: keep the right child, the left one is "lost"
         blocks = prg.hash_blocks(low, high, tweaks)
-        left_low, left_high, left_bit = prg.split_seed(blocks[:, prg.LEFT])
-        right_low, right_high, right_bit = prg.split_seed(blocks[:, prg.RIGHT])
-        a2 = np.concatenate([a, a])
-        lose_low, lose_high = _pick(a2, right_low, left_low), _pick(a2, right_high, left_high)
-        seed_low = lose_low[:count] ^ lose_low[count:]
-        seed_high = lose_high[:count] ^ lose_high[count:]
-        lose_values = _path_values(blocks, 1 - a2, 2, m)
-        keep_values = _path_values(blocks, a2, 2, m)
-        sign = _signed(t[count:])[:, None]
-        value_cw = sign * (lose_values[count:] - lose_values[:count] - v_alpha) + a[:, None] * sign * beta
-        v_alpha = v_alpha - keep_values[count:] + keep_values[:count] + sign * value_cw
-        control_left = left_bit[:count] ^ left_bit[count:] ^ a ^ _ONE
-        control_right = right_bit[:count] ^ right_bit[count:] ^ a
-        keep_control = _pick(a, control_left, control_right)
-        on = np.negative(t)  # all ones where the control bit is set: the seed correction applies
-        low = _pick(a2, left_low, right_low) ^ (np.concatenate([seed_low, seed_low]) & on)
-        high = _pick(a2, left_high, right_high) ^ (np.concatenate([seed_high, seed_high]) & on)
-        t = _pick(a2, left_bit, right_bit) ^ (t & np.concatenate([keep_control, keep_control]))
-        words[:, 2 * level], words[:, 2 * level + 1] = seed_low, seed_high
-        words[:, value_base + level * m : value_base + (level + 1) * m] = value_cw
-        for side, control in ((0, control_left), (1, control_right)):
-            index = 2 * level + side
-            words[:, control_base + index // 64] |= control << np.uint64(index % 64)
+        _generate_level(blocks, alpha, np.uint64(bits - 1 - level), beta, level, bits, words, t, low, high, v_alpha)
     final = _final_values(low, high, m)
-    words[:, -m:] = _signed(t[count:])[:, None] * (final[count:] - final[:count] - v_alpha)
-    return Corrections(words, bits, m)
+    sign = np.uint64(1) - (t[count:] << np.uint64(1))
+    words[:, -m:] = sign[:, None] * (final[count:] - final[:count] - v_alpha)
+
+
+@numba.njit(cache=True, nogil=True)
+def _generate_level(blocks, alpha, shift, beta, level, bits, words, t, low, high, v_alpha):  # pragma: no cover
+    """One tree level of ``generate`` for every key (rows k and count + k: parties 0 and 1)."""
+    count, m = alpha.shape[0], beta.shape[1]
+    value_base, control_base = 2 * bits, (2 + m) * bits
+    for k in range(count):
+        a = (alpha[k] >> shift) & _ONE  # 1: keep the right child; the left one is "lost"
+        keep, lose = (1, 0) if a else (0, 1)
+        p0, p1 = k, count + k
+        bit_l0, bit_r0 = blocks[p0, 0, 0] & _ONE, blocks[p0, 1, 0] & _ONE
+        bit_l1, bit_r1 = blocks[p1, 0, 0] & _ONE, blocks[p1, 1, 0] & _ONE
+        seed_low = (blocks[p0, lose, 0] ^ blocks[p1, lose, 0]) & _CLEAR_LOW
+        seed_high = blocks[p0, lose, 1] ^ blocks[p1, lose, 1]
+        sign = _ONE - (t[p1] << _ONE)
+        for j in range(m):
+            lost = blocks[p1, 2 + j, lose] - blocks[p0, 2 + j, lose] - v_alpha[k, j]
+            value_cw = sign * lost + a * sign * beta[k, j]
+            v_alpha[k, j] = v_alpha[k, j] - blocks[p1, 2 + j, keep] + blocks[p0, 2 + j, keep] + sign * value_cw
+            words[k, value_base + level * m + j] = value_cw
+        control_left = bit_l0 ^ bit_l1 ^ a ^ _ONE
+        control_right = bit_r0 ^ bit_r1 ^ a
+        keep_control = control_right if a else control_left
+        for p in (p0, p1):
+            on = _ZERO - t[p]
+            low[p] = (blocks[p, keep, 0] & _CLEAR_LOW) ^ (seed_low & on)
+            high[p] = blocks[p, keep, 1] ^ (seed_high & on)
+            t[p] = (blocks[p, keep, 0] & _ONE) ^ (t[p] & keep_control)
+        words[k, 2 * level], words[k, 2 * level + 1] = seed_low, seed_high
+        index = 2 * level
+        words[k, control_base + index // 64] |= control_left << np.uint64(index % 64)
+        index += 1
+        words[k, control_base + index // 64] |= control_right << np.uint64(index % 64)
 
 
 def _final_values(low: np.ndarray, high: np.ndarray, m: int) -> np.ndarray:
@@ -183,26 +191,62 @@ def evaluate(party: int, root: np.ndarray, corrections: Corrections, x: np.ndarr
     if party not in (0, 1):
         raise ValueError(f"a DCF has parties 0 and 1, got {party}")
     bits = corrections.bits
-    x = np.asarray(x, dtype=np.uint64)
+    x = np.ascontiguousarray(x, dtype=np.uint64)
     if x.shape != (corrections.count,) or root.shape != (corrections.count, 2):
         raise ValueError("x, the root seeds and the corrections must describe the same number of keys")
     m = corrections.payload_words
     sign = _ONE if party == 0 else _ALL
-    low, high = root[:, 0].astype(np.uint64), root[:, 1].astype(np.uint64)
-    t = np.full(corrections.count, party, dtype=np.uint64)
-    total = np.zeros((corrections.count, m), dtype=np.uint64)
-    tweaks = np.empty((corrections.count, 1 + m), dtype=np.uint64)
-    tweaks[:, 1:] = np.arange(2, 2 + m, dtype=np.uint64)
-    for level in range(bits):
-        right = _bit(x, bits - 1 - level)
-        tweaks[:, 0] = right  # tweak 0 or 1: only the child on x's path is hashed
-        blocks = prg.hash_blocks(low, high, tweaks)
-        child_low, child_high, child_bit = prg.split_seed(blocks[:, 0])
-        on = np.negative(t)
-        total += sign * (_path_values(blocks, right, 1, m) + (corrections.values(level) & on[:, None]))
-        seed_low, seed_high = corrections.seed(level)
-        low, high = child_low ^ (seed_low & on), child_high ^ (seed_high & on)
-        control = _pick(right, corrections.control(level, 0), corrections.control(level, 1))
-        t = child_bit ^ (t & control)
-    total += sign * (_final_values(low, high, m) + (corrections.final & np.negative(t)[:, None]))
+    total = np.empty((corrections.count, m), dtype=np.uint64)
+    for start in range(0, corrections.count, _CHUNK_KEYS):
+        rows = slice(start, start + _CHUNK_KEYS)
+        total[rows] = _evaluate_chunk(party, sign, root[rows], corrections.words[rows], bits, m, x[rows])
     return total[:, 0] if m == 1 else total
+
+
+def _evaluate_chunk(party: int, sign: np.uint64, root: np.ndarray, words: np.ndarray, bits: int, m: int,
+                    x: np.ndarray) -> np.ndarray:
+    count = x.shape[0]
+    low, high = root[:, 0].astype(np.uint64), root[:, 1].astype(np.uint64)
+    t = np.full(count, party, dtype=np.uint64)
+    total = np.zeros((count, m), dtype=np.uint64)
+    inputs = np.empty((count, 1 + m, 2), dtype=np.uint64)
+    for level in range(bits):
+        shift = np.uint64(bits - 1 - level)
+        _path_inputs(low, high, x, shift, inputs)
+        blocks = prg.mmo(inputs)
+        _evaluate_level(blocks, x, shift, words, level, bits, sign, t, low, high, total)
+    final = words[:, -m:]
+    total += sign * (_final_values(low, high, m) + (final & (_ZERO - t)[:, None]))
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _path_inputs(low, high, x, shift, inputs):  # pragma: no cover
+    """The AES inputs of one level: the child on x's path (tweak 0 or 1) and the value words
+    (tweaks 2..): only what the path needs is hashed."""
+    for k in range(x.shape[0]):
+        inputs[k, 0, 0] = low[k] ^ ((x[k] >> shift) & _ONE)
+        inputs[k, 0, 1] = high[k]
+        for j in range(1, inputs.shape[1]):
+            inputs[k, j, 0] = low[k] ^ np.uint64(j + 1)
+            inputs[k, j, 1] = high[k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _evaluate_level(blocks, x, shift, words, level, bits, sign, t, low, high, total):  # pragma: no cover
+    """One tree level of ``evaluate`` for every key."""
+    m = total.shape[1]
+    value_base, control_base = 2 * bits, (2 + m) * bits
+    index = 2 * level
+    for k in range(x.shape[0]):
+        right = (x[k] >> shift) & _ONE
+        on = _ZERO - t[k]
+        side = 1 if right else 0
+        for j in range(m):
+            total[k, j] += sign * (blocks[k, 1 + j, side] + (words[k, value_base + level * m + j] & on))
+        child = blocks[k, 0, 0]
+        low[k] = (child & _CLEAR_LOW) ^ (words[k, 2 * level] & on)
+        high[k] = blocks[k, 0, 1] ^ (words[k, 2 * level + 1] & on)
+        bit_index = index + side
+        control = (words[k, control_base + bit_index // 64] >> np.uint64(bit_index % 64)) & _ONE
+        t[k] = (child & _ONE) ^ (t[k] & control)

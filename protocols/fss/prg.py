@@ -47,6 +47,12 @@ def hash_blocks(low: np.ndarray, high: np.ndarray, tweaks: np.ndarray) -> np.nda
     for j in range(width):
         np.bitwise_xor(low, tweaks[..., j], out=inputs[:, j, 0])
         inputs[:, j, 1] = high
+    return mmo(inputs)
+
+
+def mmo(inputs: np.ndarray) -> np.ndarray:
+    """``AES_K(b) ^ b`` for every block of a C-contiguous uint64 array whose last axis is a block's
+    two halves (the tweak already xored in): one ECB call."""
     out = bytearray(inputs.nbytes + 15)
     encryptor = Cipher(algorithms.AES(_FIXED_KEY), modes.ECB()).encryptor()
     written = encryptor.update_into(memoryview(inputs).cast("B"), out)
