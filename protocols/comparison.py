@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -95,56 +96,81 @@ def ltz(x: MPCTensor, bits: int = packed_bits.WORD) -> MPCTensor:
     return ltz_many([(x, bits)])[0]
 
 
-def ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
-    """``[x < 0]`` for every ``(x, bits)`` pair, all in the rounds of one sign test.
+Test = tuple[MPCTensor, int] | tuple[MPCTensor, int, Sequence[int]]
+"""``(x, bits)``: ``[x < 0]``; ``(x, bits, thresholds)``: ``[x < p]`` for each public ``p`` (encoding
+units), stacked on a new last axis. Every ``x - p`` must satisfy ``|x - p| < 2^(bits-1)``."""
+
+
+def ltz_many(tests: Sequence[Test]) -> list[MPCTensor]:
+    """The sign tests of every entry, all in the rounds of one sign test.
 
     Reading ``x mod 2^bits`` makes this a bit extractor too: ``ltz(y, i + 1)`` is bit ``i`` of y's
-    encoding. With ``fss`` every value's masked opening travels in one message; the carry tree moves
-    each value's sign bit to the top of the widest lane (a local shift) and runs one tree.
+    encoding. With ``fss`` every value's masked opening travels in one message, and a value's
+    thresholds share one key and one opening (the key is evaluated at ``x + r - p`` for each p); the
+    carry tree tests every ``x - p`` and moves each sign to the top of the widest lane (a local
+    shift), one tree for all.
     """
-    for _, bits in tests:
-        if not 2 <= bits <= packed_bits.WORD:
-            raise ValueError(f"lane width {bits} must lie in 2..{packed_bits.WORD}")
+    for test in tests:
+        if not 2 <= test[1] <= packed_bits.WORD:
+            raise ValueError(f"lane width {test[1]} must lie in 2..{packed_bits.WORD}")
     if not tests:
         return []
-    if active_method(sum(x.share.numel() for x, _ in tests)) == "carry-tree":
+    keys = sum(test[0].share.numel() for test in tests)
+    if active_method(keys) == "carry-tree":
         return _carry_tree_ltz_many(tests)
-    return _split(torch.cat(_fss_ltz_many(tests)), tests)
+    return _fss_ltz_many(tests)
 
 
-def _carry_tree_ltz_many(tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
-    bits = max(width for _, width in tests)  # each sign moves up to bit bits-1: x 2^(bits-width)
-    flat = [x.share.reshape(-1) << (bits - width) for x, width in tests]
+def _carry_tree_ltz_many(tests: Sequence[Test]) -> list[MPCTensor]:
+    bits = max(test[1] for test in tests)  # each sign moves up to bit bits-1: x 2^(bits-width)
+    flat = [(_shifted_by_thresholds(test) << (bits - test[1])).reshape(-1) for test in tests]
     joined = wrap_share(tests[0][0], torch.cat(flat), 0)
     signs = packed_bits.ltz(joined, bits).share
     return _split(signs, tests)
 
 
-def _fss_ltz_many(tests: Sequence[tuple[MPCTensor, int]], product: bool = False) -> list[torch.Tensor]:
-    """Sign shares (flat) of every test and, with ``product``, the shares of ``x * [x < 0]`` after
-    them: ``s x = s z - s r`` for the opened ``z = x + r``, and ``s r`` comes from the keys' second
-    payload and the dealer's shares of ``r_top r``, so nothing but the opening is sent."""
+def _shifted_by_thresholds(test: Test) -> torch.Tensor:
+    """Shares of ``x`` or, for thresholds, of ``x - p`` for each p on a new last axis."""
+    x = test[0].share
+    if len(test) == 2:
+        return x
+    own = torch.tensor(list(test[2]), dtype=torch.long) if comm.get().get_rank() == 0 else \
+        torch.zeros(len(test[2]), dtype=torch.long)
+    return x.unsqueeze(-1) - own
+
+
+def _fss_ltz_many(tests: Sequence[Test], product: bool = False) -> list[MPCTensor]:
+    """Sign shares of every test and, with ``product`` (single-point tests only), the shares of
+    ``x * [x < 0]`` after them: ``s x = s z - s r`` for the opened ``z = x + r``, and ``s r`` comes
+    from the keys' second payload and the dealer's shares of ``r_top r``, so nothing but the opening
+    is sent."""
     provider = crypten.mpc.get_default_provider()
-    keys = [provider.sign_keys(x.share.numel(), bits, product) for x, bits in tests]
-    masked = torch.cat([x.share.reshape(-1) + k.mask() for (x, _), k in zip(tests, keys)])
+    keys = [provider.sign_keys(test[0].share.numel(), test[1], product) for test in tests]
+    masked = torch.cat([test[0].share.reshape(-1) + k.mask() for test, k in zip(tests, keys)])
     opened = ArithmeticSharedTensor.from_shares(masked, precision=0).reveal()
     rank = comm.get().get_rank()
     signs, products, offset = [], [], 0
-    for (x, bits), k in zip(tests, keys):
+    for test, k in zip(tests, keys):
+        x, bits = test[0], test[1]
         z = opened[offset : offset + x.share.numel()]
         offset += x.share.numel()
+        if len(test) == 3:
+            z = z.unsqueeze(-1) - torch.tensor(list(test[2]), dtype=torch.long)
         lane = z & ((1 << bits) - 1) if bits < packed_bits.WORD else z
         top = (lane >> (bits - 1)) & 1
         low = lane & ((1 << (bits - 1)) - 1)
         borrow = dcf.evaluate(rank, k.root, k.corrections(), low.numpy().view(np.uint64))
         weighted = torch.from_numpy(borrow.view(np.int64))  # shares of borrow (1 - 2 r_top) [and times r]
         flip = 1 - 2 * top
-        flipped = k.top() + (weighted if not product else weighted[:, 0])  # shares of r_top XOR borrow
+        r_top = k.top() if len(test) == 2 else k.top().unsqueeze(-1)
+        flipped = r_top + (weighted if not product else weighted[:, 0])  # shares of r_top XOR borrow
         sign = flipped * flip + (top if rank == 0 else 0)
-        signs.append(sign)
+        shape = x.share.shape if len(test) == 2 else x.share.shape + (len(test[2]),)
+        signs.append(wrap_share(x, sign.reshape(shape), 0))
         if product:
             sign_times_mask = top * k.mask() + flip * (k.top_times_mask() + weighted[:, 1])
-            products.append(sign * z - sign_times_mask)
+            products.append(wrap_share(x, (sign * z - sign_times_mask).reshape(x.share.shape),
+                                       x.encoder.scale.bit_length() - 1))
     return signs + products
 
 
@@ -161,16 +187,14 @@ def ltz_with_min(x: MPCTensor, bits: int = packed_bits.WORD) -> tuple[MPCTensor,
         sign = packed_bits.ltz(x, bits)
         return sign, sign * x
     sign, product = _fss_ltz_many([(x, bits)], product=True)
-    return (wrap_share(x, sign.reshape(x.share.shape), 0),
-            wrap_share(x, product.reshape(x.share.shape), x.encoder.scale.bit_length() - 1))
+    return sign, product
 
 
-def _split(signs: torch.Tensor, tests: Sequence[tuple[MPCTensor, int]]) -> list[MPCTensor]:
+def _split(signs: torch.Tensor, tests: Sequence[Test]) -> list[MPCTensor]:
     out, offset = [], 0
-    for x, _ in tests:
-        count = x.share.numel()
-        out.append(wrap_share(x, signs[offset : offset + count].reshape(x.share.shape), 0))
+    for test in tests:
+        shape = test[0].share.shape if len(test) == 2 else test[0].share.shape + (len(test[2]),)
+        count = math.prod(shape)
+        out.append(wrap_share(test[0], signs[offset : offset + count].reshape(shape), 0))
         offset += count
     return out
-
-

@@ -187,26 +187,36 @@ def _final_values(low: np.ndarray, high: np.ndarray, m: int) -> np.ndarray:
 
 def evaluate(party: int, root: np.ndarray, corrections: Corrections, x: np.ndarray) -> np.ndarray:
     """Party ``party``'s (0 or 1) shares of ``beta[j] * [x[j] < alpha[j]]``: (count,) uint64 for a
-    one-word payload, (count, m) for m words."""
+    one-word payload, (count, m) for m words. ``x`` of shape (count, P) evaluates each key at P points
+    (shares of every ``beta[j] [x[j, i] < alpha[j]]``, shaped (count, P) or (count, P, m)): a key may
+    be evaluated anywhere, so one key serves every threshold test of one masked value."""
     if party not in (0, 1):
         raise ValueError(f"a DCF has parties 0 and 1, got {party}")
     bits = corrections.bits
-    x = np.ascontiguousarray(x, dtype=np.uint64)
-    if x.shape != (corrections.count,) or root.shape != (corrections.count, 2):
+    x = np.asarray(x, dtype=np.uint64)
+    count, m = corrections.count, corrections.payload_words
+    if x.ndim not in (1, 2) or x.shape[0] != count or root.shape != (count, 2):
         raise ValueError("x, the root seeds and the corrections must describe the same number of keys")
-    m = corrections.payload_words
+    points = x.reshape(count, -1)
+    per_key = points.shape[1]
     sign = _ONE if party == 0 else _ALL
-    total = np.empty((corrections.count, m), dtype=np.uint64)
-    for start in range(0, corrections.count, _CHUNK_KEYS):
-        rows = slice(start, start + _CHUNK_KEYS)
-        total[rows] = _evaluate_chunk(party, sign, root[rows], corrections.words[rows], bits, m, x[rows])
-    return total[:, 0] if m == 1 else total
+    total = np.empty((count * per_key, m), dtype=np.uint64)
+    chunk = max(1, _CHUNK_KEYS // per_key)
+    for start in range(0, count, chunk):
+        rows = slice(start, start + chunk)
+        paths = slice(start * per_key, (start + chunk) * per_key)
+        total[paths] = _evaluate_chunk(party, sign, root[rows], corrections.words[rows], bits, m,
+                                       np.ascontiguousarray(points[rows]).reshape(-1), per_key)
+    shape = x.shape if m == 1 else x.shape + (m,)
+    return total.reshape(shape)
 
 
 def _evaluate_chunk(party: int, sign: np.uint64, root: np.ndarray, words: np.ndarray, bits: int, m: int,
-                    x: np.ndarray) -> np.ndarray:
+                    x: np.ndarray, per_key: int) -> np.ndarray:
+    """Every path of a chunk: path i evaluates key ``i // per_key`` at ``x[i]``."""
     count = x.shape[0]
-    low, high = root[:, 0].astype(np.uint64), root[:, 1].astype(np.uint64)
+    low = np.repeat(root[:, 0].astype(np.uint64), per_key)
+    high = np.repeat(root[:, 1].astype(np.uint64), per_key)
     t = np.full(count, party, dtype=np.uint64)
     total = np.zeros((count, m), dtype=np.uint64)
     inputs = np.empty((count, 1 + m, 2), dtype=np.uint64)
@@ -214,8 +224,8 @@ def _evaluate_chunk(party: int, sign: np.uint64, root: np.ndarray, words: np.nda
         shift = np.uint64(bits - 1 - level)
         _path_inputs(low, high, x, shift, inputs)
         blocks = prg.mmo(inputs)
-        _evaluate_level(blocks, x, shift, words, level, bits, sign, t, low, high, total)
-    final = words[:, -m:]
+        _evaluate_level(blocks, x, shift, words, per_key, level, bits, sign, t, low, high, total)
+    final = np.repeat(words[:, -m:], per_key, axis=0)
     total += sign * (_final_values(low, high, m) + (final & (_ZERO - t)[:, None]))
     return total
 
@@ -233,20 +243,21 @@ def _path_inputs(low, high, x, shift, inputs):  # pragma: no cover
 
 
 @numba.njit(cache=True, nogil=True)
-def _evaluate_level(blocks, x, shift, words, level, bits, sign, t, low, high, total):  # pragma: no cover
-    """One tree level of ``evaluate`` for every key."""
+def _evaluate_level(blocks, x, shift, words, per_key, level, bits, sign, t, low, high, total):  # pragma: no cover
+    """One tree level of ``evaluate`` for every path (path k follows key ``k // per_key``)."""
     m = total.shape[1]
     value_base, control_base = 2 * bits, (2 + m) * bits
     index = 2 * level
     for k in range(x.shape[0]):
+        key = k // per_key
         right = (x[k] >> shift) & _ONE
         on = _ZERO - t[k]
         side = 1 if right else 0
         for j in range(m):
-            total[k, j] += sign * (blocks[k, 1 + j, side] + (words[k, value_base + level * m + j] & on))
+            total[k, j] += sign * (blocks[k, 1 + j, side] + (words[key, value_base + level * m + j] & on))
         child = blocks[k, 0, 0]
-        low[k] = (child & _CLEAR_LOW) ^ (words[k, 2 * level] & on)
-        high[k] = blocks[k, 0, 1] ^ (words[k, 2 * level + 1] & on)
+        low[k] = (child & _CLEAR_LOW) ^ (words[key, 2 * level] & on)
+        high[k] = blocks[k, 0, 1] ^ (words[key, 2 * level + 1] & on)
         bit_index = index + side
-        control = (words[k, control_base + bit_index // 64] >> np.uint64(bit_index % 64)) & _ONE
+        control = (words[key, control_base + bit_index // 64] >> np.uint64(bit_index % 64)) & _ONE
         t[k] = (child & _ONE) ^ (t[k] & control)

@@ -51,6 +51,22 @@ def job_bits(ctx, encodings: torch.Tensor, positions: list[int], method: str):
     return {"bits": [b._tensor.reveal() for b in bits], "rounds": rounds}
 
 
+def job_thresholds(ctx, encodings: torch.Tensor, width: int, thresholds: list[int], method: str):
+    import crypten
+    import crypten.communicator as comm
+
+    from pinfer.protocols import comparison
+    from pinfer.protocols.sharing import SCALE
+
+    x = crypten.cryptensor(encodings.double() / SCALE, src=0)
+    stats, dealer = comm.get(), ctx.provider.channel.stats
+    before = (stats.comm_rounds, dealer.bytes_received)
+    with comparison.using(method):
+        below, sign = comparison.ltz_many([(x, width, thresholds), (x, width)])
+    costs = {"rounds": stats.comm_rounds - before[0], "dealer_bytes": dealer.bytes_received - before[1]}
+    return {"below": below._tensor.reveal(), "sign": sign._tensor.reveal(), **costs}
+
+
 def job_min(ctx, encodings: torch.Tensor, width: int, method: str):
     import crypten
     import crypten.communicator as comm
@@ -134,6 +150,27 @@ def test_ltz_many_reads_any_bit_and_the_sign_together(world, method, data):
     assert torch.equal(out["bits"][-1], (encodings < 0).long())
     if method == "fss":
         assert out["rounds"] == 1
+
+
+@pytest.mark.parametrize("method", ["fss", "carry-tree"])
+@pytest.mark.parametrize("width", (4, 12, 21, 40))
+@given(data=st.data())
+@MPC
+def test_thresholds_share_one_opening_and_one_key(world, method, width, data):
+    """``[x < p]`` for many public p, with |x - p| < 2^(width-1) at every one: exact on both
+    methods; with FSS one round and one key per value (dealer bytes of a single-point test)."""
+    half = 2 ** (width - 2) - 1
+    thresholds = data.draw(st.lists(st.integers(-half, half), min_size=1, max_size=33))
+    encodings = data.draw(st.lists(st.integers(-half + 1, half - 1), min_size=1, max_size=40)
+                          .map(lambda v: torch.tensor(v + [thresholds[0]], dtype=torch.int64)))
+    out = world.run(job_thresholds, encodings, width, thresholds, method)[0]
+    expected = (encodings.unsqueeze(-1) < torch.tensor(thresholds)).long()
+    assert torch.equal(out["below"], expected)
+    assert torch.equal(out["sign"], (encodings < 0).long())
+    if method == "fss":
+        assert out["rounds"] == 1
+        one = world.run(job_thresholds, encodings, width, thresholds[:1], method)[0]
+        assert out["dealer_bytes"] == one["dealer_bytes"]  # one key per value, whatever the thresholds
 
 
 @pytest.mark.parametrize("method", ["fss", "carry-tree"])

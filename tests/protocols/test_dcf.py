@@ -51,6 +51,24 @@ def test_shares_add_up_to_the_comparison(bits: int, payload: int, data: st.DataO
         np.testing.assert_array_equal(total.reshape(beta.shape), _reference(x, alpha, beta))
 
 
+@settings(max_examples=20, deadline=None)
+@given(bits=st.integers(1, 40), payload=st.integers(1, 2), points=st.integers(1, 40), data=st.data())
+def test_one_key_evaluates_at_many_points(bits: int, payload: int, points: int, data: st.DataObject) -> None:
+    """x of shape (count, P): each key at P points, the shares adding up at every one."""
+    count = data.draw(st.integers(1, 9))
+    alpha = _below(bits, data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=count, max_size=count)))
+    beta = _below(64, data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=count * payload,
+                                         max_size=count * payload))).reshape(count, payload)
+    x = _below(bits, data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=count * points,
+                                        max_size=count * points))).reshape(count, points)
+    x[:, 0] = alpha  # the boundary itself
+    root0, root1 = _roots(count), _roots(count)
+    corrections = dcf.generate(alpha, beta, bits, root0, root1)
+    total = dcf.evaluate(0, root0, corrections, x) + dcf.evaluate(1, root1, corrections, x)
+    expected = np.stack([_reference(x[:, i], alpha, beta) for i in range(points)], axis=1)
+    np.testing.assert_array_equal(total.reshape(expected.shape), expected)
+
+
 def test_wire_form_has_the_documented_size_and_is_read_in_place() -> None:
     for bits, m in ((1, 1), (31, 1), (32, 2), (33, 1), (64, 3)):
         words = dcf.generate(np.zeros(3, dtype=np.uint64), np.ones((3, m), dtype=np.uint64), bits, _roots(3),
