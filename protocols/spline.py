@@ -1,4 +1,4 @@
-"""Piecewise polynomials on shares: segments picked by sign tests, the polynomial in the offset.
+"""Piecewise polynomials on shares: the segment picked by threshold tests, the polynomial in the offset.
 
 A :class:`Spline` approximates ``fn`` on ``[lo, lo + 2^index_bits * width)`` by one polynomial per
 segment of width ``width = 2^width_log2``, in the offset ``f = x - start_j`` from the segment's start;
@@ -6,22 +6,23 @@ below ``lo`` it is 0, above the last segment 0 or ``x`` itself (SiLU and GeLU te
 
 Evaluation (:func:`evaluate`), for ``y = x - lo``:
 
-1. ``y`` is truncated locally to ``SELECT_FRAC_BITS`` fractional bits (``yt``); one
-   :func:`comparison.ltz_many` call then reads the segment index bits of ``yt`` and the range tests
-   ``[y < 0]`` and ``[y < top]``: one round with FSS keys, on DCFs of only ``SELECT_FRAC_BITS +
-   width_log2 + i`` levels for bit i because the low bits were dropped.
-2. The index bits give the segment start exactly (a local sum of shifted bit shares), so
-   ``f = y - start`` is exact; the local truncation's error of one unit of ``yt`` (and its failure
-   probability of about ``|yt| / 2^63``) only moves the segment choice across a boundary, where each
-   polynomial is fitted with a margin of one such unit on either side.
-3. The one-hot of the segment (gated by the range tests) and the powers of ``f`` are built in the
-   same Beaver rounds; the last round multiplies the selected coefficients with the powers.
+1. ``y`` is truncated locally to ``SELECT_FRAC_BITS`` fractional bits (``yt``). One
+   :func:`comparison.ltz_many` call tests ``yt`` against every interior segment boundary on a lane
+   just wide enough for the spline's range (one opening and one DCF key for all of them with FSS
+   keys), and ``[y < 0]``, ``[y < top]`` on a lane wide enough for any input below ``bound``.
+2. The boundary tests give the segment's one-hot by differences, and with it, locally (public
+   tables): the segment's coefficients and its start, so ``f = y - start`` is exact. The local
+   truncation's error of one unit of ``yt`` (and its failure probability of about ``|yt| / 2^63``)
+   only moves the choice across a boundary, where each polynomial is fitted with a margin of one
+   such unit on either side. Outside the range the narrow lane wraps and the one-hot is meaningless:
+   the range tests gate the coefficients.
+3. One Beaver round gates the coefficients and squares f; the next rounds raise f's powers and
+   multiply each gated coefficient with its power as soon as both exist.
 
-Cost for ``m >= 2`` index bits and degree ``d`` (two parties), with g = ceil((m + 1) / 2) bit groups:
-the sign tests (1 round with FSS keys), the pair products (1), ceil(log2(g - 1)) joins, the
-coefficient selection (1) and the final products (1), and never fewer than ``ceil(log2 d) + 2``: 5
-rounds for m = 5, d = 4. Dealer keys for m + 2 sign tests (m + 1 when the caller guarantees
-``x >= floor``).
+Cost for degree ``d`` (two parties): the tests (1 round with FSS keys) and ``ceil(log2 d) + 2``
+product rounds: 4 rounds for d = 4 (6 + 3 with the carry tree's tests). Online: 2 (d + 2) + 2 words
+of Beaver openings per element and the tests' masked openings (2, or 3 with a floor test). Dealer:
+two DCF keys per element (three with a floor test), whatever the number of segments.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ import torch
 
 from . import crypten_compat  # noqa: F401  (must precede every crypten import)
 import crypten
+import crypten.communicator as comm
 from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
-from crypten.mpc.primitives import beaver
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
 
 from . import comparison, packed_bits
@@ -79,8 +80,8 @@ class Spline:
         index = torch.floor((x - self.lo) / width).clamp(0, 2**self.index_bits - 1).long()
         f = x - self.lo - index * width
         value = (self.coeffs[index] * torch.stack([f**i for i in range(self.degree + 1)], dim=-1)).sum(-1)
-        above = x if self.above_is_identity else torch.zeroswrap_share(x)
-        return torch.where(x < self.floor, torch.zeroswrap_share(x), torch.where(x >= self.top, above, value))
+        above = x if self.above_is_identity else torch.zeros_like(x)
+        return torch.where(x < self.floor, torch.zeros_like(x), torch.where(x >= self.top, above, value))
 
 
 def fit(fn: Callable[[torch.Tensor], torch.Tensor], lo: float, width_log2: int, index_bits: int,
@@ -127,78 +128,50 @@ def evaluate(x: MPCTensor, spline: Spline, bound: float, at_least_floor: bool = 
     lanes = math.ceil(math.log2(span)) + SELECT_FRAC_BITS + 2
     if lanes > packed_bits.WORD:
         raise ValueError(f"inputs up to {bound} do not fit the 64-bit encoding")
-    first = SELECT_FRAC_BITS + spline.width_log2  # bit of yt where the segment index starts
-    tests = [(yt, first + i + 1) for i in range(spline.index_bits)]
-    tests.append((yt - (spline.top - spline.lo), lanes))
-    if not at_least_floor and spline.floor == spline.lo:
-        tests.append((yt, lanes))
-    elif not at_least_floor:
+    first = SELECT_FRAC_BITS + spline.width_log2  # log2 of a segment's width in units of yt
+    segments = 2**spline.index_bits
+    top = segments << first
+    tests: list[comparison.Test] = [(yt, first + spline.index_bits + 1, [j << first for j in range(1, segments)])]
+    range_thresholds = [0, top] if not at_least_floor and spline.floor == spline.lo else [top]
+    tests.append((yt, lanes, range_thresholds))
+    if not at_least_floor and spline.floor != spline.lo:
         tests.append((x - spline.floor, lanes - SELECT_FRAC_BITS + FRAC_BITS))
     signs = comparison.ltz_many(tests)
-    bits, below_top = signs[: spline.index_bits], signs[spline.index_bits]
-    inside = below_top if at_least_floor else below_top - signs[-1]
+    below = signs[0]  # [yt < start of segment j] for j = 1 .. segments - 1
+    one_hot = crypten.cat([below[..., :1], below[..., 1:] - below[..., :-1], 1 - below[..., -1:]], dim=-1)
+    below_top = signs[1][..., -1]
+    if at_least_floor:
+        inside = below_top
+    else:
+        inside = below_top - (signs[1][..., 0] if spline.floor == spline.lo else signs[2])
 
-    start = sum(b.share << (FRAC_BITS + spline.width_log2 + i) for i, b in enumerate(bits))
-    f = wrap_share(y, y.share - start, FRAC_BITS)
-    selected, powers = _selected_coefficients_and_powers(bits, inside, f, spline)
-    pairs = [(selected[i], powers[i - 1]) for i in range(1, spline.degree + 1)]
+    column_scales = torch.full((spline.degree + 1,), 2.0**FRAC_BITS, dtype=torch.float64)
+    column_scales[0] = 2.0 ** (2 * FRAC_BITS)
+    table = torch.round(spline.coeffs * column_scales).to(torch.long)
+    starts = torch.arange(segments, dtype=torch.long) << (FRAC_BITS + spline.width_log2)
+    selected = one_hot.share @ table  # the segment's coefficients (f^0's at 2^-32, the rest 2^-16)
+    f = wrap_share(y, y.share - one_hot.share @ starts, FRAC_BITS)
+
+    powers: dict[int, MPCTensor] = {1: f}
+    pairs = [(wrap_share(f, selected, 0), inside.unsqueeze(-1))]  # the bit opened once for all columns
     if spline.above_is_identity:
         pairs.append((1 - below_top, x))
-    raw = _products(pairs)
-    total = selected[0].share + sum(p.share for p in raw[: spline.degree])  # all at 2^-32
+    products = _with_powers(pairs, powers, spline.degree)
+    gated = [wrap_share(f, products[0].share[..., i], 2 * FRAC_BITS if i == 0 else FRAC_BITS)
+             for i in range(spline.degree + 1)]
+    total = gated[0].share  # at 2^-32, as every term below
+    pending = set(range(1, spline.degree + 1))
+    while pending:
+        ready = sorted(i for i in pending if i in powers)
+        for term in _with_powers([(gated[i], powers[i]) for i in ready], powers, spline.degree):
+            total = total + term.share
+        pending -= set(ready)
     out = wrap_share(x, total, 2 * FRAC_BITS)
     out._tensor.div_(1 << FRAC_BITS)
     out._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
     if spline.above_is_identity:
-        out = out + wrap_share(x, raw[-1].share, FRAC_BITS)
+        out = out + wrap_share(x, products[1].share, FRAC_BITS)
     return out
-
-
-def _selected_coefficients_and_powers(
-    bits: Sequence[MPCTensor], gate: MPCTensor, f: MPCTensor, spline: Spline
-) -> tuple[list[MPCTensor], list[MPCTensor]]:
-    """The gated segment's coefficients (exact: f^0's at 2^-32, the others at 2^-16) and ``f, .., f^d``.
-
-    Bits go two at a time into one-hots of 4 (one product each), an odd last bit with the gate, else
-    the gate as a group of its own. Groups above the lowest are joined by outer products, one round
-    per level; the last round multiplies the lowest group's one-hot into the coefficient sums of the
-    rest (a local product with the public table), so the full one-hot is never formed. The powers of
-    f ride along in the same rounds.
-    """
-    powers: dict[int, MPCTensor] = {1: f}
-    pairs = [(bits[i], bits[i + 1]) for i in range(0, len(bits) - 1, 2)]
-    odd = len(bits) % 2 == 1
-    if odd:
-        pairs.append((bits[-1], gate))
-    products = _with_powers(pairs, powers, spline.degree)
-    groups = []
-    for (a, b), ab in zip(pairs, products):
-        if b is gate:
-            groups.append(crypten.stack([b - ab, ab], dim=-1))
-        else:
-            groups.append(crypten.stack([1 - a - b + ab, a - ab, b - ab, ab], dim=-1))
-    if not odd:
-        groups.append(gate.unsqueeze(-1))
-    while len(groups) > 2:
-        joins = [(groups[i], groups[i + 1]) for i in range(1, len(groups) - 1, 2)]
-        outer = [(low.unsqueeze(-2), high.unsqueeze(-1)) for low, high in joins]
-        joined = [j.flatten(-2) for j in _with_powers(outer, powers, spline.degree)]
-        groups = [groups[0]] + joined + (groups[-1:] if len(groups) % 2 == 0 else [])
-    column_scales = torch.full((spline.degree + 1,), 2.0**FRAC_BITS, dtype=torch.float64)
-    column_scales[0] = 2.0 ** (2 * FRAC_BITS)
-    coeffs = torch.round(spline.coeffs * column_scales).to(torch.long)
-    if len(groups) == 1:
-        selected_share = groups[0].share @ coeffs
-    else:
-        low, high = groups
-        table = coeffs.reshape(high.size(-1), low.size(-1), spline.degree + 1)
-        sums = wrap_share(high, torch.einsum("...b,bai->...ai", high.share, table), FRAC_BITS)
-        (picked,) = _with_powers([(low.unsqueeze(-1), sums)], powers, spline.degree)
-        selected_share = picked.share.sum(-2)
-    while len(powers) < spline.degree:
-        _with_powers([], powers, spline.degree)
-    selected = [wrap_share(f, selected_share[..., i], FRAC_BITS if i else 2 * FRAC_BITS) for i in range(spline.degree + 1)]
-    return selected, [powers[i] for i in range(1, spline.degree + 1)]
 
 
 def _with_powers(pairs: Sequence[tuple[MPCTensor, MPCTensor]], powers: dict[int, MPCTensor],
@@ -214,23 +187,24 @@ def _with_powers(pairs: Sequence[tuple[MPCTensor, MPCTensor]], powers: dict[int,
 
 
 def _products(pairs: Sequence[tuple[MPCTensor, MPCTensor]]) -> list[MPCTensor]:
-    """Every ``a * b`` (broadcast) in one Beaver round, untruncated: scale bits add up."""
-    left, right, shapes = [], [], []
-    for a, b in pairs:
-        sa, sb = torch.broadcast_tensors(a.share, b.share)
-        shapes.append(sa.shape)
-        left.append(sa.reshape(-1))
-        right.append(sb.reshape(-1))
-    product = beaver.mul(
-        ArithmeticSharedTensor.from_shares(torch.cat(left), precision=0),
-        ArithmeticSharedTensor.from_shares(torch.cat(right), precision=0),
-    ).share
+    """Every ``a * b`` in one Beaver round, untruncated (scale bits add up). Operands broadcast
+    without being expanded: each is opened once at its own shape (a coefficient column gated by one
+    bit opens the bit once), and all openings travel in one message."""
+    provider = crypten.mpc.get_default_provider()
+    triples = [provider.generate_additive_triple(a.share.shape, b.share.shape, "mul") for a, b in pairs]
+    masked = [t for (a, b), (ta, tb, _) in zip(pairs, triples) for t in (a.share - ta.share, b.share - tb.share)]
+    opened = ArithmeticSharedTensor.from_shares(torch.cat([m.reshape(-1) for m in masked]), precision=0).reveal()
+    rank = comm.get().get_rank()
     out, offset = [], 0
-    for (a, b), shape in zip(pairs, shapes):
-        count = math.prod(shape)
-        scale = _scale_bits(a) + _scale_bits(b)
-        out.append(wrap_share(a, product[offset : offset + count].reshape(shape), scale))
-        offset += count
+    for (a, b), (ta, tb, tc), i in zip(pairs, triples, range(0, len(masked), 2)):
+        sizes = (masked[i].numel(), masked[i + 1].numel())
+        e = opened[offset : offset + sizes[0]].reshape(masked[i].shape)
+        d = opened[offset + sizes[0] : offset + sizes[0] + sizes[1]].reshape(masked[i + 1].shape)
+        offset += sizes[0] + sizes[1]
+        z = tc.share + e * tb.share + ta.share * d
+        if rank == 0:
+            z = z + e * d
+        out.append(wrap_share(a, z, _scale_bits(a) + _scale_bits(b)))
     return out
 
 
