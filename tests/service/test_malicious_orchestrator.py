@@ -243,6 +243,23 @@ def test_malicious_replay_of_a_recorded_request_is_refused(attack, service: Loca
     assert "disagree with what the client sealed" in changed.value.details()
 
 
+@pytest.mark.parametrize("change", [{"kv_policy": "streamingllm"}, {"kv_budget": 0.5}, {"kv_policy": "", "kv_budget": 0.0}],
+                         ids=["policy", "budget", "defaults"])
+def test_malicious_changed_kv_policy_or_budget_is_refused_by_the_parties(attack, change: dict) -> None:
+    interceptor, client = attack
+
+    def rewrite(request: inference_pb2.GenerateRequest) -> inference_pb2.GenerateRequest:
+        for name, value in change.items():
+            setattr(request, name, value)
+        return request
+
+    interceptor.rewrite_request = rewrite
+    with pytest.raises(grpc.RpcError) as refused:
+        list(client.generate_ids(PROMPT, TOKENS, model="tiny-llama", kv_policy="h2o", kv_budget=0.25))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "disagree with what the client sealed" in refused.value.details()
+
+
 def _flip_first_share(events: list[inference_pb2.GenerateEvent]) -> list[inference_pb2.GenerateEvent]:
     share = bytearray(events[1].token_shares[0])
     share[0] ^= 1
