@@ -133,7 +133,7 @@ def test_an_unknown_kv_policy_or_a_budget_out_of_range_is_invalid_argument(servi
     stub = _stub(service, service.token)
     info = client.model_info("tiny-llama")
     cases = [("lru", 0.0, "unknown KV policy 'lru'"), ("h2o", 1.5, "in (0, 1]"), ("h2o", -0.25, "in (0, 1]"),
-             ("h2o", math.nan, "in (0, 1]"), ("full", 0.5, "keeps every token"), ("x" * 500, 0.1, "unknown KV policy")]
+             ("h2o", math.nan, "in (0, 1]"), ("full", 0.5, "keeps every token"), ("x" * 300, 0.1, "unknown KV policy")]
     for policy, budget, message in cases:
         request = prepare_request(info, PROMPT, 2, service.token, kv_policy=policy, kv_budget=budget).request
         with pytest.raises(grpc.RpcError) as refused:
@@ -767,7 +767,8 @@ def test_nodes_refuse_start_messages_they_should_not_run(service: LocalService, 
 
 
 @pytest.mark.parametrize(("told", "why"), [(("tova", 0.5), "kv_policy"), (("h2o", 0.25), "kv_budget"),
-                                           (("", 0.0), "kv_policy, kv_budget")])
+                                           (("", 0.0), "kv_policy, kv_budget")],
+                         ids=["other-policy", "other-budget", "defaults"])
 def test_a_party_runs_only_the_kv_policy_sealed_to_it(service: LocalService, client: pinfer.Client,
                                                       told: tuple[str, float], why: str) -> None:
     """An orchestrator that tells one party another policy or budget than the client sealed to it (so
