@@ -8,11 +8,11 @@ token shares to the client as they arrive, with each step's public cost. Whateve
 node ends the session on every node (its control streams are cancelled, which kills the workers).
 
 Status codes: ``UNAUTHENTICATED`` (no or wrong token), ``NOT_FOUND`` (unknown model),
-``INVALID_ARGUMENT`` (bad sizes or parameters, a KV policy not served or a budget outside (0, 1],
-a prompt over the context, an envelope that is
-malformed here or does not open at its party), ``ALREADY_EXISTS`` (the caller's own request id is in
-flight, or the parties already ran it), ``RESOURCE_EXHAUSTED`` (slots and queue full),
-``UNAVAILABLE`` (a node down or lost mid-session), ``CANCELLED`` (``Cancel`` or client gone).
+``INVALID_ARGUMENT`` (bad sizes or parameters, a KV policy not served or a budget outside (0, 1], a
+prompt over the context, an envelope that is malformed here or does not open at its party),
+``ALREADY_EXISTS`` (the caller's own request id is in flight, or the parties already ran it),
+``RESOURCE_EXHAUSTED`` (slots and queue full), ``UNAVAILABLE`` (a node down or lost mid-session),
+``CANCELLED`` (``Cancel`` or client gone).
 
 Request ids are per caller: sessions are keyed by (token digest, request id), and the parties run a
 request under :func:`pinfer.keys.session.session_id` of the two, so no answer (``ALREADY_EXISTS``
