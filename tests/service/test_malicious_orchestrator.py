@@ -207,7 +207,7 @@ def test_malicious_swapped_reply_key_gets_nothing(attack, service: LocalService)
         # The double knows every caller's token digest, so it can name the session id the parties expect.
         session_id = session.session_id(token_digest(service.token), request.request_id)
         parameters = session.SessionParameters(session_id, request.model, 2, 1, request.prompt_tokens,
-                                               request.max_new_tokens)
+                                               request.max_new_tokens, request.kv_policy, request.kv_budget)
         own_share = envelope.encode_tensor(torch.zeros(32, dtype=torch.uint8))
         request.input_shares[1] = session.seal_input(parameters, int(time.time()), bytes(32), own_share,
                                                      real.party_keys[1])
