@@ -238,7 +238,8 @@ class NodeService(node_pb2_grpc.NodeServicer):
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         endpoints = {e.rank: (e.host, e.port) for e in start.endpoints}
-        worker.conn.send(("start", endpoints, start.input_share, start.prompt_tokens, start.max_new_tokens))
+        worker.conn.send(("start", endpoints, start.input_share, start.prompt_tokens, start.max_new_tokens,
+                          start.kv_policy, start.kv_budget))
         while True:
             message = worker.next_message(context)
             kind = message[0]
@@ -269,6 +270,12 @@ class NodeService(node_pb2_grpc.NodeServicer):
                 return f"prompt plus new tokens exceed the model's context of {context_length}"
             if not start.input_share:
                 return "a party session needs its sealed input"
+            from pinfer.kvcache.serving import KVRequestError, resolve
+
+            try:
+                resolve(start.kv_policy, start.kv_budget)
+            except KVRequestError as exc:
+                return str(exc)
         elif start.input_share:
             return "the dealer takes no input"
         return None

@@ -10,8 +10,9 @@ mutual-TLS mesh. The node's messages and the worker's replies are tuples of plai
 Sequence: bind a free data-plane port and report it; map this party's weight shares, which the node
 opened once for all its sessions (:mod:`pinfer.parties.weight_cache`); wait for the session's
 endpoints and sealed input; open it and check that the client sealed exactly this session's
-parameters (:func:`pinfer.keys.session.open_input`; a bad envelope or a disagreement is reported as
-``invalid`` before any peer is contacted); join the mesh; run greedy generation on shares; report
+parameters (:func:`pinfer.keys.session.open_input`, the KV policy and budget among them; a bad envelope
+or a disagreement is reported as ``invalid`` before any peer is contacted); join the mesh; run greedy
+generation on shares with the request's KV policy; report
 every new token's id share sealed under the reply key the client sealed to this party.
 """
 
@@ -61,6 +62,8 @@ class SessionStart:
     input_share: bytes
     prompt_tokens: int
     max_new_tokens: int
+    kv_policy: str
+    kv_budget: float
 
 
 def mesh_config(spec: WorkerSpec, rank: int, endpoints: dict[int, tuple[str, int]]) -> TlsCommConfig:
@@ -94,11 +97,11 @@ def link_emulation(link: str) -> LinkEmulation | None:
 
 def read_start(message: tuple) -> SessionStart:
     """Check the node's start message (plain values from its own pipe) and type it."""
-    kind, endpoints, input_share, prompt_tokens, max_new_tokens = message
+    kind, endpoints, input_share, prompt_tokens, max_new_tokens, kv_policy, kv_budget = message
     if kind != "start":
         raise ValueError(f"expected a start message, got {kind!r}")
     return SessionStart({int(r): (str(h), int(p)) for r, (h, p) in endpoints.items()}, bytes(input_share),
-                        int(prompt_tokens), int(max_new_tokens))
+                        int(prompt_tokens), int(max_new_tokens), str(kv_policy), float(kv_budget))
 
 
 def _open_prompt(spec: WorkerSpec, party: int, start: SessionStart, card: session.ModelCard,
@@ -112,7 +115,7 @@ def _open_prompt(spec: WorkerSpec, party: int, start: SessionStart, card: sessio
     vocab_size = card.config().vocab_size
     shapes = {"tokens": (start.prompt_tokens, vocab_size)}
     expected = session.SessionParameters(spec.session_id, card.name, spec.parties, party, start.prompt_tokens,
-                                         start.max_new_tokens)
+                                         start.max_new_tokens, start.kv_policy, start.kv_budget)
     share_bytes = envelope.TENSOR_OVERHEAD_2D + (8 * start.prompt_tokens * vocab_size if party == 0 else SEED_BYTES)
     opened = session.open_input(start.input_share, private_key, expected, now=time.time(), not_before=spec.not_before,
                                 max_share_bytes=share_bytes)
@@ -166,6 +169,7 @@ def _serve_party_session(spec: WorkerSpec, conn: Connection) -> None:
 def _run_generation(spec: WorkerSpec, conn: Connection, party: int, start: SessionStart, listener: Any,
                     card: session.ModelCard, weights: ShareBundle, prompt: ShareBundle,
                     reply_key: session.ReplyKey) -> None:
+    from pinfer.kvcache.serving import resolve
     from pinfer.parties.worker import TokenShareStep, load_model_shares, stream_on_shares
     from pinfer.protocols import tls
     from pinfer.protocols.costs import CostMeter
@@ -188,7 +192,9 @@ def _run_generation(spec: WorkerSpec, conn: Connection, party: int, start: Sessi
                                                               cost.dealer_bytes))
         conn.send(("token", step.step, step.phase, sealed))
 
-    stream_on_shares(context, model, start.max_new_tokens, prompt, send_token)
+    # The node checked the policy; the client sealed it to both parties, so both build the same one.
+    kv_policy = resolve(start.kv_policy, start.kv_budget).build()
+    stream_on_shares(context, model, start.max_new_tokens, prompt, send_token, kv_policy)
     provider.close()
     crypten.uninit()
     conn.send(("done",))

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from pinfer.model.decoder import Decoder
+from pinfer.model.decoder import Decoder, KVCachePolicy
 from pinfer.model.generation import greedy_loop
 from pinfer.model.config import ModelConfig
 from pinfer.model.norm_plan import NormShifts
@@ -51,16 +51,18 @@ class TokenShareStep:
 
 def stream_on_shares(
     ctx: PartyContext, model: PartyModel, max_new_tokens: int, prompt: ShareBundle,
-    on_token: Callable[[TokenShareStep], None],
+    on_token: Callable[[TokenShareStep], None], kv_policy: KVCachePolicy | None = None,
 ) -> dict[str, list[float]]:
     """Run greedy generation on shares, handing each new token's id share to ``on_token`` at once.
+
+    ``kv_policy`` (:mod:`pinfer.kvcache`; None: the full cache) must be the same at every party.
 
     A token id share is the one-hot share dotted with the public index vector, so it is a share of
     ``id * scale`` for the one-hot row's encoding scale; the client adds the parties' shares and
     divides. Nothing here is ever opened. Returns the wall seconds of every prefill/decode step.
     """
     model.ops.use_costs(ctx.costs)
-    decoder = Decoder(model.config, model.ops)
+    decoder = Decoder(model.config, model.ops, kv_policy)
     index = torch.arange(model.config.vocab_size, dtype=torch.int64)
     step_seconds: dict[str, list[float]] = {"prefill": [], "decode": []}
     last: list[tuple[str, Cost]] = []
@@ -87,10 +89,11 @@ def stream_on_shares(
     return step_seconds
 
 
-def generate_on_shares(ctx: PartyContext, model: PartyModel, max_new_tokens: int, prompt: ShareBundle) -> dict[str, Any]:
+def generate_on_shares(ctx: PartyContext, model: PartyModel, max_new_tokens: int, prompt: ShareBundle,
+                       kv_policy: KVCachePolicy | None = None) -> dict[str, Any]:
     """Run greedy generation on shares; return this party's shares of the new token ids and its costs."""
     steps: list[TokenShareStep] = []
-    step_seconds = stream_on_shares(ctx, model, max_new_tokens, prompt, steps.append)
+    step_seconds = stream_on_shares(ctx, model, max_new_tokens, prompt, steps.append, kv_policy)
     return {
         "token_id_shares": torch.tensor([s.id_share for s in steps], dtype=torch.int64),
         "token_id_scales": torch.tensor([s.scale for s in steps], dtype=torch.float64),

@@ -23,6 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="smollm2-135m", help="registry name or checkpoint directory")
     parser.add_argument("--parties", type=int, choices=(2, 3), default=2)
     parser.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
+    parser.add_argument("--kv-policy", help="KV-cache policy: full, streamingllm, h2o, snapkv, tova, quest or mpcache "
+                                            "(default: the service's default, full)")
+    parser.add_argument("--kv-budget", type=float,
+                        help="kept fraction of the prompt for the KV policy, in (0, 1] (default: the policy's)")
     parser.add_argument("--check", action="store_true",
                         help="also run the plaintext reference and compare (with --endpoint: here, from the public "
                              "model the service was provisioned from)")
@@ -65,6 +69,9 @@ def run_remote(args: argparse.Namespace) -> int:
     except grpc.RpcError as exc:
         print(f"\npinfer generate: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a KV policy or budget the service does not offer
+        print(f"pinfer generate: {exc}", file=sys.stderr)
+        return 2
     if args.check:
         _add_reference(report, ids, args.max_new_tokens)
     if args.json:
@@ -82,6 +89,7 @@ def _generate_remote(client: Any, args: argparse.Namespace) -> tuple[dict[str, A
     from pinfer.service.client import text_pieces
 
     info = client.model_info(args.model)
+    kv_policy, kv_budget = info.kv_choice(args.kv_policy, args.kv_budget)
     tokenizer = client.tokenizer(info)
     ids = encode_prompt(tokenizer, args.prompt, args.raw)
     received: list[Any] = []
@@ -97,8 +105,8 @@ def _generate_remote(client: Any, args: argparse.Namespace) -> tuple[dict[str, A
         print("private   : ", end="", flush=True)
     start = time.monotonic()
     pieces = []
-    for piece in text_pieces(tokenizer, info.eos_token_ids, recorded(client.generate_ids(ids, args.max_new_tokens,
-                                                                                          model=info.name))):
+    tokens = client.generate_ids(ids, args.max_new_tokens, model=info.name, kv_policy=kv_policy, kv_budget=kv_budget)
+    for piece in text_pieces(tokenizer, info.eos_token_ids, recorded(tokens)):
         pieces.append(piece)
         if not args.json:
             print(piece, end="", flush=True)
@@ -120,6 +128,8 @@ def _generate_remote(client: Any, args: argparse.Namespace) -> tuple[dict[str, A
         "endpoint": args.endpoint,
         "source": info.tokenizer,
         "prompt_tokens": len(ids),
+        "kv_policy": kv_policy,
+        "kv_budget": kv_budget,
         "text": "".join(pieces),
         "tokens": [t.token_id for t in received],
         "latency_s": {
@@ -134,11 +144,14 @@ def _generate_remote(client: Any, args: argparse.Namespace) -> tuple[dict[str, A
 
 
 def _add_reference(report: dict[str, Any], ids: list[int], max_new_tokens: int) -> None:
-    """The plaintext reference, computed here from the public model the service was provisioned from."""
+    """The plaintext reference, computed here from the public model the service was provisioned from,
+    with the KV policy the service ran."""
+    from pinfer.kvcache.serving import resolve
     from pinfer.model.generation import generate_plain
 
     config, weights, tokenizer = load_model(report["source"])
-    plain = generate_plain(config, weights, ids, max_new_tokens)
+    kv_policy = resolve(report["kv_policy"], report["kv_budget"]).build()
+    plain = generate_plain(config, weights, ids, max_new_tokens, kv_policy)
     report["plaintext_tokens"] = plain
     report["plaintext_text"] = tokenizer.decode(until_stop(plain, config.eos_token_ids))
     report["match"] = plain == report["tokens"]
@@ -148,6 +161,7 @@ def _add_reference(report: dict[str, Any], ids: list[int], max_new_tokens: int) 
 
 def _print_remote(report: dict[str, Any]) -> None:
     _print_verdict(report, quote=False)
+    _print_kv(report)
     latency = report["latency_s"]
     print(f"latency   : first token {latency['first_token']} s ({report['prompt_tokens']} prompt tokens, session "
           f"start included), decode {latency['decode_per_token']} s/token, total {latency['total']} s (client side)")
@@ -161,6 +175,11 @@ def _print_verdict(report: dict[str, Any], quote: bool) -> None:
         print(f"plaintext : {text}  ({verdict})")
 
 
+def _print_kv(report: dict[str, Any]) -> None:
+    if report["kv_policy"]:  # empty: a service from before the choice of policy
+        print(f"kv cache  : {report['kv_policy']}, budget {report['kv_budget']:g} of the prompt")
+
+
 def _print_phase_costs(report: dict[str, Any], with_seconds: bool) -> None:
     for phase, totals in report["by_phase"].items():
         party0 = totals[0]
@@ -172,15 +191,22 @@ def _print_phase_costs(report: dict[str, Any], with_seconds: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.endpoint:
         return run_remote(args)
+    from pinfer.kvcache import serving as kv_serving
     from pinfer.model import norm_plan
     from pinfer.model.generation import generate_plain
     from pinfer.service.private import generate_private
 
+    try:
+        kv = kv_serving.resolve(args.kv_policy or "", args.kv_budget or 0.0)
+    except kv_serving.KVRequestError as exc:
+        print(f"pinfer generate: {exc}", file=sys.stderr)
+        return 2
     config, weights, tokenizer = load_model(args.model)
     shifts = norm_plan.for_model(resolve(args.model), config, weights, tokenizer)
     ids = encode_prompt(tokenizer, args.prompt, args.raw)
     try:
-        result = generate_private(config, weights, ids, args.max_new_tokens, shifts, n_parties=args.parties)
+        result = generate_private(config, weights, ids, args.max_new_tokens, shifts, n_parties=args.parties,
+                                  kv_policy=kv.build())
     except ValueError as exc:
         print(f"pinfer generate: {exc}", file=sys.stderr)
         return 2
@@ -191,6 +217,8 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "model": args.model,
         "prompt_tokens": len(ids),
+        "kv_policy": kv.policy,
+        "kv_budget": kv.budget,
         "text": text,
         "tokens": result.tokens,
         "latency_s": {
@@ -205,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         "costs": result.party_costs[0],
     }
     if args.check:
-        plain = generate_plain(config, weights, ids, args.max_new_tokens)
+        plain = generate_plain(config, weights, ids, args.max_new_tokens, kv.build())
         report["plaintext_tokens"] = plain
         report["plaintext_text"] = tokenizer.decode(until_stop(plain, config.eos_token_ids))
         report["match"] = plain == result.tokens
@@ -222,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
 def _print_human(report: dict[str, Any]) -> None:
     print(f"private   : {report['text']!r}")
     _print_verdict(report, quote=True)
+    _print_kv(report)
     latency = report["latency_s"]
     print(f"latency   : prefill {latency['prefill']} s ({report['prompt_tokens']} tokens), "
           f"decode {latency['decode_per_token']} s/token, total {latency['total']} s")

@@ -5,8 +5,9 @@ client opens), and the two sides must never drift apart.
 
 * **Input.** The client seals to party *i* (HPKE, its pinned key) a :class:`SealedInput`: its prompt
   share plus every session parameter the party must act on (request id, model, party count, its own
-  index, prompt length, token count, issue time) and a fresh 32-byte *reply secret*. The party runs
-  only what the client sealed: a ``StartSession`` that disagrees with it is refused.
+  index, prompt length, token count, KV-cache policy and budget, issue time) and a fresh 32-byte
+  *reply secret*. The party runs only what the client sealed: a ``StartSession`` that disagrees with
+  it is refused, so an orchestrator cannot give two parties different policies either.
 * **Output.** Party *i* seals each token's share, with the step's cost, under a ChaCha20-Poly1305 key
   derived (HKDF-SHA256) from its reply secret, with the request id, party and step as associated
   data. Only the client and party *i* know that secret, so the orchestrator can neither read a share
@@ -135,6 +136,8 @@ class SessionParameters:
     """What a party runs: the fields of a sealed input (or of the orchestrator's messages) to compare.
 
     ``request_id`` is the session id the parties run it under (:func:`session_id`), not the caller's own.
+    ``kv_policy`` and ``kv_budget`` are the request's public KV-cache policy and kept fraction as sent
+    (empty and 0 leave the default to the parties, :func:`pinfer.kvcache.serving.resolve`).
     """
 
     request_id: str
@@ -143,6 +146,8 @@ class SessionParameters:
     party: int
     prompt_tokens: int
     max_new_tokens: int
+    kv_policy: str = ""
+    kv_budget: float = 0.0
 
 
 @dataclass(frozen=True)

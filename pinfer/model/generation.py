@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pinfer.model.config import ModelConfig
-from pinfer.model.decoder import Decoder, prepare_weights
+from pinfer.model.decoder import Decoder, KVCachePolicy, prepare_weights
 from pinfer.model.plain_ops import PlainOps
 from pinfer.model.tensor_ops import KVLayer, Value
 
@@ -71,11 +71,12 @@ def one_hot(prompt_ids: list[int], vocab_size: int) -> torch.Tensor:
 
 
 def generate_plain(
-    config: ModelConfig, weights: dict[str, torch.Tensor], prompt_ids: list[int], max_new_tokens: int
+    config: ModelConfig, weights: dict[str, torch.Tensor], prompt_ids: list[int], max_new_tokens: int,
+    kv_policy: KVCachePolicy | None = None,
 ) -> list[int]:
-    """The plaintext reference: greedy tokens of the same forward the parties run."""
+    """The plaintext reference: greedy tokens of the same forward the parties run (with the same KV policy)."""
     check_request(config, prompt_ids, max_new_tokens)
-    decoder = Decoder(config, PlainOps(prepare_weights(config, weights)))
+    decoder = Decoder(config, PlainOps(prepare_weights(config, weights)), kv_policy)
     tokens: list[int] = []
     with torch.no_grad():
         greedy_loop(decoder, one_hot(prompt_ids, config.vocab_size), max_new_tokens,

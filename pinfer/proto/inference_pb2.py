@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0finference.proto\x12\tpinfer.v1\"\x13\n\x11ListModelsRequest\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.pinfer.v1.ModelInfo\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xe6\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x11\n\ttokenizer\x18\x03 \x01(\t\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x06 \x01(\r\x12\x11\n\tkv_policy\x18\x07 \x01(\t\x12\x11\n\tkv_budget\x18\x08 \x01(\r\x12\x12\n\ndeployment\x18\r \x01(\x0c\x12\x0c\n\x04\x63\x61rd\x18\x0e \x01(\x0cJ\x04\x08\t\x10\nJ\x04\x08\n\x10\x0bJ\x04\x08\x0b\x10\x0cJ\x04\x08\x0c\x10\r\"\x7f\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x14\n\x0cinput_shares\x18\x04 \x03(\x0c\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x06 \x01(\rJ\x04\x08\x03\x10\x04\"N\n\rGenerateEvent\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x14\n\x0ctoken_shares\x18\x03 \x03(\x0cJ\x04\x08\x04\x10\x05J\x04\x08\x05\x10\x06\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x32\x97\x02\n\tInference\x12I\n\nListModels\x12\x1c.pinfer.v1.ListModelsRequest\x1a\x1d.pinfer.v1.ListModelsResponse\x12<\n\x08GetModel\x12\x1a.pinfer.v1.GetModelRequest\x1a\x14.pinfer.v1.ModelInfo\x12\x42\n\x08Generate\x12\x1a.pinfer.v1.GenerateRequest\x1a\x18.pinfer.v1.GenerateEvent0\x01\x12=\n\x06\x43\x61ncel\x12\x18.pinfer.v1.CancelRequest\x1a\x19.pinfer.v1.CancelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0finference.proto\x12\tpinfer.v1\"\x13\n\x11ListModelsRequest\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.pinfer.v1.ModelInfo\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x94\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x11\n\ttokenizer\x18\x03 \x01(\t\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x06 \x01(\r\x12\x11\n\tkv_policy\x18\x07 \x01(\t\x12\x11\n\tkv_budget\x18\x08 \x01(\r\x12\x12\n\ndeployment\x18\r \x01(\x0c\x12\x0c\n\x04\x63\x61rd\x18\x0e \x01(\x0c\x12,\n\x0bkv_policies\x18\x0f \x03(\x0b\x32\x17.pinfer.v1.KVPolicyInfoJ\x04\x08\t\x10\nJ\x04\x08\n\x10\x0bJ\x04\x08\x0b\x10\x0cJ\x04\x08\x0c\x10\r\"I\n\x0cKVPolicyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_budget\x18\x02 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xa5\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x14\n\x0cinput_shares\x18\x04 \x03(\x0c\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x06 \x01(\r\x12\x11\n\tkv_policy\x18\x07 \x01(\t\x12\x11\n\tkv_budget\x18\x08 \x01(\x01J\x04\x08\x03\x10\x04\"N\n\rGenerateEvent\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x14\n\x0ctoken_shares\x18\x03 \x03(\x0cJ\x04\x08\x04\x10\x05J\x04\x08\x05\x10\x06\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x32\x97\x02\n\tInference\x12I\n\nListModels\x12\x1c.pinfer.v1.ListModelsRequest\x1a\x1d.pinfer.v1.ListModelsResponse\x12<\n\x08GetModel\x12\x1a.pinfer.v1.GetModelRequest\x1a\x14.pinfer.v1.ModelInfo\x12\x42\n\x08Generate\x12\x1a.pinfer.v1.GenerateRequest\x1a\x18.pinfer.v1.GenerateEvent0\x01\x12=\n\x06\x43\x61ncel\x12\x18.pinfer.v1.CancelRequest\x1a\x19.pinfer.v1.CancelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,15 +38,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELREQUEST']._serialized_start=111
   _globals['_GETMODELREQUEST']._serialized_end=143
   _globals['_MODELINFO']._serialized_start=146
-  _globals['_MODELINFO']._serialized_end=376
-  _globals['_GENERATEREQUEST']._serialized_start=378
-  _globals['_GENERATEREQUEST']._serialized_end=505
-  _globals['_GENERATEEVENT']._serialized_start=507
-  _globals['_GENERATEEVENT']._serialized_end=585
-  _globals['_CANCELREQUEST']._serialized_start=587
-  _globals['_CANCELREQUEST']._serialized_end=622
-  _globals['_CANCELRESPONSE']._serialized_start=624
-  _globals['_CANCELRESPONSE']._serialized_end=659
-  _globals['_INFERENCE']._serialized_start=662
-  _globals['_INFERENCE']._serialized_end=941
+  _globals['_MODELINFO']._serialized_end=422
+  _globals['_KVPOLICYINFO']._serialized_start=424
+  _globals['_KVPOLICYINFO']._serialized_end=497
+  _globals['_GENERATEREQUEST']._serialized_start=500
+  _globals['_GENERATEREQUEST']._serialized_end=665
+  _globals['_GENERATEEVENT']._serialized_start=667
+  _globals['_GENERATEEVENT']._serialized_end=745
+  _globals['_CANCELREQUEST']._serialized_start=747
+  _globals['_CANCELREQUEST']._serialized_end=782
+  _globals['_CANCELRESPONSE']._serialized_start=784
+  _globals['_CANCELRESPONSE']._serialized_end=819
+  _globals['_INFERENCE']._serialized_start=822
+  _globals['_INFERENCE']._serialized_end=1101
 # @@protoc_insertion_point(module_scope)

@@ -23,7 +23,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "architecture", "tokenizer", "vocab_size", "context_length", "max_new_tokens", "kv_policy", "kv_budget", "deployment", "card")
+    __slots__ = ("name", "architecture", "tokenizer", "vocab_size", "context_length", "max_new_tokens", "kv_policy", "kv_budget", "deployment", "card", "kv_policies")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class ModelInfo(_message.Message):
     KV_BUDGET_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     CARD_FIELD_NUMBER: _ClassVar[int]
+    KV_POLICIES_FIELD_NUMBER: _ClassVar[int]
     name: str
     architecture: str
     tokenizer: str
@@ -44,21 +45,36 @@ class ModelInfo(_message.Message):
     kv_budget: int
     deployment: bytes
     card: bytes
-    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., tokenizer: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_length: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., kv_policy: _Optional[str] = ..., kv_budget: _Optional[int] = ..., deployment: _Optional[bytes] = ..., card: _Optional[bytes] = ...) -> None: ...
+    kv_policies: _containers.RepeatedCompositeFieldContainer[KVPolicyInfo]
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., tokenizer: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_length: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., kv_policy: _Optional[str] = ..., kv_budget: _Optional[int] = ..., deployment: _Optional[bytes] = ..., card: _Optional[bytes] = ..., kv_policies: _Optional[_Iterable[_Union[KVPolicyInfo, _Mapping]]] = ...) -> None: ...
+
+class KVPolicyInfo(_message.Message):
+    __slots__ = ("name", "default_budget", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    default_budget: float
+    description: str
+    def __init__(self, name: _Optional[str] = ..., default_budget: _Optional[float] = ..., description: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "request_id", "input_shares", "prompt_tokens", "max_new_tokens")
+    __slots__ = ("model", "request_id", "input_shares", "prompt_tokens", "max_new_tokens", "kv_policy", "kv_budget")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHARES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KV_POLICY_FIELD_NUMBER: _ClassVar[int]
+    KV_BUDGET_FIELD_NUMBER: _ClassVar[int]
     model: str
     request_id: str
     input_shares: _containers.RepeatedScalarFieldContainer[bytes]
     prompt_tokens: int
     max_new_tokens: int
-    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., input_shares: _Optional[_Iterable[bytes]] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+    kv_policy: str
+    kv_budget: float
+    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., input_shares: _Optional[_Iterable[bytes]] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., kv_policy: _Optional[str] = ..., kv_budget: _Optional[float] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("step", "phase", "token_shares")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nnode.proto\x12\tpinfer.v1\"\x11\n\x0f\x44\x65scribeRequest\"W\n\x0fNodeDescription\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x17\n\x0f\x61\x63tive_sessions\x18\x04 \x01(\r\"4\n\x08\x45ndpoint\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\"A\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07parties\x18\x03 \x01(\r\"\x80\x01\n\x0cStartSession\x12&\n\tendpoints\x18\x01 \x03(\x0b\x32\x13.pinfer.v1.Endpoint\x12\x13\n\x0binput_share\x18\x02 \x01(\x0c\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\rJ\x04\x08\x03\x10\x04\"m\n\x0eSessionControl\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.pinfer.v1.OpenSessionH\x00\x12(\n\x05start\x18\x02 \x01(\x0b\x32\x17.pinfer.v1.StartSessionH\x00\x42\t\n\x07\x63ontrol\")\n\x0bWorkerReady\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"A\n\nTokenShare\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0cJ\x04\x08\x04\x10\t\"\r\n\x0bSessionDone\"\x90\x01\n\x0cSessionEvent\x12\'\n\x05ready\x18\x01 \x01(\x0b\x32\x16.pinfer.v1.WorkerReadyH\x00\x12&\n\x05token\x18\x02 \x01(\x0b\x32\x15.pinfer.v1.TokenShareH\x00\x12&\n\x04\x64one\x18\x03 \x01(\x0b\x32\x16.pinfer.v1.SessionDoneH\x00\x42\x07\n\x05\x65vent2\x8d\x01\n\x04Node\x12\x42\n\x08\x44\x65scribe\x12\x1a.pinfer.v1.DescribeRequest\x1a\x1a.pinfer.v1.NodeDescription\x12\x41\n\x07Session\x12\x19.pinfer.v1.SessionControl\x1a\x17.pinfer.v1.SessionEvent(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nnode.proto\x12\tpinfer.v1\"\x11\n\x0f\x44\x65scribeRequest\"W\n\x0fNodeDescription\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x17\n\x0f\x61\x63tive_sessions\x18\x04 \x01(\r\"4\n\x08\x45ndpoint\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\"A\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07parties\x18\x03 \x01(\r\"\xa6\x01\n\x0cStartSession\x12&\n\tendpoints\x18\x01 \x03(\x0b\x32\x13.pinfer.v1.Endpoint\x12\x13\n\x0binput_share\x18\x02 \x01(\x0c\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\r\x12\x11\n\tkv_policy\x18\x06 \x01(\t\x12\x11\n\tkv_budget\x18\x07 \x01(\x01J\x04\x08\x03\x10\x04\"m\n\x0eSessionControl\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.pinfer.v1.OpenSessionH\x00\x12(\n\x05start\x18\x02 \x01(\x0b\x32\x17.pinfer.v1.StartSessionH\x00\x42\t\n\x07\x63ontrol\")\n\x0bWorkerReady\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"A\n\nTokenShare\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0cJ\x04\x08\x04\x10\t\"\r\n\x0bSessionDone\"\x90\x01\n\x0cSessionEvent\x12\'\n\x05ready\x18\x01 \x01(\x0b\x32\x16.pinfer.v1.WorkerReadyH\x00\x12&\n\x05token\x18\x02 \x01(\x0b\x32\x15.pinfer.v1.TokenShareH\x00\x12&\n\x04\x64one\x18\x03 \x01(\x0b\x32\x16.pinfer.v1.SessionDoneH\x00\x42\x07\n\x05\x65vent2\x8d\x01\n\x04Node\x12\x42\n\x08\x44\x65scribe\x12\x1a.pinfer.v1.DescribeRequest\x1a\x1a.pinfer.v1.NodeDescription\x12\x41\n\x07Session\x12\x19.pinfer.v1.SessionControl\x1a\x17.pinfer.v1.SessionEvent(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,17 +40,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENSESSION']._serialized_start=187
   _globals['_OPENSESSION']._serialized_end=252
   _globals['_STARTSESSION']._serialized_start=255
-  _globals['_STARTSESSION']._serialized_end=383
-  _globals['_SESSIONCONTROL']._serialized_start=385
-  _globals['_SESSIONCONTROL']._serialized_end=494
-  _globals['_WORKERREADY']._serialized_start=496
-  _globals['_WORKERREADY']._serialized_end=537
-  _globals['_TOKENSHARE']._serialized_start=539
-  _globals['_TOKENSHARE']._serialized_end=604
-  _globals['_SESSIONDONE']._serialized_start=606
-  _globals['_SESSIONDONE']._serialized_end=619
-  _globals['_SESSIONEVENT']._serialized_start=622
-  _globals['_SESSIONEVENT']._serialized_end=766
-  _globals['_NODE']._serialized_start=769
-  _globals['_NODE']._serialized_end=910
+  _globals['_STARTSESSION']._serialized_end=421
+  _globals['_SESSIONCONTROL']._serialized_start=423
+  _globals['_SESSIONCONTROL']._serialized_end=532
+  _globals['_WORKERREADY']._serialized_start=534
+  _globals['_WORKERREADY']._serialized_end=575
+  _globals['_TOKENSHARE']._serialized_start=577
+  _globals['_TOKENSHARE']._serialized_end=642
+  _globals['_SESSIONDONE']._serialized_start=644
+  _globals['_SESSIONDONE']._serialized_end=657
+  _globals['_SESSIONEVENT']._serialized_start=660
+  _globals['_SESSIONEVENT']._serialized_end=804
+  _globals['_NODE']._serialized_start=807
+  _globals['_NODE']._serialized_end=948
 # @@protoc_insertion_point(module_scope)

@@ -43,16 +43,20 @@ class OpenSession(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., parties: _Optional[int] = ...) -> None: ...
 
 class StartSession(_message.Message):
-    __slots__ = ("endpoints", "input_share", "prompt_tokens", "max_new_tokens")
+    __slots__ = ("endpoints", "input_share", "prompt_tokens", "max_new_tokens", "kv_policy", "kv_budget")
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHARE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KV_POLICY_FIELD_NUMBER: _ClassVar[int]
+    KV_BUDGET_FIELD_NUMBER: _ClassVar[int]
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
     input_share: bytes
     prompt_tokens: int
     max_new_tokens: int
-    def __init__(self, endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., input_share: _Optional[bytes] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+    kv_policy: str
+    kv_budget: float
+    def __init__(self, endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., input_share: _Optional[bytes] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., kv_policy: _Optional[str] = ..., kv_budget: _Optional[float] = ...) -> None: ...
 
 class SessionControl(_message.Message):
     __slots__ = ("open", "start")

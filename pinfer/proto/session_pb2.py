@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rsession.proto\x12\tpinfer.v1\"\xb7\x01\n\x0bSealedInput\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07parties\x18\x03 \x01(\r\x12\r\n\x05party\x18\x04 \x01(\r\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x06 \x01(\r\x12\x11\n\tissued_at\x18\x07 \x01(\x03\x12\x14\n\x0creply_secret\x18\x08 \x01(\x0c\x12\r\n\x05share\x18\t \x01(\x0c\"k\n\x0cTokenPayload\x12\x10\n\x08id_share\x18\x01 \x01(\x10\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\x12\n\nbytes_sent\x18\x03 \x01(\x04\x12\x0e\n\x06rounds\x18\x04 \x01(\x04\x12\x14\n\x0c\x64\x65\x61ler_bytes\x18\x05 \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rsession.proto\x12\tpinfer.v1\"\xdd\x01\n\x0bSealedInput\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07parties\x18\x03 \x01(\r\x12\r\n\x05party\x18\x04 \x01(\r\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x06 \x01(\r\x12\x11\n\tissued_at\x18\x07 \x01(\x03\x12\x14\n\x0creply_secret\x18\x08 \x01(\x0c\x12\r\n\x05share\x18\t \x01(\x0c\x12\x11\n\tkv_policy\x18\n \x01(\t\x12\x11\n\tkv_budget\x18\x0b \x01(\x01\"k\n\x0cTokenPayload\x12\x10\n\x08id_share\x18\x01 \x01(\x10\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\x12\n\nbytes_sent\x18\x03 \x01(\x04\x12\x0e\n\x06rounds\x18\x04 \x01(\x04\x12\x14\n\x0c\x64\x65\x61ler_bytes\x18\x05 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'session_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SEALEDINPUT']._serialized_start=29
-  _globals['_SEALEDINPUT']._serialized_end=212
-  _globals['_TOKENPAYLOAD']._serialized_start=214
-  _globals['_TOKENPAYLOAD']._serialized_end=321
+  _globals['_SEALEDINPUT']._serialized_end=250
+  _globals['_TOKENPAYLOAD']._serialized_start=252
+  _globals['_TOKENPAYLOAD']._serialized_end=359
 # @@protoc_insertion_point(module_scope)

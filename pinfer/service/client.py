@@ -11,6 +11,7 @@ each authenticated under that party's reply key, adds them and detokenizes.
 
     client = pinfer.Client("localhost:7000", token, "keys/ca/ca.crt")
     print(client.generate("Hello", max_new_tokens=16))
+    print(client.generate("Hello", max_new_tokens=16, kv_policy="mpcache", kv_budget=0.1))
 
 Errors of trust are typed: :class:`pinfer.keys.trust.UntrustedStatementError` (the served deployment or
 card is not what the pinned CA signed) and :class:`pinfer.keys.session.OutputIntegrityError` (a token
@@ -56,17 +57,28 @@ class Token:
 
 
 @dataclass(frozen=True)
+class KVPolicyOffer:
+    """A KV-cache policy the service offers, with the kept fraction of the prompt it defaults to."""
+
+    name: str
+    default_budget: float
+    description: str
+
+
+@dataclass(frozen=True)
 class VerifiedModel:
     """A served model as the pinned CA vouches for it: its card and the party set to seal to.
 
-    ``max_new_tokens`` and ``kv_policy`` are the orchestrator's public serving limits; the parties
-    enforce the model's context whatever they say.
+    ``max_new_tokens``, ``kv_policy`` (the default) and ``kv_policies`` are the orchestrator's public
+    serving parameters, not signed: the parties enforce the model's context whatever they say, and run
+    only the KV policy and budget the client sealed to them.
     """
 
     card: session.ModelCard
     deployment: trust.Deployment
     max_new_tokens: int
     kv_policy: str
+    kv_policies: tuple[KVPolicyOffer, ...] = ()
 
     @property
     def name(self) -> str:
@@ -88,6 +100,23 @@ class VerifiedModel:
     def eos_token_ids(self) -> tuple[int, ...]:
         return tuple(self.config.eos_token_ids)
 
+    def kv_choice(self, policy: str | None = None, budget: float | None = None) -> tuple[str, float]:
+        """The KV policy and budget a request seals: ``None`` takes the service's default policy, and
+        that policy's default budget. Raises ``ValueError`` for a policy the service does not offer or
+        a budget outside (0, 1]."""
+        if not self.kv_policies:  # a service from before kv_policies runs its one policy
+            if policy is None and budget is None:
+                return "", 0.0
+            raise ValueError("the service offers no choice of KV policy")
+        offers = {offer.name: offer for offer in self.kv_policies}
+        name = self.kv_policy if policy is None else policy
+        if name not in offers:
+            raise ValueError(f"the service offers no KV policy {name!r}; offered: {', '.join(offers) or 'none'}")
+        chosen = offers[name].default_budget if budget is None else float(budget)
+        if not 0.0 < chosen <= 1.0:
+            raise ValueError(f"a KV budget is the kept fraction of the prompt, in (0, 1]; not {budget}")
+        return name, chosen
+
 
 def verify_model(info: inference_pb2.ModelInfo, ca: x509.Certificate) -> VerifiedModel:
     """Check a served ``ModelInfo``'s signed deployment and card against the pinned CA."""
@@ -95,7 +124,8 @@ def verify_model(info: inference_pb2.ModelInfo, ca: x509.Certificate) -> Verifie
     card = session.verify_card(ca, info.card, deployment)
     if card.name != info.name:
         raise trust.UntrustedStatementError(f"the service named model {info.name!r} but served the card of {card.name!r}")
-    return VerifiedModel(card, deployment, info.max_new_tokens, info.kv_policy)
+    offers = tuple(KVPolicyOffer(p.name, p.default_budget, p.description) for p in info.kv_policies)
+    return VerifiedModel(card, deployment, info.max_new_tokens, info.kv_policy, offers)
 
 
 @dataclass(frozen=True)
@@ -148,8 +178,11 @@ class PreparedRequest:
 
 
 def prepare_request(model: VerifiedModel, prompt_ids: list[int], max_new_tokens: int, token: str, *,
-                    request_id: str | None = None) -> PreparedRequest:
+                    request_id: str | None = None, kv_policy: str = "", kv_budget: float = 0.0) -> PreparedRequest:
     """Share the one-hot prompt; seal share *i*, the session parameters and a reply secret to party *i*.
+
+    ``kv_policy`` and ``kv_budget`` go into the request and every sealed input as given (empty and 0
+    leave them to the parties' defaults; :meth:`VerifiedModel.kv_choice` resolves them here instead).
 
     ``token`` is the bearer token the request will be sent with: the parties run it under the request
     id scoped to that token (:func:`pinfer.keys.session.session_id`), which the orchestrator derives
@@ -174,13 +207,13 @@ def prepare_request(model: VerifiedModel, prompt_ids: list[int], max_new_tokens:
     for party, (bundle, recipient) in enumerate(zip(bundles, model.deployment.party_keys)):
         payload = bundle.dense["tokens"] if bundle.seed is None else torch.frombuffer(bytearray(bundle.seed), dtype=torch.uint8)
         parameters = session.SessionParameters(session_id, model.name, model.parties, party, len(prompt_ids),
-                                               max_new_tokens)
+                                               max_new_tokens, kv_policy, kv_budget)
         secret = os.urandom(session.REPLY_SECRET_BYTES)
         sealed.append(session.seal_input(parameters, issued_at, secret, envelope.encode_tensor(payload), recipient))
         reply_keys.append(session.ReplyKey(secret, session_id, party))
     request = inference_pb2.GenerateRequest(
         model=model.name, request_id=request_id, input_shares=sealed, prompt_tokens=len(prompt_ids),
-        max_new_tokens=max_new_tokens)
+        max_new_tokens=max_new_tokens, kv_policy=kv_policy, kv_budget=kv_budget)
     return PreparedRequest(request, vocab_size, tuple(reply_keys), session_id)
 
 
@@ -269,29 +302,38 @@ class Client:
             self._tokenizers[info.tokenizer] = load_tokenizer(resolve(info.tokenizer))
         return self._tokenizers[info.tokenizer]
 
-    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, model: str | None = None) -> Iterator[Token]:
+    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, model: str | None = None, *,
+                     kv_policy: str | None = None, kv_budget: float | None = None) -> Iterator[Token]:
         """Private greedy generation from token ids; yields each new token as soon as it is opened.
 
-        Raises ``grpc.RpcError`` with the service's status code (for example ``INVALID_ARGUMENT``
-        for a prompt over the context, ``UNAVAILABLE`` when a party is lost), and the trust errors
-        of the module docstring.
+        ``kv_policy`` names one of the model's ``kv_policies`` and ``kv_budget`` is the kept fraction of
+        the prompt (None: the service's default policy, the policy's default budget); both are public
+        and sealed to every party with its share. Raises ``ValueError`` for a policy or budget the
+        service does not offer, ``grpc.RpcError`` with the service's status code (for example
+        ``INVALID_ARGUMENT`` for a prompt over the context, ``UNAVAILABLE`` when a party is lost), and
+        the trust errors of the module docstring.
         """
         info = self.model_info(model)
-        yield from self._generate(info, prompt_ids, max_new_tokens)
+        yield from self._generate(info, prompt_ids, max_new_tokens, kv_policy, kv_budget)
 
-    def _generate(self, info: VerifiedModel, prompt_ids: list[int], max_new_tokens: int) -> Iterator[Token]:
-        prepared = prepare_request(info, prompt_ids, max_new_tokens, self._token)
+    def _generate(self, info: VerifiedModel, prompt_ids: list[int], max_new_tokens: int, kv_policy: str | None,
+                  kv_budget: float | None) -> Iterator[Token]:
+        policy, budget = info.kv_choice(kv_policy, kv_budget)
+        prepared = prepare_request(info, prompt_ids, max_new_tokens, self._token, kv_policy=policy, kv_budget=budget)
         yield from prepared.open_stream(self._stub.Generate(prepared.request, timeout=self._timeout_s))
 
-    def stream(self, prompt: str, max_new_tokens: int = 16, model: str | None = None, raw: bool = False) -> Iterator[str]:
-        """Yield the generated text piece by piece as tokens arrive (cut at the first stop token)."""
+    def stream(self, prompt: str, max_new_tokens: int = 16, model: str | None = None, raw: bool = False, *,
+               kv_policy: str | None = None, kv_budget: float | None = None) -> Iterator[str]:
+        """Yield the generated text piece by piece as tokens arrive (cut at the first stop token);
+        ``kv_policy`` and ``kv_budget`` as in :meth:`generate_ids`."""
         from pinfer.model.tokenizer import encode_prompt
 
         info = self.model_info(model)
         tokenizer = self.tokenizer(info)
-        tokens = self._generate(info, encode_prompt(tokenizer, prompt, raw), max_new_tokens)
+        tokens = self._generate(info, encode_prompt(tokenizer, prompt, raw), max_new_tokens, kv_policy, kv_budget)
         yield from text_pieces(tokenizer, info.eos_token_ids, tokens)
 
-    def generate(self, prompt: str, max_new_tokens: int = 16, model: str | None = None, raw: bool = False) -> str:
+    def generate(self, prompt: str, max_new_tokens: int = 16, model: str | None = None, raw: bool = False, *,
+                 kv_policy: str | None = None, kv_budget: float | None = None) -> str:
         """The whole generated text (see :meth:`stream`)."""
-        return "".join(self.stream(prompt, max_new_tokens, model, raw))
+        return "".join(self.stream(prompt, max_new_tokens, model, raw, kv_policy=kv_policy, kv_budget=kv_budget))

@@ -8,10 +8,11 @@ token shares to the client as they arrive, with each step's public cost. Whateve
 node ends the session on every node (its control streams are cancelled, which kills the workers).
 
 Status codes: ``UNAUTHENTICATED`` (no or wrong token), ``NOT_FOUND`` (unknown model),
-``INVALID_ARGUMENT`` (bad sizes or parameters, a prompt over the context, an envelope that is
-malformed here or does not open at its party), ``ALREADY_EXISTS`` (the caller's own request id is in
-flight, or the parties already ran it), ``RESOURCE_EXHAUSTED`` (slots and queue full),
-``UNAVAILABLE`` (a node down or lost mid-session), ``CANCELLED`` (``Cancel`` or client gone).
+``INVALID_ARGUMENT`` (bad sizes or parameters, a KV policy not served or a budget outside (0, 1], a
+prompt over the context, an envelope that is malformed here or does not open at its party),
+``ALREADY_EXISTS`` (the caller's own request id is in flight, or the parties already ran it),
+``RESOURCE_EXHAUSTED`` (slots and queue full), ``UNAVAILABLE`` (a node down or lost mid-session),
+``CANCELLED`` (``Cancel`` or client gone).
 
 Request ids are per caller: sessions are keyed by (token digest, request id), and the parties run a
 request under :func:`pinfer.keys.session.session_id` of the two, so no answer (``ALREADY_EXISTS``
@@ -35,6 +36,7 @@ import grpc
 
 from pinfer import keys
 from pinfer.keys import envelope, grpc_tls
+from pinfer.kvcache import serving as kv_serving
 from pinfer.parties.share_store import SIGNED_CARD_FILE, ModelCard, load_card, signed_card
 from pinfer.keys.session import REQUEST_ID, SEALED_INPUT_OVERHEAD, session_id, token_digest
 from pinfer.proto import inference_pb2, inference_pb2_grpc, node_pb2, node_pb2_grpc
@@ -238,9 +240,11 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
         return inference_pb2.ModelInfo(
             name=card.name, architecture=config.family, tokenizer=card.tokenizer, vocab_size=config.vocab_size,
             context_length=config.max_positions, max_new_tokens=self._max_new_tokens(config),
-            kv_policy="full", kv_budget=config.max_positions,
+            kv_policy=kv_serving.DEFAULT_POLICY, kv_budget=config.max_positions,
             deployment=keys.load_deployment_statement(self.config.key_root),
             card=signed_card(Path(self.config.models_root) / card.name),
+            kv_policies=[inference_pb2.KVPolicyInfo(name=p.name, default_budget=p.default_budget,
+                                                    description=p.description) for p in kv_serving.SERVED],
         )
 
     def _authenticate(self, context: grpc.ServicerContext) -> str:
@@ -298,6 +302,10 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
         if request.prompt_tokens + request.max_new_tokens > config.max_positions:
             invalid(f"prompt ({request.prompt_tokens} tokens) plus {request.max_new_tokens} new tokens exceeds "
                     f"the model's context of {config.max_positions}")
+        try:
+            kv_serving.resolve(request.kv_policy, request.kv_budget)
+        except kv_serving.KVRequestError as exc:
+            invalid(str(exc))
         if len(request.input_shares) != card.parties:
             invalid(f"expected {card.parties} input shares, one per party")
         # Party 0 holds a dense (prompt x vocab) int64 share; the others a 32-byte seed.
@@ -360,7 +368,7 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
             share = request.input_shares[rank] if rank < card.parties else b""
             stream.requests.put(node_pb2.SessionControl(start=node_pb2.StartSession(
                 endpoints=endpoints, input_share=share, prompt_tokens=request.prompt_tokens,
-                max_new_tokens=request.max_new_tokens)))
+                max_new_tokens=request.max_new_tokens, kv_policy=request.kv_policy, kv_budget=request.kv_budget)))
         events: queue.Queue = queue.Queue()
         readers = [threading.Thread(target=self._pump, args=(session, stream, events), daemon=True) for stream in streams]
         for reader in readers:

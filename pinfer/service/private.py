@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from pinfer.model.config import ModelConfig
-from pinfer.model.decoder import prepare_weights
+from pinfer.model.decoder import KVCachePolicy, prepare_weights
 from pinfer.model.generation import check_request, one_hot
 from pinfer.model.norm_plan import NormShifts
 from pinfer.parties.worker import generate_on_shares, load_model_shares
@@ -70,11 +70,13 @@ class PrivateModel:
     def close(self) -> None:
         self._world.close()
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> PrivateGeneration:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 kv_policy: KVCachePolicy | None = None) -> PrivateGeneration:
+        """One generation; ``kv_policy`` (:mod:`pinfer.kvcache`, None: the full cache) runs at every party."""
         check_request(self.config, prompt_ids, max_new_tokens)
         started = time.perf_counter()
         prompts = share({"tokens": one_hot(prompt_ids, self.config.vocab_size)}, self.n_parties)
-        results = self._world.run(_generate, max_new_tokens, party_kwargs=[{"prompt": p} for p in prompts])
+        results = self._world.run(_generate, max_new_tokens, kv_policy, party_kwargs=[{"prompt": p} for p in prompts])
         total = sum(r["token_id_shares"] for r in results)
         tokens = [int(v) for v in torch.round(total.double() / results[0]["token_id_scales"]).long()]
         steps = results[0]["step_seconds"]
@@ -93,9 +95,10 @@ def _load_model(ctx: PartyContext, config: ModelConfig, norm_shifts: NormShifts,
     return {"costs": ctx.costs.report()}
 
 
-def _generate(ctx: PartyContext, max_new_tokens: int, prompt: ShareBundle) -> dict[str, Any]:
+def _generate(ctx: PartyContext, max_new_tokens: int, kv_policy: KVCachePolicy | None,
+              prompt: ShareBundle) -> dict[str, Any]:
     """Party job: one generation on the model :func:`_load_model` left in this process."""
-    return generate_on_shares(ctx, ctx.kept[_KEPT_MODEL], max_new_tokens, prompt)
+    return generate_on_shares(ctx, ctx.kept[_KEPT_MODEL], max_new_tokens, prompt, kv_policy)
 
 
 def generate_private(
@@ -105,11 +108,12 @@ def generate_private(
     max_new_tokens: int,
     norm_shifts: NormShifts,
     n_parties: int = 2,
+    kv_policy: KVCachePolicy | None = None,
 ) -> PrivateGeneration:
     """One private generation in a fresh local world; its costs include the model's set-up phase."""
     check_request(config, prompt_ids, max_new_tokens)
     with PrivateModel(config, weights, norm_shifts, n_parties) as model:
-        result = model.generate(prompt_ids, max_new_tokens)
+        result = model.generate(prompt_ids, max_new_tokens, kv_policy)
     result.wall_seconds += model.setup_seconds
     result.party_costs = [{**setup, **run} for setup, run in zip(model.setup_costs, result.party_costs)]
     return result

@@ -207,7 +207,7 @@ def test_malicious_swapped_reply_key_gets_nothing(attack, service: LocalService)
         # The double knows every caller's token digest, so it can name the session id the parties expect.
         session_id = session.session_id(token_digest(service.token), request.request_id)
         parameters = session.SessionParameters(session_id, request.model, 2, 1, request.prompt_tokens,
-                                               request.max_new_tokens)
+                                               request.max_new_tokens, request.kv_policy, request.kv_budget)
         own_share = envelope.encode_tensor(torch.zeros(32, dtype=torch.uint8))
         request.input_shares[1] = session.seal_input(parameters, int(time.time()), bytes(32), own_share,
                                                      real.party_keys[1])
@@ -241,6 +241,23 @@ def test_malicious_replay_of_a_recorded_request_is_refused(attack, service: Loca
         list(client._stub.Generate(longer, timeout=120))
     assert changed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "disagree with what the client sealed" in changed.value.details()
+
+
+@pytest.mark.parametrize("change", [{"kv_policy": "streamingllm"}, {"kv_budget": 0.5}, {"kv_policy": "", "kv_budget": 0.0}],
+                         ids=["policy", "budget", "defaults"])
+def test_malicious_changed_kv_policy_or_budget_is_refused_by_the_parties(attack, change: dict) -> None:
+    interceptor, client = attack
+
+    def rewrite(request: inference_pb2.GenerateRequest) -> inference_pb2.GenerateRequest:
+        for name, value in change.items():
+            setattr(request, name, value)
+        return request
+
+    interceptor.rewrite_request = rewrite
+    with pytest.raises(grpc.RpcError) as refused:
+        list(client.generate_ids(PROMPT, TOKENS, model="tiny-llama", kv_policy="h2o", kv_budget=0.25))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "disagree with what the client sealed" in refused.value.details()
 
 
 def _flip_first_share(events: list[inference_pb2.GenerateEvent]) -> list[inference_pb2.GenerateEvent]:

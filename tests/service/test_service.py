@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import pinfer
 from pinfer import keys
 from pinfer.keys import envelope
+from pinfer.kvcache.serving import SERVED, resolve
 from pinfer.model.generation import generate_plain
 from pinfer.model.registry import load_model
 from pinfer.proto import inference_pb2, inference_pb2_grpc, node_pb2, node_pb2_grpc
@@ -30,6 +32,10 @@ from pinfer.service.local_service import LocalService
 from pinfer.service.orchestrator import Admission, OrchestratorConfig, serve, token_digest
 
 PROMPT = [5, 6, 7, 8, 9]
+KV_PROMPT = [(37 * i + 11) % 500 + 3 for i in range(96)]
+"""Long enough that a 25% budget (24 tokens) evicts: MPCache then picks 3 of 12 fine clusters of 8."""
+KV_BUDGET = 0.25
+KV_TOKENS = 3
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +103,52 @@ def test_private_generation_matches_plaintext(client: pinfer.Client, plain_token
     assert all(len(t.costs) == 2 and t.costs[0].bytes_sent > 0 and t.costs[0].rounds > 0 for t in tokens)
 
 
+@pytest.fixture(scope="module")
+def kv_plain_tokens() -> dict[str, list[int]]:
+    """Each served policy's plaintext greedy tokens on ``KV_PROMPT`` (the full cache at its only budget)."""
+    config, weights, _ = load_model("tiny-llama")
+    return {p.name: generate_plain(config, weights, KV_PROMPT, KV_TOKENS,
+                                   resolve(p.name, 0.0 if p.name == "full" else KV_BUDGET).build()) for p in SERVED}
+
+
+@pytest.mark.parametrize("policy", [p.name for p in SERVED])
+def test_every_kv_policy_through_the_service_matches_its_plaintext_run(client: pinfer.Client, policy: str,
+                                                                        kv_plain_tokens: dict[str, list[int]]) -> None:
+    budget = None if policy == "full" else KV_BUDGET
+    tokens = [t.token_id for t in client.generate_ids(KV_PROMPT, KV_TOKENS, kv_policy=policy, kv_budget=budget)]
+    assert tokens == kv_plain_tokens[policy]
+
+
+def test_model_info_lists_the_kv_policies(client: pinfer.Client) -> None:
+    info = client.model_info("tiny-llama")
+    assert [offer.name for offer in info.kv_policies] == [p.name for p in SERVED]
+    assert info.kv_policy == "full" and info.kv_choice() == ("full", 1.0)
+    assert all(0 < offer.default_budget <= 1 and offer.description for offer in info.kv_policies)
+    assert info.kv_choice("mpcache") == ("mpcache", 0.1) and info.kv_choice("h2o", 0.5) == ("h2o", 0.5)
+
+
+def test_an_unknown_kv_policy_or_a_budget_out_of_range_is_invalid_argument(service: LocalService,
+                                                                           client: pinfer.Client,
+                                                                           plain_tokens: list[int]) -> None:
+    stub = _stub(service, service.token)
+    info = client.model_info("tiny-llama")
+    cases = [("lru", 0.0, "unknown KV policy 'lru'"), ("h2o", 1.5, "in (0, 1]"), ("h2o", -0.25, "in (0, 1]"),
+             ("h2o", math.nan, "in (0, 1]"), ("full", 0.5, "keeps every token"), ("x" * 300, 0.1, "unknown KV policy")]
+    for policy, budget, message in cases:
+        request = prepare_request(info, PROMPT, 2, service.token, kv_policy=policy, kv_budget=budget).request
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.Generate(request))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in refused.value.details()
+        assert len(refused.value.details()) < 200
+    for policy, budget in (("lru", None), ("h2o", 2.0), ("h2o", 0.0)):  # the SDK refuses before sealing anything
+        with pytest.raises(ValueError):
+            list(client.generate_ids(PROMPT, 2, kv_policy=policy, kv_budget=budget))
+    # Empty and 0 are the defaults (an older client sends neither field): the full cache.
+    prepared = prepare_request(info, PROMPT, 3, service.token)
+    assert (prepared.request.kv_policy, prepared.request.kv_budget) == ("", 0.0)
+    assert [t.token_id for t in prepared.open_stream(stub.Generate(prepared.request))] == plain_tokens
+
+
 def test_cli_generate_through_the_endpoint(service: LocalService, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
@@ -115,6 +167,27 @@ def test_cli_generate_through_the_endpoint(service: LocalService, capsys: pytest
     assert report["tokens"] == report["plaintext_tokens"] == expected and report["match"]
     assert set(report["by_phase"]) == {"prefill", "decode"}
     assert all(b > 0 for b in report["bytes_per_party"]) and report["latency_s"]["first_token"] > 0
+
+
+def test_cli_generate_with_a_kv_policy_through_the_endpoint(service: LocalService,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pinfer.cli import main
+    from pinfer.model.tokenizer import encode_prompt
+
+    config, weights, tokenizer = load_model("tiny-llama")
+    prompt = "a private prompt that is long enough for the cache to evict " * 2
+    expected = generate_plain(config, weights, encode_prompt(tokenizer, prompt, raw=True), 2,
+                              resolve("mpcache", KV_BUDGET).build())
+    argv = ["generate", "--endpoint", service.endpoint, "--token-file", str(service.root / "client.token"),
+            "--ca", str(service.ca_path), "--model", "tiny-llama", "--prompt", prompt, "--raw", "--max-new-tokens", "2"]
+    assert main([*argv, "--kv-policy", "mpcache", "--kv-budget", str(KV_BUDGET), "--json", "--check"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["kv_policy"], report["kv_budget"]) == ("mpcache", KV_BUDGET) and report["prompt_tokens"] > 100
+    assert report["tokens"] == report["plaintext_tokens"] == expected and report["match"]
+    assert main([*argv, "--kv-policy", "lru"]) == 2
+    assert "no KV policy 'lru'" in capsys.readouterr().err
 
 
 def test_import_pinfer_stays_light() -> None:
@@ -670,12 +743,13 @@ def test_nodes_refuse_start_messages_they_should_not_run(service: LocalService, 
     context = info.config.max_positions
 
     def case(role: str, ranks: range = range(3), port: int | None = None, prompt: int = len(PROMPT), new: int = 2,
-             share: bool = True) -> str:
+             share: bool = True, kv_policy: str = "", kv_budget: float = 0.0) -> str:
         def start(worker_port: int) -> node_pb2.StartSession:
             return node_pb2.StartSession(
                 endpoints=[node_pb2.Endpoint(rank=r, host="127.0.0.1", port=worker_port if port is None else port)
                            for r in ranks],
-                input_share=b"sealed" if share else b"", prompt_tokens=prompt, max_new_tokens=new)
+                input_share=b"sealed" if share else b"", prompt_tokens=prompt, max_new_tokens=new,
+                kv_policy=kv_policy, kv_budget=kv_budget)
 
         error = _drive_node(service, role, session.new_request_id(), start)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (role, error.details())
@@ -687,4 +761,27 @@ def test_nodes_refuse_start_messages_they_should_not_run(service: LocalService, 
     assert "context" in case("party0", prompt=context - 1, new=2)
     assert "needs its sealed input" in case("party1", share=False)
     assert "the dealer takes no input" in case("dealer")
+    assert "unknown KV policy 'lru'" in case("party0", kv_policy="lru")
+    assert "in (0, 1]" in case("party1", kv_policy="h2o", kv_budget=1.5)
+    _wait_idle(service)
+
+
+@pytest.mark.parametrize(("told", "why"), [(("tova", 0.5), "kv_policy"), (("h2o", 0.25), "kv_budget"),
+                                           (("", 0.0), "kv_policy, kv_budget")],
+                         ids=["other-policy", "other-budget", "defaults"])
+def test_a_party_runs_only_the_kv_policy_sealed_to_it(service: LocalService, client: pinfer.Client,
+                                                      told: tuple[str, float], why: str) -> None:
+    """An orchestrator that tells one party another policy or budget than the client sealed to it (so
+    that the two parties would run different caches) is refused by that party before the mesh forms."""
+    prepared = prepare_request(client.model_info("tiny-llama"), PROMPT, 2, service.token, kv_policy="h2o",
+                               kv_budget=0.5)
+
+    def start(port: int) -> node_pb2.StartSession:
+        return node_pb2.StartSession(endpoints=[node_pb2.Endpoint(rank=r, host="127.0.0.1", port=port) for r in range(3)],
+                                     input_share=prepared.request.input_shares[1], prompt_tokens=len(PROMPT),
+                                     max_new_tokens=2, kv_policy=told[0], kv_budget=told[1])
+
+    error = _drive_node(service, "party1", prepared.session_id, start)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"the session's {why} disagree with what the client sealed" in error.details()
     _wait_idle(service)

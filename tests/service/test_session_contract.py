@@ -30,12 +30,15 @@ def test_a_sealed_input_opens_with_its_parameters_share_and_secret() -> None:
     opened = _open(_sealed())
     assert opened.parameters == PARAMS and opened.share == b"s" * 32 and opened.reply_secret == bytes(range(32))
     assert "reply_secret=" not in repr(opened) and "share=" not in repr(opened)
+    with_kv = session.SessionParameters(**{**vars(PARAMS), "kv_policy": "mpcache", "kv_budget": 0.1})
+    assert _open(_sealed(with_kv), with_kv).parameters == with_kv
 
 
-@pytest.mark.parametrize("field", ["request_id", "model", "parties", "party", "prompt_tokens", "max_new_tokens"])
+@pytest.mark.parametrize("field", ["request_id", "model", "parties", "party", "prompt_tokens", "max_new_tokens",
+                                   "kv_policy", "kv_budget"])
 def test_every_disagreeing_parameter_is_refused_by_name(field: str) -> None:
     other = {"request_id": "cd" * 16, "model": "gpt2-base", "parties": 3, "party": 0, "prompt_tokens": 6,
-             "max_new_tokens": 4}[field]
+             "max_new_tokens": 4, "kv_policy": "mpcache", "kv_budget": 0.1}[field]
     expected = session.SessionParameters(**{**vars(PARAMS), field: other})
     # request id and party are in the HPKE context: such an input does not even open
     error = envelope.EnvelopeAuthError if field in ("request_id", "party") else session.SessionContractError
