@@ -272,6 +272,8 @@ class Client:
     def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, model: str | None = None) -> Iterator[Token]:
         """Private greedy generation from token ids; yields each new token as soon as it is opened.
 
+        Closing the iterator before its end cancels the generation on the service.
+
         Raises ``grpc.RpcError`` with the service's status code (for example ``INVALID_ARGUMENT``
         for a prompt over the context, ``UNAVAILABLE`` when a party is lost), and the trust errors
         of the module docstring.
@@ -281,7 +283,11 @@ class Client:
 
     def _generate(self, info: VerifiedModel, prompt_ids: list[int], max_new_tokens: int) -> Iterator[Token]:
         prepared = prepare_request(info, prompt_ids, max_new_tokens, self._token)
-        yield from prepared.open_stream(self._stub.Generate(prepared.request, timeout=self._timeout_s))
+        call = self._stub.Generate(prepared.request, timeout=self._timeout_s)
+        try:
+            yield from prepared.open_stream(call)
+        finally:
+            call.cancel()  # a caller that stops reading early (a stop sequence, a client gone) stops the parties too
 
     def stream(self, prompt: str, max_new_tokens: int = 16, model: str | None = None, raw: bool = False) -> Iterator[str]:
         """Yield the generated text piece by piece as tokens arrive (cut at the first stop token)."""
