@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,53 +42,82 @@ def run(args: argparse.Namespace) -> int:
         print("pinfer serve-openai: needs the orchestrator's token (--token-file, --token or PINFER_TOKEN)",
               file=sys.stderr)
         return 2
-    try:
-        import uvicorn
-
-        from pinfer.service.openai_api import OpenAIEndpoint
-    except ImportError as exc:
-        print(f"pinfer serve-openai: {exc.name} is not installed; install the http extra: "
-              "pip install -e '.[http]'", file=sys.stderr)
+    if not http_available("serve-openai"):
         return 2
-    import grpc
-
-    from pinfer.cli.node import clear_port_file, write_port_file
-    from pinfer.keys.trust import UntrustedStatementError
+    from pinfer.cli.node import clear_port_file
     from pinfer.service.client import Client
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s serve-openai %(levelname)s %(message)s")
     clear_port_file(args.port_file)
-    if not _is_loopback(args.host):
-        print(f"pinfer serve-openai: warning: listening on {args.host}; prompts and answers cross that network "
-              "unencrypted between the HTTP caller and this process", file=sys.stderr)
+    api_key = _read_secret(args.api_key_file) if args.api_key_file else None
     with Client(args.endpoint, token, args.ca) as client:
         try:
-            models = client.models()  # reachable and trusted before anything is accepted
-        except (grpc.RpcError, UntrustedStatementError) as exc:
-            reason = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else str(exc)
-            print(f"pinfer serve-openai: the service at {args.endpoint} is not usable: {reason}", file=sys.stderr)
+            server, listener = listen(client, args.host, args.port, api_key, args.port_file)
+        except ServiceUnusable as exc:
+            print(f"pinfer serve-openai: the service at {args.endpoint} is not usable: {exc}", file=sys.stderr)
             return 1
-        api_key = _read_secret(args.api_key_file) if args.api_key_file else None
-        app = OpenAIEndpoint(client, api_key).app()
-        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            listener.bind((args.host, args.port))
         except OSError as exc:
             print(f"pinfer serve-openai: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
             return 1
-        port = listener.getsockname()[1]
-        host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
-        print(f"openai api : http://{host}:{port}/v1  (models: {', '.join(m.name for m in models)})")
-        print(f"try        : curl http://{host}:{port}/v1/chat/completions -H 'Content-Type: application/json' "
-              f"-d '{{\"model\": \"{models[0].name if models else 'MODEL'}\", \"messages\": "
-              "[{\"role\": \"user\", \"content\": \"Hello\"}], \"max_tokens\": 8}'", flush=True)
-        listener.listen()
-        write_port_file(args.port_file, port)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        server.run(sockets=[listener])
+        server.run(sockets=[listener])  # until SIGINT or SIGTERM
     return 0
+
+
+def http_available(command: str) -> bool:
+    """Whether the http extra is installed; says how to install it if not."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        print(f"pinfer {command}: {exc.name} is not installed; install the http extra: pip install -e '.[http]'",
+              file=sys.stderr)
+        return False
+    return True
+
+
+class ServiceUnusable(RuntimeError):
+    """The pinfer service cannot be reached, or is not what the pinned CA vouches for."""
+
+
+def listen(client: Any, host: str, port: int, api_key: str | None, port_file: str | None) -> tuple[Any, socket.socket]:
+    """Check that the service answers and is trusted, bind the HTTP port and announce it.
+
+    Returns the uvicorn server and its listening socket, to run with ``server.run(sockets=[listener])``.
+    """
+    import grpc
+    import uvicorn
+
+    from pinfer.cli.node import write_port_file
+    from pinfer.keys.trust import UntrustedStatementError
+    from pinfer.service.openai_api import OpenAIEndpoint
+
+    try:
+        models = client.models()  # reachable and trusted before anything is accepted
+    except grpc.RpcError as exc:
+        raise ServiceUnusable(f"{exc.code().name}: {exc.details()}") from None
+    except UntrustedStatementError as exc:
+        raise ServiceUnusable(str(exc)) from None
+    if not _is_loopback(host):
+        print(f"serve-openai: warning: listening on {host}; prompts and answers cross that network unencrypted "
+              "between the HTTP caller and this process", file=sys.stderr)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen()
+    except OSError:
+        listener.close()
+        raise
+    bound = listener.getsockname()[1]
+    url = f"http://{f'[{host}]' if family == socket.AF_INET6 else host}:{bound}/v1"
+    print(f"openai api : {url}  (models: {', '.join(m.name for m in models)})")
+    print(f"try        : curl {url}/chat/completions -H 'Content-Type: application/json' "
+          f"-d '{{\"model\": \"{models[0].name if models else 'MODEL'}\", \"messages\": "
+          "[{\"role\": \"user\", \"content\": \"Hello\"}], \"max_tokens\": 8}'", flush=True)
+    write_port_file(port_file, bound)
+    app = OpenAIEndpoint(client, api_key).app()
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)), listener
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,11 +1,11 @@
-"""`pinfer serve-openai` driven by the official openai client, in front of `pinfer up`'s processes (tiny-llama).
+"""The OpenAI-compatible endpoint driven by the official openai client, in front of tiny-llama.
 
-One :class:`LocalService` (one slot, no queue, so a second request at once is refused) and one
-`pinfer serve-openai` process serve the module. The texts are compared with `pinfer generate` on the
-same prompt. Generations are 3 tokens, except where a stop string or a closed stream must end a
-longer one early: there the party's log shows that the session was cancelled rather than run to its
-end. The stop-string and end-of-sequence logic is also checked without a service, on a fake client.
-"""
+One `pinfer up --openai-port 0` (one slot, no queue, so a second request at once is refused) serves
+the module; `pinfer serve-openai`, the endpoint on its own, is started once more with an API key. The
+texts are compared with `pinfer generate` on the same prompt. Generations are 3 tokens, except where
+a stop string or a closed stream must end a longer one early: there the party's log shows that the
+session was cancelled rather than run to its end. The stop-string and end-of-sequence logic is also
+checked without a service, on a fake client."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import io
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ import pytest
 from pinfer.cli import main
 from pinfer.service.client import Token
 from pinfer.service.completion import StopStrings, TextCompletion
-from pinfer.service.local_service import LocalService
 
 MODEL = "tiny-llama"
 PROMPT = "hello world"  # tiny-llama's greedy answer starts "nnn\x04": text enough to cut with a stop string
@@ -36,39 +35,48 @@ TOKENS = 3
 LONG = 40  # a generation that only a cancellation ends within the test
 
 
+@dataclass(frozen=True)
+class Up:
+    """A running `pinfer up --openai-port 0`: its state directory and what it printed."""
+
+    root: Path
+    endpoint: str
+    ca: str
+    base_url: str
+
+    @property
+    def token_file(self) -> str:
+        return str(self.root / "client.token")
+
+
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
-    with LocalService(tmp_path_factory.mktemp("openai-service"), model=MODEL, slots=1, queue=0) as svc:
-        yield svc
-
-
-def _start_serve_openai(service: LocalService, root: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port_file = root / "http.port"
-    log = open(root / "serve-openai.log", "ab")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    """The one command: the service's processes and the HTTP endpoint (one slot, no queue)."""
+    root = tmp_path_factory.mktemp("pinfer-up")
+    errors = open(root / "up.stderr", "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pinfer.cli", "serve-openai", "--endpoint", service.endpoint,
-         "--token-file", str(service.root / "client.token"), "--ca", str(service.ca_path), "--port", "0",
-         "--port-file", str(port_file), *extra],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    log.close()
-    deadline = time.monotonic() + 120
-    while not (port_file.exists() and port_file.read_text().strip()):
-        assert process.poll() is None, (root / "serve-openai.log").read_text()
-        assert time.monotonic() < deadline, "serve-openai did not start"
-        time.sleep(0.1)
-    return process, f"http://127.0.0.1:{int(port_file.read_text())}/v1"
-
-
-@pytest.fixture(scope="module")
-def base_url(service: LocalService, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("serve-openai")
-    process, url = _start_serve_openai(service, root)
+        [sys.executable, "-m", "pinfer.cli", "up", "--model", MODEL, "--dir", str(root), "--slots", "1",
+         "--queue", "0", "--openai-port", "0"],
+        stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL, text=True)
+    errors.close()
     try:
-        yield url
+        printed: dict[str, str] = {}
+        for line in process.stdout:  # type: ignore[union-attr]
+            key, _, value = line.partition(" : ")
+            printed[key.strip()] = value.split()[0] if value.strip() else ""
+            if line.startswith("A process that exits"):
+                break
+        assert {"endpoint", "ca", "openai api"} <= set(printed), (root / "up.stderr").read_text()
+        yield Up(root, printed["endpoint"], printed["ca"], printed["openai api"])
     finally:
         process.terminate()
-        process.wait(timeout=30)
-    assert PROMPT not in (root / "serve-openai.log").read_text()  # only public counts are logged
+        process.wait(timeout=60)
+    assert PROMPT not in (root / "up.stderr").read_text()  # its log holds public counts only
+
+
+@pytest.fixture(scope="module")
+def base_url(up: Up) -> str:
+    return up.base_url
 
 
 @pytest.fixture(scope="module")
@@ -77,19 +85,19 @@ def api(base_url: str) -> Iterator[openai.OpenAI]:
         yield client
 
 
-def _pinfer_generate(service: LocalService, *extra: str) -> dict[str, Any]:
+def _pinfer_generate(up: Up, *extra: str) -> dict[str, Any]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["generate", "--endpoint", service.endpoint, "--token-file", str(service.root / "client.token"),
-                     "--ca", str(service.ca_path), "--model", MODEL, "--prompt", PROMPT,
+        assert main(["generate", "--endpoint", up.endpoint, "--token-file", up.token_file,
+                     "--ca", up.ca, "--model", MODEL, "--prompt", PROMPT,
                      "--max-new-tokens", str(TOKENS), "--json", *extra]) == 0
     return json.loads(out.getvalue())
 
 
 @pytest.fixture(scope="module")
-def generated(service: LocalService) -> dict[str, Any]:
+def generated(up: Up) -> dict[str, Any]:
     """`pinfer generate` on PROMPT: as a chat turn, and raw (``--raw``)."""
-    return {"chat": _pinfer_generate(service), "raw": _pinfer_generate(service, "--raw")}
+    return {"chat": _pinfer_generate(up), "raw": _pinfer_generate(up, "--raw")}
 
 
 def _expected_usage(report: dict[str, Any]) -> tuple[int, int, int]:
@@ -97,11 +105,11 @@ def _expected_usage(report: dict[str, Any]) -> tuple[int, int, int]:
     return report["prompt_tokens"], len(report["tokens"]), report["prompt_tokens"] + len(report["tokens"])
 
 
-def _last_session_outcome(service: LocalService, timeout_s: float = 60) -> str:
+def _last_session_outcome(up: Up, timeout_s: float = 60) -> str:
     """How party 0 says its latest session ended ("done", "cancelled", ...), once it has ended."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        lines = [line for line in (service.root / "party0.log").read_text().splitlines() if " session " in line]
+        lines = [line for line in (up.root / "party0.log").read_text().splitlines() if " session " in line]
         if lines and "worker" not in lines[-1]:
             return lines[-1].rsplit(": ", 1)[1]
         time.sleep(0.2)
@@ -164,14 +172,14 @@ def test_openai_completion_equals_pinfer_generate_raw(api: openai.OpenAI, genera
     assert by_ids.usage.prompt_tokens == 3  # token ids are sent as they are
 
 
-def test_openai_stop_string_ends_and_cancels_the_generation(service: LocalService, api: openai.OpenAI,
+def test_openai_stop_string_ends_and_cancels_the_generation(up: Up, api: openai.OpenAI,
                                                             generated: dict[str, Any]) -> None:
     text = generated["raw"]["text"]
     assert text.startswith("nnn")  # tiny-llama's answer, continuing "\x04" (see PROMPT)
     response = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=LONG, stop=["n\x04", "zz"])
     assert response.choices[0].text == "nn" and response.choices[0].finish_reason == "stop"
     assert response.usage.completion_tokens == 4  # "n", "n", "n", "\x04": the stop string was complete
-    assert _last_session_outcome(service) == "cancelled"
+    assert _last_session_outcome(up) == "cancelled"
 
 
 def test_openai_error_bodies(base_url: str, api: openai.OpenAI) -> None:
@@ -223,7 +231,7 @@ def test_openai_unknown_model(base_url: str, api: openai.OpenAI) -> None:
     assert status == 404 and body["error"]["message"].startswith("The model `no-such-model` does not exist")
 
 
-def test_openai_busy_service_and_a_closed_stream(service: LocalService, api: openai.OpenAI) -> None:
+def test_openai_busy_service_and_a_closed_stream(up: Up, api: openai.OpenAI) -> None:
     """With the one slot taken: a second request is 429, or an error event once its stream has begun;
     closing the first stream cancels its generation."""
     stream = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=LONG, stream=True)
@@ -237,13 +245,26 @@ def test_openai_busy_service_and_a_closed_stream(service: LocalService, api: ope
                                          stream=True))
     assert streamed.value.code == "rate_limit_exceeded"
     stream.close()
-    assert _last_session_outcome(service) == "cancelled"
+    assert _last_session_outcome(up) == "cancelled"
 
 
-def test_openai_api_key_is_required_when_configured(service: LocalService, tmp_path: Path) -> None:
+def test_openai_serve_openai_requires_its_api_key(up: Up, tmp_path: Path) -> None:
+    """`pinfer serve-openai`, the endpoint on its own in front of a running service, with an API key."""
     (tmp_path / "api.key").write_text("sesame\n")
-    process, url = _start_serve_openai(service, tmp_path, "--api-key-file", str(tmp_path / "api.key"))
+    port_file = tmp_path / "http.port"
+    with open(tmp_path / "serve-openai.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pinfer.cli", "serve-openai", "--endpoint", up.endpoint, "--token-file",
+             up.token_file, "--ca", up.ca, "--port", "0", "--port-file", str(port_file),
+             "--api-key-file", str(tmp_path / "api.key")],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
+        deadline = time.monotonic() + 120
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert process.poll() is None, (tmp_path / "serve-openai.log").read_text()
+            assert time.monotonic() < deadline, "serve-openai did not start"
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{int(port_file.read_text())}/v1"
         with openai.OpenAI(base_url=url, api_key="wrong", max_retries=0) as client, \
                 pytest.raises(openai.AuthenticationError) as info:
             client.models.list()
@@ -253,6 +274,7 @@ def test_openai_api_key_is_required_when_configured(service: LocalService, tmp_p
     finally:
         process.terminate()
         process.wait(timeout=30)
+    assert "sesame" not in (tmp_path / "serve-openai.log").read_text()
 
 
 # --- the completion logic, without a service ---------------------------------------------------------
