@@ -39,7 +39,7 @@ from starlette.routing import Route
 
 from pinfer.keys.session import OutputIntegrityError
 from pinfer.keys.trust import UntrustedStatementError
-from pinfer.model.tokenizer import NoChatTemplateError, encode_chat
+from pinfer.model.tokenizer import NoChatTemplateError, encode_chat, encode_prompt
 from pinfer.service.client import Client, VerifiedModel
 from pinfer.service.completion import TextCompletion
 
@@ -49,7 +49,7 @@ MAX_STOP_STRINGS = 4
 CHAT_ROLES = ("system", "developer", "user", "assistant")
 
 # Parameters that change nothing under greedy decoding of one choice, so accepting them hides nothing.
-_NEUTRAL = ("seed", "top_p", "user", "parallel_tool_calls", "store", "metadata", "service_tier")
+_NEUTRAL = ("seed", "top_p", "user", "parallel_tool_calls")
 _COMMON = ("model", "max_tokens", "stream", "stream_options", "stop", "temperature", "n", "presence_penalty",
            "frequency_penalty", "logit_bias", "logprobs", *_NEUTRAL)
 CHAT_PARAMETERS = frozenset((*_COMMON, "messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
@@ -88,14 +88,19 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status)
 
 
+SERVICE_ERRORS = (grpc.RpcError, UntrustedStatementError, OutputIntegrityError)
+"""What the service or the client's checks of it raise; anything else is this endpoint's own failure."""
+
+
 def from_service_error(exc: Exception) -> APIError:
-    """The HTTP error for a failure of the pinfer service or of its trust checks."""
+    """The HTTP error for one of :data:`SERVICE_ERRORS`, or a generic server error for anything else
+    (whose message is not passed on: it is no part of the API)."""
     if isinstance(exc, grpc.RpcError):
         status, type_, code = _GRPC_ERRORS.get(exc.code(), (500, "server_error", None))
         return APIError(status, f"pinfer service: {exc.code().name}: {exc.details()}", type_, None, code)
     if isinstance(exc, (UntrustedStatementError, OutputIntegrityError)):
         return APIError(502, f"pinfer service failed a trust check: {exc}", "server_error", None, "untrusted_service")
-    raise exc
+    return APIError(500, f"internal error of the endpoint ({type(exc).__name__}); see its log", "server_error")
 
 
 def _unsupported_value(param: str, value: Any, allowed: str) -> APIError:
@@ -178,13 +183,16 @@ class OpenAIEndpoint:
         ], exception_handlers={HTTPException: http_error})
 
     def _guarded(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
-        """The handler behind the API key check, with every :class:`APIError` as its error body."""
+        """The handler behind the API key check, every error answered with the API's error body."""
         async def endpoint(request: Request) -> Response:
             try:
                 self._authorize(request)
                 return await handler(request)
             except APIError as exc:
                 return exc.response()
+            except Exception as exc:  # answered here: a server's traceback log could quote the prompt
+                log.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+                return from_service_error(exc).response()
 
         return endpoint
 
@@ -214,13 +222,13 @@ class OpenAIEndpoint:
                 raise APIError(404, f"The model `{name}` does not exist or you do not have access to it.",
                                param="model", code="model_not_found") from None
             raise from_service_error(exc) from None
-        except (UntrustedStatementError, OutputIntegrityError) as exc:
+        except SERVICE_ERRORS as exc:
             raise from_service_error(exc) from None
 
     async def _service(self, call: Callable[[], Any]) -> Any:
         try:
             return await run_in_threadpool(call)
-        except (grpc.RpcError, UntrustedStatementError, OutputIntegrityError) as exc:
+        except SERVICE_ERRORS as exc:
             raise from_service_error(exc) from None
 
     # --- completions -------------------------------------------------------------------------------
@@ -246,7 +254,7 @@ class OpenAIEndpoint:
             prompt = prompt[0]  # a batch of one prompt
         if isinstance(prompt, str):
             tokenizer = await run_in_threadpool(self._client.tokenizer, model)
-            prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            prompt_ids = encode_prompt(tokenizer, prompt, raw=True)
         elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             prompt_ids = prompt
             if min(prompt_ids) < 0 or max(prompt_ids) >= model.config.vocab_size:
@@ -268,7 +276,7 @@ class OpenAIEndpoint:
         progress = _Progress(response_id, completion)
         try:
             text = await run_in_threadpool(lambda: "".join(progress.track(completion.pieces())))
-        except (grpc.RpcError, UntrustedStatementError, OutputIntegrityError) as exc:
+        except Exception as exc:
             progress.failed(exc)
             raise from_service_error(exc) from None
         return JSONResponse(frame.whole(text, completion))
@@ -280,7 +288,7 @@ class OpenAIEndpoint:
         try:
             async for piece in _from_thread(progress.track(completion.pieces())):
                 yield _sse(frame.chunk(piece, None))
-        except (grpc.RpcError, UntrustedStatementError, OutputIntegrityError) as exc:
+        except Exception as exc:
             progress.failed(exc)
             yield _sse(from_service_error(exc).body())  # the status line has gone: the error is an event
             return
@@ -342,6 +350,7 @@ class _Progress:
                  self._completion.finish_reason, time.monotonic() - self._start)
 
     def failed(self, exc: Exception) -> None:
+        # The type, not the message: an unforeseen exception's message could hold text of the prompt.
         reason = exc.code().name if isinstance(exc, grpc.RpcError) else type(exc).__name__
         log.warning("%s: failed after %.1f s: %s", self._id, time.monotonic() - self._start, reason)
 
