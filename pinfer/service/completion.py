@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
-
 from pinfer.service.client import Client, Token, VerifiedModel, text_pieces
 
 
@@ -35,10 +33,14 @@ class StopStrings:
             self.stopped = True
             self._held = ""
             return text[:min(found)]
-        keep = max((k for s in self._stops for k in range(min(len(s) - 1, len(text)), 0, -1)
-                    if text.endswith(s[:k])), default=0)
+        keep = max((self._partial_length(text, s) for s in self._stops), default=0)
         self._held = text[len(text) - keep:]
         return text[:len(text) - keep]
+
+    @staticmethod
+    def _partial_length(text: str, stop: str) -> int:
+        """The length of the longest end of ``text`` that begins ``stop`` (shorter than ``stop``)."""
+        return next((k for k in range(min(len(stop) - 1, len(text)), 0, -1) if text.endswith(stop[:k])), 0)
 
     def flush(self) -> str:
         """What was held back, once the text has ended without a stop string."""
@@ -85,7 +87,7 @@ class TextCompletion:
             yield rest
         self.finish_reason = self.finish_reason or "length"
 
-    def _until_eos(self, tokens: Iterable[Token], eos: Iterable[Any]) -> Iterator[Token]:
+    def _until_eos(self, tokens: Iterable[Token], eos: Iterable[int]) -> Iterator[Token]:
         stop_ids = set(eos)
         for token in tokens:
             self.completion_tokens += 1
