@@ -46,6 +46,8 @@ from pinfer.service.completion import TextCompletion
 log = logging.getLogger("pinfer.service.openai_api")
 
 MAX_STOP_STRINGS = 4
+DISCONNECT_POLL_S = 0.5
+"""How often a request that is not streamed checks that its caller is still there."""
 CHAT_ROLES = ("system", "developer", "user", "assistant")
 
 # Parameters that change nothing under greedy decoding of one choice, so accepting them hides nothing.
@@ -244,7 +246,7 @@ class OpenAIEndpoint:
             raise APIError(400, f"model `{model.name}`: {exc}; use /v1/completions for raw text", param="messages",
                            code="unsupported_value") from None
         parsed = _parameters(body, model, prompt_ids, "messages")
-        return await self._respond(parsed, chat=True)
+        return await self._respond(request, parsed, chat=True)
 
     async def completions(self, request: Request) -> Response:
         body = await _json_body(request, COMPLETION_PARAMETERS)
@@ -264,9 +266,9 @@ class OpenAIEndpoint:
         else:
             raise _invalid("prompt", "'prompt' must be a string, a list of token ids, or a list of one of either.")
         parsed = _parameters(body, model, prompt_ids, "prompt")
-        return await self._respond(parsed, chat=False)
+        return await self._respond(request, parsed, chat=False)
 
-    async def _respond(self, request: CompletionRequest, chat: bool) -> Response:
+    async def _respond(self, http_request: Request, request: CompletionRequest, chat: bool) -> Response:
         completion = TextCompletion(self._client, request.model, request.prompt_ids, request.max_tokens, request.stop)
         response_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         frame = _Frame(response_id, request.model.name, chat)
@@ -274,8 +276,14 @@ class OpenAIEndpoint:
             return StreamingResponse(self._events(completion, frame, request.include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         progress = _Progress(response_id, completion)
+        collecting = asyncio.ensure_future(_joined(_from_thread(progress.track(completion.pieces()))))
+        while not (await asyncio.wait({collecting}, timeout=DISCONNECT_POLL_S))[0]:
+            if await http_request.is_disconnected():
+                collecting.cancel()  # stops the generation at its next token
+                log.info("%s: the caller went away; generation cancelled", response_id)
+                return Response(status_code=499)  # nobody reads it
         try:
-            text = await run_in_threadpool(lambda: "".join(progress.track(completion.pieces())))
+            text = collecting.result()
         except Exception as exc:
             progress.failed(exc)
             raise from_service_error(exc) from None
@@ -453,12 +461,16 @@ def _parameters(body: dict[str, Any], model: VerifiedModel, prompt_ids: list[int
 _END = object()
 
 
+async def _joined(pieces: AsyncIterator[str]) -> str:
+    return "".join([piece async for piece in pieces])
+
+
 async def _from_thread(pieces: Iterator[str]) -> AsyncIterator[str]:
     """Run a blocking iterator on its own thread, yielding its items here as they come.
 
     Why a thread per request rather than a thread-pool call per item: a caller that goes away
-    mid-stream must end the generation, and only the thread running the iterator can close it (it
-    stops at the next token, which cancels the generation on the service).
+    must end the generation, and only the thread running the iterator can close it (it stops at the
+    next token, which cancels the generation on the service).
     """
     loop = asyncio.get_running_loop()
     items: asyncio.Queue[Any] = asyncio.Queue()

@@ -105,15 +105,19 @@ def _expected_usage(report: dict[str, Any]) -> tuple[int, int, int]:
     return report["prompt_tokens"], len(report["tokens"]), report["prompt_tokens"] + len(report["tokens"])
 
 
-def _last_session_outcome(up: Up, timeout_s: float = 60) -> str:
-    """How party 0 says its latest session ended ("done", "cancelled", ...), once it has ended."""
+def _session_outcomes(up: Up) -> list[str]:
+    """How party 0 says each of its sessions ended so far ("done", "cancelled", ...), in order."""
+    lines = (up.root / "party0.log").read_text().splitlines()
+    return [line.rsplit(": ", 1)[1] for line in lines if " session " in line and "worker" not in line]
+
+
+def _next_session_outcome(up: Up, seen: int, timeout_s: float = 60) -> str:
+    """How the first session after the ``seen`` ones ended, once it has."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        lines = [line for line in (up.root / "party0.log").read_text().splitlines() if " session " in line]
-        if lines and "worker" not in lines[-1]:
-            return lines[-1].rsplit(": ", 1)[1]
+    while len(outcomes := _session_outcomes(up)) <= seen:
+        assert time.monotonic() < deadline, "party 0's next session did not end"
         time.sleep(0.2)
-    raise AssertionError("party 0's latest session did not end")
+    return outcomes[seen]
 
 
 def _http(base_url: str, path: str, body: dict[str, Any] | bytes | None = None,
@@ -176,10 +180,11 @@ def test_openai_stop_string_ends_and_cancels_the_generation(up: Up, api: openai.
                                                             generated: dict[str, Any]) -> None:
     text = generated["raw"]["text"]
     assert text.startswith("nnn")  # tiny-llama's answer, continuing "\x04" (see PROMPT)
+    seen = len(_session_outcomes(up))
     response = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=LONG, stop=["n\x04", "zz"])
     assert response.choices[0].text == "nn" and response.choices[0].finish_reason == "stop"
     assert response.usage.completion_tokens == 4  # "n", "n", "n", "\x04": the stop string was complete
-    assert _last_session_outcome(up) == "cancelled"
+    assert _next_session_outcome(up, seen) == "cancelled"
 
 
 def test_openai_error_bodies(base_url: str, api: openai.OpenAI) -> None:
@@ -234,6 +239,7 @@ def test_openai_unknown_model(base_url: str, api: openai.OpenAI) -> None:
 def test_openai_busy_service_and_a_closed_stream(up: Up, api: openai.OpenAI) -> None:
     """With the one slot taken: a second request is 429, or an error event once its stream has begun;
     closing the first stream cancels its generation."""
+    seen = len(_session_outcomes(up))
     stream = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=LONG, stream=True)
     first = next(iter(stream))  # a token has arrived: the session holds the slot
     assert first.choices[0].text
@@ -245,7 +251,15 @@ def test_openai_busy_service_and_a_closed_stream(up: Up, api: openai.OpenAI) -> 
                                          stream=True))
     assert streamed.value.code == "rate_limit_exceeded"
     stream.close()
-    assert _last_session_outcome(up) == "cancelled"
+    assert _next_session_outcome(up, seen) == "cancelled"
+
+
+def test_openai_caller_gone_cancels_a_completion_that_is_not_streamed(up: Up, base_url: str) -> None:
+    seen = len(_session_outcomes(up))
+    with openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=2) as impatient, \
+            pytest.raises(openai.APITimeoutError):
+        impatient.completions.create(model=MODEL, prompt=PROMPT, max_tokens=LONG)
+    assert _next_session_outcome(up, seen) == "cancelled"
 
 
 def test_openai_serve_openai_requires_its_api_key(up: Up, tmp_path: Path) -> None:
