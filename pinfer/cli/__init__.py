@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "pinfer.cli.node",
     "pinfer.cli.orchestrator",
     "pinfer.cli.up",
+    "pinfer.cli.serve_openai",
     "pinfer.cli.eval_kv",
 )
 _BENCH_MODULES = (

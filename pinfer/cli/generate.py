@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+import threading
+import time
+from typing import Any, TextIO
 
 from pinfer.model.registry import load_model, resolve
 from pinfer.model.tokenizer import encode_prompt
@@ -45,6 +47,55 @@ def until_stop(tokens: list[int], stop_ids: tuple[int, ...]) -> list[int]:
         if token in stop_ids:
             return tokens[:i]
     return tokens
+
+
+class PrefillProgress:
+    """A progress line while the parties run the prefill, until the first token arrives.
+
+    On a terminal it counts the seconds in place; elsewhere it is written once, then completed.
+    """
+
+    TICK_S = 1.0
+
+    def __init__(self, prompt_tokens: int, stream: TextIO, shown: bool = True) -> None:
+        self._prompt_tokens = prompt_tokens
+        self._stream = stream
+        self._shown = shown
+        self._finished = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._start = 0.0
+
+    @property
+    def _head(self) -> str:
+        return f"prefill   : {self._prompt_tokens} prompt tokens on shares ..."
+
+    def __enter__(self) -> PrefillProgress:
+        self._start = time.monotonic()
+        if self._shown:
+            print(self._head, end="", file=self._stream, flush=True)
+            if self._stream.isatty():
+                self._ticker = threading.Thread(target=self._tick, daemon=True)
+                self._ticker.start()
+        return self
+
+    def _tick(self) -> None:
+        while not self._finished.wait(self.TICK_S):
+            print(f"\r{self._head} {time.monotonic() - self._start:.0f} s", end="", file=self._stream, flush=True)
+
+    def done(self, status: str | None = None) -> None:
+        """End the line with the time to the first token, or with ``status``."""
+        if self._finished.is_set():
+            return
+        self._finished.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            print(f"\r{self._head}", end="", file=self._stream)
+        if self._shown:
+            status = status or f"first token after {time.monotonic() - self._start:.1f} s"
+            print(f" {status}", file=self._stream, flush=True)
+
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        self.done("failed" if exc_type is not None else None)
 
 
 def run_remote(args: argparse.Namespace) -> int:
@@ -82,10 +133,8 @@ def run_remote(args: argparse.Namespace) -> int:
 
 
 def _generate_remote(client: Any, args: argparse.Namespace) -> tuple[dict[str, Any], list[int]]:
-    """One generation through the service (its report and the prompt ids); the human format prints the
-    text as it arrives."""
-    import time
-
+    """One generation through the service (its report and the prompt ids); the human format shows the
+    prefill's progress, then prints the text as it arrives."""
     from pinfer.service.client import text_pieces
 
     info = client.model_info(args.model)
@@ -95,21 +144,26 @@ def _generate_remote(client: Any, args: argparse.Namespace) -> tuple[dict[str, A
     received: list[Any] = []
     arrivals: list[float] = []
 
+    progress = PrefillProgress(len(ids), sys.stderr, shown=not args.json)
+
     def recorded(tokens: Any) -> Any:
         for token in tokens:
+            if not received:
+                progress.done()
+                if not args.json:
+                    print("private   : ", end="", flush=True)
             received.append(token)
             arrivals.append(time.monotonic())
             yield token
 
-    if not args.json:
-        print("private   : ", end="", flush=True)
     start = time.monotonic()
     pieces = []
     tokens = client.generate_ids(ids, args.max_new_tokens, model=info.name, kv_policy=kv_policy, kv_budget=kv_budget)
-    for piece in text_pieces(tokenizer, info.eos_token_ids, recorded(tokens)):
-        pieces.append(piece)
-        if not args.json:
-            print(piece, end="", flush=True)
+    with progress:
+        for piece in text_pieces(tokenizer, info.eos_token_ids, recorded(tokens)):
+            pieces.append(piece)
+            if not args.json:
+                print(piece, end="", flush=True)
     if not args.json:
         print()
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]

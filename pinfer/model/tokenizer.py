@@ -25,16 +25,33 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
+class NoChatTemplateError(ValueError):
+    """A conversation the tokenizer cannot format: it has no chat template and the conversation is more
+    than the one user turn that is then sent as it is."""
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The token ids of a conversation (``{"role", "content"}`` turns) ready for the assistant's reply.
+
+    With a chat template the turns are formatted by it, the generation prompt appended. Without one,
+    only a single user turn is accepted and its text is the prompt as it is, which is what the model
+    was then trained on; anything else raises :class:`NoChatTemplateError` rather than inventing a format.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    elif len(messages) == 1 and messages[0]["role"] == "user":
+        text = messages[0]["content"]
+    else:
+        raise NoChatTemplateError("the tokenizer has no chat template, so the conversation must be one user message")
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def encode_prompt(tokenizer: Any, prompt: str, raw: bool) -> list[int]:
     """The prompt's token ids: wrapped as one user turn in the tokenizer's chat template, if it has one,
     unless ``raw``."""
-    if not raw and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    else:
-        text = prompt
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if raw:
+        return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return encode_chat(tokenizer, [{"role": "user", "content": prompt}])
 
 
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:

@@ -308,10 +308,11 @@ class Client:
 
         ``kv_policy`` names one of the model's ``kv_policies`` and ``kv_budget`` is the kept fraction of
         the prompt (None: the service's default policy, the policy's default budget); both are public
-        and sealed to every party with its share. Raises ``ValueError`` for a policy or budget the
-        service does not offer, ``grpc.RpcError`` with the service's status code (for example
-        ``INVALID_ARGUMENT`` for a prompt over the context, ``UNAVAILABLE`` when a party is lost), and
-        the trust errors of the module docstring.
+        and sealed to every party with its share. Closing the iterator before its end cancels the
+        generation on the service. Raises ``ValueError`` for a policy or budget the service does not
+        offer, ``grpc.RpcError`` with the service's status code (for example ``INVALID_ARGUMENT`` for
+        a prompt over the context, ``UNAVAILABLE`` when a party is lost), and the trust errors of the
+        module docstring.
         """
         info = self.model_info(model)
         yield from self._generate(info, prompt_ids, max_new_tokens, kv_policy, kv_budget)
@@ -320,7 +321,11 @@ class Client:
                   kv_budget: float | None) -> Iterator[Token]:
         policy, budget = info.kv_choice(kv_policy, kv_budget)
         prepared = prepare_request(info, prompt_ids, max_new_tokens, self._token, kv_policy=policy, kv_budget=budget)
-        yield from prepared.open_stream(self._stub.Generate(prepared.request, timeout=self._timeout_s))
+        call = self._stub.Generate(prepared.request, timeout=self._timeout_s)
+        try:
+            yield from prepared.open_stream(call)
+        finally:
+            call.cancel()  # a caller that stops reading early (a stop sequence, a client gone) stops the parties too
 
     def stream(self, prompt: str, max_new_tokens: int = 16, model: str | None = None, raw: bool = False, *,
                kv_policy: str | None = None, kv_budget: float | None = None) -> Iterator[str]:
