@@ -57,9 +57,10 @@ class TextCompletion:
     """
 
     def __init__(self, client: Client, model: VerifiedModel, prompt_ids: list[int], max_tokens: int,
-                 stop: Sequence[str] = ()) -> None:
+                 stop: Sequence[str] = (), *, kv_policy: str | None = None, kv_budget: float | None = None) -> None:
         self._client = client
         self._model = model
+        self._kv = {"kv_policy": kv_policy, "kv_budget": kv_budget}
         self.prompt_ids = prompt_ids
         self.max_tokens = max_tokens
         self._stop = StopStrings(stop)
@@ -73,7 +74,7 @@ class TextCompletion:
     def pieces(self) -> Iterator[str]:
         tokenizer = self._client.tokenizer(self._model)
         eos = self._model.eos_token_ids
-        tokens = self._client.generate_ids(self.prompt_ids, self.max_tokens, model=self._model.name)
+        tokens = self._client.generate_ids(self.prompt_ids, self.max_tokens, model=self._model.name, **self._kv)
         with contextlib.closing(tokens):
             for piece in text_pieces(tokenizer, eos, self._until_eos(tokens, eos)):
                 text = self._stop.feed(piece)

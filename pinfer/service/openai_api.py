@@ -52,8 +52,10 @@ CHAT_ROLES = ("system", "developer", "user", "assistant")
 
 # Parameters that change nothing under greedy decoding of one choice, so accepting them hides nothing.
 _NEUTRAL = ("seed", "top_p", "user", "parallel_tool_calls")
+# pinfer's own fields: the KV policy and budget the parties run (``ModelInfo.kv_policies``).
+_PINFER = ("kv_policy", "kv_budget")
 _COMMON = ("model", "max_tokens", "stream", "stream_options", "stop", "temperature", "n", "presence_penalty",
-           "frequency_penalty", "logit_bias", "logprobs", *_NEUTRAL)
+           "frequency_penalty", "logit_bias", "logprobs", *_NEUTRAL, *_PINFER)
 CHAT_PARAMETERS = frozenset((*_COMMON, "messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
                              "functions", "function_call", "response_format"))
 COMPLETION_PARAMETERS = frozenset((*_COMMON, "prompt", "echo", "best_of", "suffix"))
@@ -162,6 +164,8 @@ class CompletionRequest:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    kv_policy: str | None
+    kv_budget: float | None
 
 
 class OpenAIEndpoint:
@@ -269,7 +273,8 @@ class OpenAIEndpoint:
         return await self._respond(request, parsed, chat=False)
 
     async def _respond(self, http_request: Request, request: CompletionRequest, chat: bool) -> Response:
-        completion = TextCompletion(self._client, request.model, request.prompt_ids, request.max_tokens, request.stop)
+        completion = TextCompletion(self._client, request.model, request.prompt_ids, request.max_tokens, request.stop,
+                                    kv_policy=request.kv_policy, kv_budget=request.kv_budget)
         response_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         frame = _Frame(response_id, request.model.name, chat)
         if request.stream:
@@ -455,7 +460,16 @@ def _parameters(body: dict[str, Any], model: VerifiedModel, prompt_ids: list[int
     if options is not None and (not stream or not isinstance(options, dict) or set(options) - {"include_usage"}):
         raise _invalid("stream_options", "'stream_options' is {\"include_usage\": bool}, and only with stream: true.")
     include_usage = bool(options and options.get("include_usage"))
-    return CompletionRequest(model, prompt_ids, max_tokens, tuple(stops), stream, include_usage)
+    kv_policy, kv_budget = body.get("kv_policy"), body.get("kv_budget")
+    if kv_policy is not None and not isinstance(kv_policy, str):
+        raise _invalid("kv_policy", "'kv_policy' must be a string.")
+    if kv_budget is not None and (isinstance(kv_budget, bool) or not isinstance(kv_budget, (int, float))):
+        raise _invalid("kv_budget", "'kv_budget' must be a number.")
+    try:
+        model.kv_choice(kv_policy, kv_budget)
+    except ValueError as exc:
+        raise _invalid("kv_budget" if kv_policy is None or "budget" in str(exc) else "kv_policy", str(exc)) from None
+    return CompletionRequest(model, prompt_ids, max_tokens, tuple(stops), stream, include_usage, kv_policy, kv_budget)
 
 
 _END = object()

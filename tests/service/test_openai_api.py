@@ -176,6 +176,15 @@ def test_openai_completion_equals_pinfer_generate_raw(api: openai.OpenAI, genera
     assert by_ids.usage.prompt_tokens == 3  # token ids are sent as they are
 
 
+def test_openai_kv_policy_and_budget_as_extra_fields(up: Up, api: openai.OpenAI) -> None:
+    """pinfer's request fields ride in the body (the openai client's ``extra_body``) and reach the
+    parties as ``pinfer generate --kv-policy`` does: the same tokens."""
+    report = _pinfer_generate(up, "--raw", "--kv-policy", "streamingllm", "--kv-budget", "0.5")
+    response = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=TOKENS, temperature=0,
+                                      extra_body={"kv_policy": "streamingllm", "kv_budget": 0.5})
+    assert response.choices[0].text == report["text"] and report["kv_policy"] == "streamingllm"
+
+
 def test_openai_stop_string_ends_and_cancels_the_generation(up: Up, api: openai.OpenAI,
                                                             generated: dict[str, Any]) -> None:
     text = generated["raw"]["text"]
@@ -199,6 +208,9 @@ def test_openai_error_bodies(base_url: str, api: openai.OpenAI) -> None:
         ({"max_tokens": 0}, "max_tokens", "invalid_value"),
         ({"max_tokens": 10_000}, "max_tokens", "invalid_value"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "invalid_value"),
+        ({"kv_policy": "nope"}, "kv_policy", "invalid_value"),
+        ({"kv_policy": "h2o", "kv_budget": 2}, "kv_budget", "invalid_value"),
+        ({"kv_budget": "half"}, "kv_budget", "invalid_value"),
         ({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}, "messages",
          "unsupported_value"),  # tiny-llama's tokenizer has no chat template for more than one user turn
         ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "x"}]}, "messages[0].role",
