@@ -130,3 +130,32 @@ def test_ring_matmul_refuses_non_ring_operands():
 def test_mismatched_inner_dimensions_are_a_value_error():
     with pytest.raises(ValueError, match="inner dimensions"):
         limb_matmul(ring(2, 3), ring(4, 2))
+
+
+# ---- on shares: the products the parties and the dealer take above the limb threshold -----------
+
+def job_products_above_the_threshold(ctx, x, w):
+    import crypten
+
+    from pinfer.protocols.fixed_operand import FixedOperand
+
+    operand = FixedOperand(ctx.provider, crypten.cryptensor(w, src=0))
+    shared_x = crypten.cryptensor(x, src=1)
+    return {
+        "fixed": operand.rmatmul(shared_x).get_plain_text(),
+        "transposed": operand.rmatmul(crypten.cryptensor(x @ w, src=1), transposed=True).get_plain_text(),
+        "beaver": (shared_x @ crypten.cryptensor(w, src=0)).get_plain_text(),
+    }
+
+
+@pytest.mark.slow
+def test_fixed_operand_and_beaver_products_take_the_limb_path_exactly(world):
+    generator = torch.Generator().manual_seed(10)
+    x = torch.rand(16, 96, generator=generator) * 2 - 1
+    w = torch.rand(96, 64, generator=generator) * 2 - 1
+    assert 16 * 96 * 64 >= LIMB_MIN_MACS
+    out = world.run(job_products_above_the_threshold, x, w)[0]
+    # a wrong ring product would be off by a random ring element, not by fixed-point rounding
+    assert torch.allclose(out["fixed"], x @ w, atol=0.05)
+    assert torch.allclose(out["beaver"], x @ w, atol=0.05)
+    assert torch.allclose(out["transposed"], (x @ w) @ w.T, atol=0.5)
