@@ -28,20 +28,28 @@ LEFT_WIDTHS = (21, 21, 22)
 RIGHT_WIDTHS = (22, 21, 21)
 # Largest pair term 2^(22 + 22 - 2) = 2^42 (a2 b0): 2^11 such terms sum to at most 2^53.
 EXACT_TERMS = 1 << 11
-# Below this many multiply-adds the limb split costs more than torch's int64 kernel saves.
-LIMB_MIN_MACS = 1 << 16
+# Operand blocks of at most this many elements: their int64 and float64 temporaries (a few MB) are
+# reused from the heap on the next block instead of being mapped and faulted in afresh.
+BLOCK_ELEMENTS = 1 << 17
+# Where the limb path wins, measured on one thread of a 2-core AVX2 host (``pinfer bench ringmm``):
+# splitting the right operand costs about as much as four of its rows' int64 products, and the
+# path's fixed cost (some twenty small tensor operations) as much as 2^18 int64 multiply-adds.
+LIMB_MIN_ROWS = 4
+LIMB_MIN_MACS = 1 << 18
 
 
 def ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``torch.matmul(a, b)`` of int64 tensors, exact mod 2^64, with the same broadcasting.
 
     Uses float64 limb products when the product is large enough to gain from BLAS (see
-    :data:`LIMB_MIN_MACS`) and torch's int64 kernel otherwise; both give identical results.
+    :data:`LIMB_MIN_ROWS`, :data:`LIMB_MIN_MACS`) and torch's int64 kernel otherwise; both give
+    identical results.
     """
     if a.dtype != torch.int64 or b.dtype != torch.int64:
         raise TypeError(f"ring products take int64 tensors, not {a.dtype} and {b.dtype}")
     _check_inner(a, b)
-    if _macs(a, b) < LIMB_MIN_MACS:
+    rows = a.shape[-2] if a.dim() > 1 else 1
+    if rows < LIMB_MIN_ROWS or _macs(a, b) < LIMB_MIN_MACS:
         return torch.matmul(a, b)
     return limb_matmul(a, b)
 
@@ -54,26 +62,31 @@ def limb_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if squeeze_cols:
         b = b.unsqueeze(-1)
     _check_inner(a, b)
-    inner = a.shape[-1]
-    total: torch.Tensor | None = None
-    for start in range(0, max(inner, 1), EXACT_TERMS):
-        part = _exact_chunk(a[..., start:start + EXACT_TERMS], b[..., start:start + EXACT_TERMS, :])
-        total = part if total is None else total.add_(part)
-    if squeeze_rows:
-        total = total.squeeze(-2)
-    if squeeze_cols:
-        total = total.squeeze(-1)
-    return total
-
-
-def _exact_chunk(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Ring product of operands whose inner dimension is at most :data:`EXACT_TERMS`."""
-    left = _balanced_limbs(a, LEFT_WIDTHS)
-    right = _balanced_limbs(b, RIGHT_WIDTHS)
+    rows, inner, cols = a.shape[-2], a.shape[-1], b.shape[-1]
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    out = torch.zeros(batch + (rows, cols), dtype=torch.int64, device=a.device)
     # The limb dimension must not meet batch dimensions that only the right operand has.
-    missing = max(b.dim() - a.dim(), 0)
-    left = left.view((left.shape[0],) + (1,) * missing + tuple(a.shape))
-    # One GEMM per right limb, with the left limbs it pairs with along a leading batch dimension
+    missing = (1,) * max(b.dim() - a.dim(), 0)
+    chunk = min(EXACT_TERMS, max(inner, 1))
+    span = max(1, BLOCK_ELEMENTS // chunk)
+    for r0 in range(0, rows, span):
+        for k0 in range(0, inner, chunk):
+            block = a[..., r0:r0 + span, k0:k0 + chunk]
+            left = _balanced_limbs(block, LEFT_WIDTHS)
+            left = left.view((left.shape[0],) + missing + tuple(block.shape))
+            for c0 in range(0, cols, span):
+                right = _balanced_limbs(b[..., k0:k0 + chunk, c0:c0 + span], RIGHT_WIDTHS)
+                out[..., r0:r0 + span, c0:c0 + span] += _limb_products(left, right)
+    if squeeze_rows:
+        out = out.squeeze(-2)
+    if squeeze_cols:
+        out = out.squeeze(-1)
+    return out
+
+
+def _limb_products(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """The ring product of two limb stacks over at most :data:`EXACT_TERMS` inner terms."""
+    # One GEMM per right limb, with the left limbs it pairs with along the leading limb dimension
     # (for a 2-D left operand torch folds that dimension into the rows: one BLAS call each).
     by_b0 = torch.matmul(left, right[0])
     by_b1 = torch.matmul(left[:2], right[1])
@@ -97,11 +110,16 @@ def _balanced_limbs(x: torch.Tensor, widths: tuple[int, int, int]) -> torch.Tens
     """
     offsets = _offsets(widths)
     bias = _wrap(sum(1 << (o + w - 1) for o, w in zip(offsets[:-1], widths[:-1])))
-    flipped = (x + bias) ^ bias
-    shape = (len(widths),) + (1,) * x.dim()
-    up = torch.tensor([64 - o - w for o, w in zip(offsets, widths)], device=x.device).view(shape)
-    down = torch.tensor([64 - w for w in widths], device=x.device).view(shape)
-    return ((flipped.unsqueeze(0) << up) >> down).to(torch.float64)
+    flipped = torch.add(x, bias).bitwise_xor_(bias)
+    digit = torch.empty_like(flipped)
+    limbs = torch.empty((len(widths),) + tuple(x.shape), dtype=torch.float64, device=x.device)
+    for limb, offset, width in zip(limbs, offsets, widths):
+        if offset + width < 64:
+            torch.bitwise_left_shift(flipped, 64 - offset - width, out=digit).bitwise_right_shift_(64 - width)
+        else:
+            torch.bitwise_right_shift(flipped, offset, out=digit)
+        limb.copy_(digit)
+    return limbs
 
 
 def _offsets(widths: tuple[int, ...]) -> tuple[int, ...]:

@@ -17,6 +17,7 @@ from pinfer.protocols.ring_matmul import (
     EXACT_TERMS,
     LEFT_WIDTHS,
     LIMB_MIN_MACS,
+    LIMB_MIN_ROWS,
     RIGHT_WIDTHS,
     limb_matmul,
     ring_matmul,
@@ -114,11 +115,12 @@ def test_random_shapes(batch, rows, inner, cols, seed, right_batched):
     assert torch.equal(limb_matmul(a, b), torch.matmul(a, b))
 
 
-def test_dispatch_agrees_on_both_sides_of_the_threshold():
+def test_dispatch_agrees_on_both_sides_of_the_thresholds():
     small = (ring(4, 16), ring(16, 8))
-    large = (ring(64, 64), ring(64, 64))
-    assert 4 * 16 * 8 < LIMB_MIN_MACS <= 64**3
-    for a, b in (small, large):
+    few_rows = (ring(LIMB_MIN_ROWS - 1, 512), ring(512, 512))
+    large = (ring(64, 128), ring(128, 64))
+    assert 4 * 16 * 8 < LIMB_MIN_MACS <= 64 * 128 * 64
+    for a, b in (small, few_rows, large):
         assert torch.equal(ring_matmul(a, b), torch.matmul(a, b))
 
 
@@ -151,9 +153,9 @@ def job_products_above_the_threshold(ctx, x, w):
 @pytest.mark.slow
 def test_fixed_operand_and_beaver_products_take_the_limb_path_exactly(world):
     generator = torch.Generator().manual_seed(10)
-    x = torch.rand(16, 96, generator=generator) * 2 - 1
-    w = torch.rand(96, 64, generator=generator) * 2 - 1
-    assert 16 * 96 * 64 >= LIMB_MIN_MACS
+    x = torch.rand(16, 192, generator=generator) * 2 - 1
+    w = torch.rand(192, 128, generator=generator) * 2 - 1
+    assert 16 * 192 * 128 >= LIMB_MIN_MACS and 16 >= LIMB_MIN_ROWS
     out = world.run(job_products_above_the_threshold, x, w)[0]
     # a wrong ring product would be off by a random ring element, not by fixed-point rounding
     assert torch.allclose(out["fixed"], x @ w, atol=0.05)
