@@ -48,10 +48,13 @@ def ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dtype != torch.int64 or b.dtype != torch.int64:
         raise TypeError(f"ring products take int64 tensors, not {a.dtype} and {b.dtype}")
     _check_inner(a, b)
+    return limb_matmul(a, b) if limbs_win(a, b) else torch.matmul(a, b)
+
+
+def limbs_win(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether :func:`ring_matmul` takes the limb path for these operands."""
     rows = a.shape[-2] if a.dim() > 1 else 1
-    if rows < LIMB_MIN_ROWS or _macs(a, b) < LIMB_MIN_MACS:
-        return torch.matmul(a, b)
-    return limb_matmul(a, b)
+    return rows >= LIMB_MIN_ROWS and _macs(a, b) >= LIMB_MIN_MACS
 
 
 def limb_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
