@@ -127,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
         "machine": {**info, "torch_threads": measured_threads, "load_average_before": load_before,
                     "load_average_after": load_after},
         "settings": {"repeats": args.repeats, "int64_seconds": args.int64_seconds,
-                     "limb_widths": {"left": rm.LEFT_WIDTHS, "right": rm.RIGHT_WIDTHS},
-                     "exact_terms": rm.EXACT_TERMS, "block_elements": rm.BLOCK_ELEMENTS,
+                     "limb_widths": rm.WIDTHS, "limb_offsets": rm.OFFSETS,
+                     "exact_terms": rm.EXACT_TERMS, "block_elements": rm.BLOCK_ELEMENTS, "min_span": rm.MIN_SPAN,
                      "limb_min_rows": rm.LIMB_MIN_ROWS, "limb_min_macs": rm.LIMB_MIN_MACS},
         "results": results,
     })

@@ -15,10 +15,9 @@ from hypothesis import strategies as st
 
 from pinfer.protocols.ring_matmul import (
     EXACT_TERMS,
-    LEFT_WIDTHS,
     LIMB_MIN_MACS,
     LIMB_MIN_ROWS,
-    RIGHT_WIDTHS,
+    WIDTHS,
     limb_matmul,
     ring_matmul,
 )
@@ -32,11 +31,12 @@ def ring(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(INT64_MIN, INT64_MAX, shape, dtype=torch.int64, generator=generator)
 
 
-def extreme(widths: tuple[int, ...]) -> int:
-    """The int64 whose balanced limbs are all ``-2^(w - 1)``: each limb product is then maximal."""
+def extreme(widths: tuple[int, ...], sign: int = -1) -> int:
+    """The int64 whose balanced limbs are all ``-2^(w - 1)`` (``sign`` -1) or all ``2^(w - 1) - 1``
+    (``sign`` 1): every limb product, and the Karatsuba sums' product, is then at its largest."""
     value, offset = 0, 0
     for width in widths:
-        value -= 1 << (offset + width - 1)
+        value += (-(1 << (width - 1)) if sign < 0 else (1 << (width - 1)) - 1) << offset
         offset += width
     value &= (1 << 64) - 1
     return value - (1 << 64) if value >= 1 << 63 else value
@@ -48,15 +48,16 @@ def test_full_range_operands():
 
 
 @pytest.mark.parametrize("inner", [EXACT_TERMS - 1, EXACT_TERMS, EXACT_TERMS + 1, 3072])
-def test_extreme_limbs_at_and_across_the_exact_chunk(inner):
-    # every pair product at its maximum magnitude, with the same sign: the float64 sums reach 2^53
-    a = torch.full((3, inner), extreme(LEFT_WIDTHS), dtype=torch.int64)
-    b = torch.full((inner, 4), extreme(RIGHT_WIDTHS), dtype=torch.int64)
+@pytest.mark.parametrize("signs", [(-1, -1), (-1, 1), (1, 1)])
+def test_extreme_limbs_at_and_across_the_exact_chunk(inner, signs):
+    # every product at its maximum magnitude, all of one sign: the float64 sums come closest to 2^53
+    a = torch.full((3, inner), extreme(WIDTHS, signs[0]), dtype=torch.int64)
+    b = torch.full((inner, 4), extreme(WIDTHS, signs[1]), dtype=torch.int64)
     assert torch.equal(limb_matmul(a, b), torch.matmul(a, b))
 
 
 def test_int64_edge_values():
-    edges = torch.tensor([INT64_MIN, INT64_MAX, -1, 0, 1, INT64_MIN + 1, extreme(LEFT_WIDTHS), extreme(RIGHT_WIDTHS)])
+    edges = torch.tensor([INT64_MIN, INT64_MAX, -1, 0, 1, INT64_MIN + 1, extreme(WIDTHS, -1), extreme(WIDTHS, 1)])
     pick = torch.Generator().manual_seed(3)
     a = edges[torch.randint(0, len(edges), (9, 3072), generator=pick)]
     b = edges[torch.randint(0, len(edges), (3072, 11), generator=pick)]
