@@ -34,9 +34,10 @@ EXACT_TERMS = (1 << 53) // (9 << 40)
 BLOCK_ELEMENTS = 1 << 18
 MIN_SPAN = 256
 # Where the limb path wins, measured on one thread of a 2-core AVX2 host (``pinfer bench ringmm``):
-# splitting the right operand costs about as much as four of its rows' int64 products, and the
-# path's fixed cost (some twenty small tensor operations) as much as 2^18 int64 multiply-adds.
-LIMB_MIN_ROWS = 4
+# splitting the right operand and its five GEMMs cost about as much as three rows' int64 products
+# (1 x 576 x 1536: 5.5 ms against 2.6 ms; 3 rows: 7.0 against 7.9), and the path's fixed cost (some
+# thirty small tensor operations) about as much as 2^18 int64 multiply-adds.
+LIMB_MIN_ROWS = 3
 LIMB_MIN_MACS = 1 << 18
 
 
