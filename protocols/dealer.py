@@ -32,8 +32,11 @@ from crypten.mpc.provider.provider import TupleProvider
 from .channel import Channel, Message
 from .csprng import AesCtrStream, fresh_seed
 from .fss import dcf
+from .ring_matmul import ring_matmul
 
-_SUPPORTED_OPS = ("mul", "matmul")
+# A tuple's product in the ring; matmul through float64 limbs where that is faster (exact either way).
+_TUPLE_PRODUCTS = {"mul": torch.mul, "matmul": ring_matmul}
+_SUPPORTED_OPS = tuple(_TUPLE_PRODUCTS)
 
 
 class DealerProtocolError(RuntimeError):
@@ -96,11 +99,14 @@ class DealerServer:
         return value - self._sum_ring(tuple(value.shape), skip_first=True)
 
     def _on_triple(self, op: str, size0: list[int], size1: list[int]) -> torch.Tensor:
+        product = _TUPLE_PRODUCTS.get(op)
+        if product is None:
+            raise DealerProtocolError(f"unsupported tuple operation {op!r}")
         a_parts, b_parts = [], []
         for stream in self._streams:
             a_parts.append(stream.ring_elements(_shape(size0)))
             b_parts.append(stream.ring_elements(_shape(size1)))
-        c = getattr(torch, op)(sum(a_parts), sum(b_parts))
+        c = product(sum(a_parts), sum(b_parts))
         return self._correction(c)
 
     def _on_square(self, size: list[int]) -> torch.Tensor:
@@ -166,7 +172,7 @@ class DealerServer:
     def _on_fixed_matmul(self, handle: int, size: list[int], transposed: bool = False) -> torch.Tensor:
         a = sum(self._draw_each(_shape(size)))
         mask = self._fixed_mask(handle)
-        return self._correction(torch.matmul(a, mask.transpose(-1, -2) if transposed else mask))
+        return self._correction(ring_matmul(a, mask.transpose(-1, -2) if transposed else mask))
 
     def _on_fixed_drop(self, handle: int) -> None:
         self._fixed_mask(handle)

@@ -22,6 +22,7 @@ import crypten.communicator as comm
 from crypten.mpc import MPCTensor
 
 from .dealer import DealerProvider
+from .ring_matmul import ring_matmul
 from .sharing import FRACTIONAL_BITS, SCALE
 
 
@@ -67,7 +68,7 @@ class FixedOperand:
                                        torch.empty(opened.shape, device="meta")).shape)
         a, c = self._provider.fixed_product_tuple(self.handle, tuple(x.share.shape), out_shape, transposed)
         e = _open(x.share - a)
-        z = torch.matmul(e, own) + torch.matmul(a, opened) + c.get()
+        z = ring_matmul(e, own) + ring_matmul(a, opened) + c.get()
         result = MPCTensor.from_shares(z, precision=FRACTIONAL_BITS)
         excess = x.encoder.scale * self.scale // SCALE
         if excess > 1:

@@ -28,6 +28,7 @@ _BENCH_MODULES = (
     "pinfer.bench.envelope",
     "pinfer.bench.kv",
     "pinfer.bench.nonlinear",
+    "pinfer.bench.ringmm",
     "pinfer.bench.service",
 )
 
