@@ -1,12 +1,17 @@
 """The data plane's cost per round: two party processes exchange one tensor each way, as a CrypTen
-``all_gather`` does, over plain TCP, over a bare TLS 1.3 socket, and over the mutual-TLS mesh.
+``all_gather`` does, over plain TCP, over a bare TLS 1.3 socket, through the TLS link engine, and over
+the mutual-TLS mesh.
 
 Each party is its own process (as in ``pinfer up``), so the rows compare transports rather than two
 threads taking turns at one interpreter lock. A round is timed on rank 0 from the call until the peer's
 tensor is in hand; every path moves the same framed bytes. The TCP and bare-TLS rows are blocking
-``sendall``/``recv_into`` loops: the floor the mesh is measured against. The mesh row goes through
-:meth:`TlsCommunicator.all_gather` with the communicator activated as a party activates it (CrypTen's
-statistics on), so it includes the frame codec, the progress engine and CrypTen's logging wrapper.
+``sendall``/``recv_into`` loops: the floor the mesh is measured against. The engine row sends a framed
+tensor and waits for the peer's through the communicator's link engine alone (frame codec, link,
+progress engine). The mesh row goes through :meth:`TlsCommunicator.all_gather` with the communicator
+activated as a party activates it (CrypTen's statistics on), so it adds CrypTen's logging wrapper and the
+collective's own bookkeeping. Next to each round's wall time, the benchmark keeps rank 0's CPU time per
+round: on a host shared with other work the wall time of a round is mostly each party's CPU time plus
+the wait for a core, so the CPU time is the part of the cost that belongs to the path.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-PATHS = ("tcp", "tls socket", "tls mesh")
+PATHS = ("tcp", "tls socket", "tls engine", "tls mesh")
 DEFAULT_SIZES = (64, 64 << 10)  # 8 int64 values, and 64 KiB
 _HEADER_BYTES = 20  # the mesh's frame header plus one dimension: the other paths send as many bytes
 
@@ -35,13 +40,15 @@ def _recv_exactly(sock: socket.socket, view: memoryview) -> None:
         got += count
 
 
-def _timed(exchange: Callable[[], None], rounds: int) -> list[int]:
+def _timed(exchange: Callable[[], None], rounds: int) -> tuple[list[int], int]:
+    """Each round's wall time (ns), and this thread's CPU time over all of them (ns)."""
     samples = []
+    cpu_start = time.thread_time_ns()
     for _ in range(rounds):
         start = time.perf_counter_ns()
         exchange()
         samples.append(time.perf_counter_ns() - start)
-    return samples
+    return samples, time.thread_time_ns() - cpu_start
 
 
 def _connect(rank: int, key_dir: str, control: Connection, sockets: list[socket.socket]) -> Any:
@@ -80,7 +87,8 @@ def _connect(rank: int, key_dir: str, control: Connection, sockets: list[socket.
 
 
 def _measure(mesh: Any, tcp: socket.socket, tls: socket.socket, sizes: Sequence[int], rounds: int,
-             repeats: int) -> dict[str, dict[int, list[float]]]:
+             repeats: int) -> dict[str, dict[int, dict[str, list[float]]]]:
+    """Per path and size, each repeat's median wall ms per round and its CPU ms per round."""
     import torch
 
     def socket_exchange(sock: socket.socket, size: int) -> Callable[[], None]:
@@ -93,6 +101,18 @@ def _measure(mesh: Any, tcp: socket.socket, tls: socket.socket, sizes: Sequence[
 
         return exchange
 
+    peer = 1 - mesh.get_rank()
+
+    def engine_exchange(size: int) -> Callable[[], None]:
+        tensor = torch.zeros(size // 8, dtype=torch.int64)
+
+        def exchange() -> None:
+            sent = mesh._send_tensor(tensor, peer)
+            mesh._post_tensor(peer).wait()
+            sent.wait()
+
+        return exchange
+
     def mesh_exchange(size: int) -> Callable[[], None]:
         tensor = torch.zeros(size // 8, dtype=torch.int64)
 
@@ -101,13 +121,18 @@ def _measure(mesh: Any, tcp: socket.socket, tls: socket.socket, sizes: Sequence[
 
         return exchange
 
-    results: dict[str, dict[int, list[float]]] = {path: {size: [] for size in sizes} for path in PATHS}
+    results: dict[str, dict[int, dict[str, list[float]]]] = {
+        path: {size: {"wall": [], "cpu": []} for size in sizes} for path in PATHS
+    }
     for _ in range(repeats):  # paths interleaved, so a burst of load on a shared host hits all of them
         for size in sizes:
-            for path, exchange in zip(PATHS, (socket_exchange(tcp, size), socket_exchange(tls, size),
-                                              mesh_exchange(size))):
+            exchanges = (socket_exchange(tcp, size), socket_exchange(tls, size), engine_exchange(size),
+                         mesh_exchange(size))
+            for path, exchange in zip(PATHS, exchanges):
                 _timed(exchange, max(1, rounds // 10))  # warm-up
-                results[path][size].append(statistics.median(_timed(exchange, rounds)) / 1e6)
+                samples, cpu_ns = _timed(exchange, rounds)
+                results[path][size]["wall"].append(statistics.median(samples) / 1e6)
+                results[path][size]["cpu"].append(cpu_ns / rounds / 1e6)
     return results
 
 
@@ -136,6 +161,7 @@ def round_costs(sizes: Sequence[int] = DEFAULT_SIZES, rounds: int = 500, repeats
 
     Each repeat times ``rounds`` rounds per path and size and keeps their median; the reported value is
     the median over repeats, and ``repeat_medians_ms`` keeps every repeat's so the spread shows.
+    ``cpu_ms`` is the median over repeats of rank 0's CPU time per round (``repeat_cpu_ms`` each repeat's).
     """
     if any(size <= 0 or size % 8 for size in sizes):
         raise ValueError("payload sizes must be positive multiples of 8 bytes (int64 values)")
@@ -177,7 +203,8 @@ def round_costs(sizes: Sequence[int] = DEFAULT_SIZES, rounds: int = 500, repeats
         "repeats": repeats,
         "sizes_bytes": list(sizes),
         "paths": {
-            path: {str(size): {"median_ms": statistics.median(values), "repeat_medians_ms": values}
+            path: {str(size): {"median_ms": statistics.median(values["wall"]), "repeat_medians_ms": values["wall"],
+                               "cpu_ms": statistics.median(values["cpu"]), "repeat_cpu_ms": values["cpu"]}
                    for size, values in by_size.items()}
             for path, by_size in measured.items()
         },
@@ -189,12 +216,17 @@ def size_label(size: int) -> str:
 
 
 def round_rows(costs: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """Table headers and rows: ms per round per size, and each path's multiple of plain TCP."""
+    """Table headers and rows: per size, ms per round, its multiple of plain TCP, and rank 0's CPU ms per round."""
     sizes = costs["sizes_bytes"]
-    headers = ["round path"] + [f"{size_label(s)} ms" for s in sizes] + [f"{size_label(s)} x tcp" for s in sizes]
+    headers = ["round path"]
+    for s in sizes:
+        headers += [f"{size_label(s)} ms", f"{size_label(s)} x tcp", f"{size_label(s)} cpu ms"]
     tcp = costs["paths"]["tcp"]
     rows = []
     for path, by_size in costs["paths"].items():
-        medians = [by_size[str(s)]["median_ms"] for s in sizes]
-        rows.append([path, *medians, *(m / tcp[str(s)]["median_ms"] for m, s in zip(medians, sizes))])
+        row: list[Any] = [path]
+        for s in sizes:
+            cost = by_size[str(s)]
+            row += [cost["median_ms"], cost["median_ms"] / tcp[str(s)]["median_ms"], cost["cpu_ms"]]
+        rows.append(row)
     return headers, rows

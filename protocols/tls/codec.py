@@ -28,6 +28,7 @@ MAX_OBJECT_DEPTH = 32
 FRAME = struct.Struct(">BBBBQ")
 DIM = struct.Struct(">Q")
 DIMS = tuple(struct.Struct(">" + "Q" * n) for n in range(MAX_DIMS + 1))
+TENSOR_HEADERS = tuple(struct.Struct(FRAME.format + "Q" * n) for n in range(MAX_DIMS + 1))  # FRAME + dims
 KIND_TENSOR, KIND_OBJECT, KIND_BARRIER, KIND_BYTES = 1, 2, 3, 4
 KIND_NAMES = {KIND_TENSOR: "tensor", KIND_OBJECT: "object", KIND_BARRIER: "barrier", KIND_BYTES: "bytes"}
 
@@ -172,16 +173,18 @@ def tensor_type(code: int, shape: Sequence[int], nbytes: int) -> tuple[torch.dty
 
 def tensor_wire(tensor: torch.Tensor) -> tuple[bytes, memoryview, torch.Tensor]:
     """Frame header and a zero-copy byte view of ``tensor`` (plus the CPU tensor that owns the bytes)."""
-    if tensor.dtype not in DTYPE_CODES:
+    code = DTYPE_CODES.get(tensor.dtype)
+    if code is None:
         raise UnsupportedObjectError(f"tensors of dtype {tensor.dtype} are not carried")
-    if tensor.dim() > MAX_DIMS:
+    ndim = tensor.dim()
+    if ndim > MAX_DIMS:
         raise UnsupportedObjectError(f"tensors of more than {MAX_DIMS} dims are not carried")
-    owner = tensor.detach()
-    if owner.device.type != "cpu":
+    # Each step only when needed: on a round of a few values these calls cost more than the bytes.
+    owner = tensor.detach() if tensor.requires_grad else tensor
+    if not owner.is_cpu:
         owner = owner.cpu()
     if not owner.is_contiguous():
         owner = owner.contiguous()
     array = owner.numpy()
-    data = memoryview(array.reshape(-1)).cast("B")
-    header = FRAME.pack(KIND_TENSOR, DTYPE_CODES[owner.dtype], array.ndim, 0, data.nbytes)
-    return header + DIMS[array.ndim].pack(*array.shape), data, owner
+    data = memoryview(array).cast("B") if array.size else memoryview(b"")
+    return TENSOR_HEADERS[ndim].pack(KIND_TENSOR, code, ndim, 0, data.nbytes, *array.shape), data, owner

@@ -148,7 +148,7 @@ class TlsCommunicator(Communicator):
 
     def _send_tensor(self, tensor: torch.Tensor, dst: int) -> SendRequest:
         header, data, owner = tensor_wire(tensor)
-        parts = (memoryview(b"".join((header, data))),) if data.nbytes <= SMALL_PAYLOAD else (memoryview(header), data)
+        parts = (memoryview(header + data),) if data.nbytes <= SMALL_PAYLOAD else (memoryview(header), data)
         return self._link(dst).send(parts, owner)
 
     def _send_payload(self, kind: int, payload: bytes, dst: int) -> SendRequest:
@@ -172,7 +172,7 @@ class TlsCommunicator(Communicator):
             )
         if received.shape != template.shape:
             received = received.reshape(template.shape)
-        return received if template.device.type == "cpu" else received.to(template.device)
+        return received if template.is_cpu else received.to(template.device)
 
     def _wait_all(self, requests: Sequence[SendRequest]) -> None:
         for request in requests:

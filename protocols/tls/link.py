@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20  # bytes per TLS write / read call: big enough to amortize, small enough to interleave
 SMALL_PAYLOAD = 1 << 16  # payloads up to this size are written together with their header
+# The longest a receive waits on its own link's socket alone before serving every link again (see
+# Engine.progress): long enough that a round's reply comes inside it, short enough that a peer held
+# back by this rank's full socket buffer waits no longer.
+FOCUS_S = 0.002
 # Each link reads into a staging buffer of this size, so one TLS record (16 KiB at most) arrives with one
 # read call however many frames it holds; a payload that does not fit is read straight into its tensor.
 _RECV_BUFFER = 1 << 17
@@ -56,11 +60,13 @@ class Incoming:
 class SendRequest:
     """Completion handle of a queued frame (what ``isend`` returns)."""
 
-    def __init__(self, link: Link, parts: tuple[memoryview, ...], owner: object) -> None:
+    __slots__ = ("_link", "parts", "owner", "nbytes", "not_before", "done", "error")
+
+    def __init__(self, link: Link, parts: tuple[memoryview, ...], owner: object, nbytes: int) -> None:
         self._link = link
         self.parts = parts
         self.owner = owner  # keeps the tensor whose memory ``parts`` view alive until written
-        self.nbytes = sum(p.nbytes for p in parts)
+        self.nbytes = nbytes
         self.not_before = 0.0
         self.done = False
         self.error: CommError | None = None
@@ -76,14 +82,17 @@ class SendRequest:
 
     def wait(self, timeout: float | None = None) -> None:
         """Drive the links until this frame is written (to the kernel) or its link fails."""
-        link = self._link
-        link.engine.progress(lambda: self.done, timeout, f"send to rank {link.peer}")
+        if not self.done:
+            link = self._link
+            link.engine.progress(lambda: self.done, timeout, f"send to rank {link.peer}")
         if self.error is not None:
             raise self.error
 
 
 class RecvRequest:
     """A posted receive (what ``irecv`` returns); messages fill posted receives in posting order."""
+
+    __slots__ = ("_link", "kind", "_on_message", "done", "result")
 
     def __init__(self, link: Link, kind: int, on_message: Callable[[Incoming], Any]) -> None:
         self._link = link
@@ -120,6 +129,7 @@ class Link:
         self.sock = sock
         self.engine = engine
         self.counters = LinkCounters()
+        self._awaiting = f"message from rank {peer}"  # what a receive timeout names
         self.error: CommError | None = None
         self.inbox: deque[Incoming] = deque()
         self.inbox_bytes = 0
@@ -147,6 +157,8 @@ class Link:
         self._part = 0
         self._offset = 0
         self._pending_chunk: memoryview | None = None
+        self._more = False  # read_some stopped at its bound (see ready)
+        self.write_blocked = False  # the socket refused the last write: wait until the selector says writable
         sock.setblocking(False)
 
     # -- caller side --------------------------------------------------------------------------------
@@ -154,14 +166,34 @@ class Link:
     def send(self, parts: tuple[memoryview, ...], owner: object) -> SendRequest:
         if self.error is not None:
             raise self.error
-        request = SendRequest(self, parts, owner)
+        nbytes = parts[0].nbytes if len(parts) == 1 else sum(p.nbytes for p in parts)
+        request = SendRequest(self, parts, owner, nbytes)
+        self.counters.bytes_sent += nbytes
+        self.counters.messages_sent += 1
         if self._emulation is not None and self._emulation.bandwidth_bps is not None:
             now = time.monotonic()
-            self._emulated_free_at = max(now, self._emulated_free_at) + request.nbytes * 8 / self._emulation.bandwidth_bps
+            self._emulated_free_at = max(now, self._emulated_free_at) + nbytes * 8 / self._emulation.bandwidth_bps
             request.not_before = self._emulated_free_at
+        elif len(parts) == 1 and nbytes <= _CHUNK and self._current is None and not self.outgoing and not self.write_blocked:
+            # An idle link writes a frame of one part at once (a round's frame: one TLS write, one syscall).
+            # A refused write is queued whole, so the retry passes OpenSSL the same bytes, as it requires.
+            try:
+                written = self.sock.send(parts[0])
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                self.write_blocked = True
+                written = 0
+            except (ssl.SSLError, OSError) as exc:
+                self.fail(PeerDisconnectedError(f"link to rank {self.peer} failed: {type(exc).__name__}"))
+                request.finish(self.error)
+                self.engine.watch(self)
+                return request
+            if written == nbytes:  # OpenSSL (no partial writes, as Python sets it) takes all or refuses
+                request.finish()
+                return request
+            self._current, self._part, self._offset, self._pending_chunk = request, 0, written, None
+            self.engine.watch(self)
+            return request
         self.outgoing.append(request)
-        self.counters.bytes_sent += request.nbytes
-        self.counters.messages_sent += 1
         self.engine.kick(self)
         return request
 
@@ -173,8 +205,8 @@ class Link:
     def complete(self, request: RecvRequest, timeout: float | None) -> None:
         """Drive the links and hand arriving messages to posted receives, in order, until ``request`` is filled."""
         while not request.done:
-            self.engine.progress(lambda: bool(self.inbox) or self.error is not None, timeout,
-                                 f"message from rank {self.peer}")
+            if not self.inbox:
+                self.engine.progress(self._arrived, timeout, self._awaiting, focus=self)
             if not self.inbox:
                 assert self.error is not None
                 raise self.error
@@ -187,6 +219,9 @@ class Link:
             self.counters.bytes_received += item.nbytes
             self.counters.messages_received += 1
             self._posted.popleft().fulfil(item)
+
+    def _arrived(self) -> bool:
+        return bool(self.inbox) or self.error is not None
 
     @property
     def busy(self) -> bool:
@@ -207,15 +242,20 @@ class Link:
 
     # -- socket side (called by the engine) ---------------------------------------------------------
 
-    def read_some(self) -> bool:
+    def read_some(self, wait_s: float = 0.0) -> bool:
         """Read what the socket has (a bounded amount) and parse it; return whether any byte arrived or a
-        held frame was admitted.
+        held frame was admitted. With ``wait_s``, the first read waits up to that long for a record (in
+        OpenSSL's own poll, see :meth:`Engine.progress`); every later one returns at once.
 
-        A read that returns less than it asked for, with nothing left inside OpenSSL, ends the call: the
-        record is used up, and asking again would most often only raise SSLWantReadError. The caller
-        loops while anything moved, and waits on the (level-triggered) selector only after a read that
-        found nothing, so a record still in the kernel is never forgotten.
+        The engine calls this once its (level-triggered) selector reports the socket readable, or when
+        :attr:`ready` says there is work without new bytes. A read into the staging buffer that returns
+        less than it asked for, with nothing left inside OpenSSL, ends the call: the record is used up,
+        and reading again would most often only raise ``SSLWantReadError``, which costs more than asking
+        the selector. (OpenSSL without read-ahead, as Python sets it, takes no byte of the next record
+        from the kernel, so whatever is unread stays visible to the selector.) A payload read straight
+        into its tensor keeps reading while records come, as a bulk transfer's do.
         """
+        self._more = False
         progressed = self._parse() if self._stage == "held" or self._start != self._end else False
         for _ in range(64):
             if self._stage == "held":
@@ -232,8 +272,16 @@ class Link:
                     self._start, self._end = 0, kept
                 target, size = self._view[self._end :], _RECV_BUFFER - self._end
             try:
-                count = self.sock.recv_into(target, size)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                if wait_s:
+                    self.sock.settimeout(wait_s)
+                    try:
+                        count = self.sock.recv_into(target, size)
+                    finally:
+                        self.sock.setblocking(False)
+                        wait_s = 0.0
+                else:
+                    count = self.sock.recv_into(target, size)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, TimeoutError):
                 return progressed
             except (ssl.SSLError, OSError) as exc:
                 raise PeerDisconnectedError(f"link to rank {self.peer} failed: {type(exc).__name__}") from None
@@ -246,9 +294,16 @@ class Link:
             else:
                 self._end += count
             self._parse()
-            if count < size and not self._pending():
+            if not direct and count < size and not self._pending():
                 return True
+        self._more = True  # stopped at the bound with bytes perhaps left inside OpenSSL: come back unasked
         return progressed
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`read_some` has work that no new bytes need to announce: the last call stopped at
+        its bound, or a held frame now fits the inbox."""
+        return self._more or (self._stage == "held" and self._has_room())
 
     def _parse(self) -> bool:
         """Turn buffered bytes into frames (as far as they go and the inbox has room); return whether any
@@ -311,7 +366,7 @@ class Link:
                 # numpy allocates faster than torch.empty, and the tensor shares the array's memory
                 array = np.empty(self._shape, dtype=DTYPES[code][1])
                 self._value = torch.from_numpy(array)
-                self._target = memoryview(array.reshape(-1)).cast("B")
+                self._target = memoryview(array).cast("B")
             elif kind == KIND_TENSOR:  # torch.from_numpy would give an empty tensor zero strides
                 self._value = torch.empty(self._shape, dtype=DTYPES[code][0])
                 self._target = memoryview(b"")
@@ -355,6 +410,7 @@ class Link:
                 try:
                     written = self.sock.send(self._pending_chunk)
                 except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    self.write_blocked = True
                     return wrote, True, None  # retry the same chunk when writable (OpenSSL requires it)
                 except (ssl.SSLError, OSError) as exc:
                     raise PeerDisconnectedError(f"link to rank {self.peer} failed: {type(exc).__name__}") from None
@@ -394,27 +450,36 @@ class Engine:
 
     def kick(self, link: Link) -> None:
         """Start writing a freshly queued frame right away (small frames finish here)."""
-        if link.error is None:
+        if link.error is None and not link.write_blocked:
             try:
                 link.write_some()
             except CommError as exc:
                 link.fail(exc)
+            self.watch(link)
 
-    def _step(self, link: Link) -> tuple[bool, float | None]:
+    def _step(self, link: Link, read: bool) -> tuple[bool, float | None]:
+        """Read (when asked) and write what the link has; whether anything moved, and the next paced frame's time."""
         if link.error is not None:
             return False, None
         try:
-            read = link.read_some()
-            wrote, blocked, due = link.write_some() if link.busy else (False, False, None)
+            moved = link.read_some() if read else False
+            due = None
+            if link.busy and not link.write_blocked:
+                wrote, _, due = link.write_some()
+                moved |= wrote
         except CommError as exc:
             link.fail(exc)
-            return True, None
-        self._watch(link, (selectors.EVENT_READ if link.wants_read else 0) | (selectors.EVENT_WRITE if blocked else 0))
-        return read or wrote, due
+            moved, due = True, None
+        self.watch(link)
+        return moved, due
 
-    def _watch(self, link: Link, events: int) -> None:
-        # A held link's socket stays readable while its data waits in the kernel; watching it would turn
-        # select() into a busy loop. A selector cannot watch for no event, so such a link is unregistered.
+    def watch(self, link: Link) -> None:
+        """Watch the link's socket for what it now waits for (reading unless held, writing when refused)."""
+        # A held link's socket stays readable while its data waits in the kernel, and a failed one's
+        # reports its end forever; watching either would turn select() into a busy loop. A selector cannot
+        # watch for no event, so such a link is unregistered.
+        events = 0 if link.error is not None else (
+            (selectors.EVENT_READ if link.wants_read else 0) | (selectors.EVENT_WRITE if link.write_blocked else 0))
         current = self._events[link.peer]
         if current == events:
             return
@@ -426,23 +491,45 @@ class Engine:
             self._selector.modify(link.sock, events, link)
         self._events[link.peer] = events
 
-    def progress(self, done: Callable[[], bool], timeout: float | None, what: str, wake_at: float | None = None) -> None:
+    def progress(self, done: Callable[[], bool], timeout: float | None, what: str, wake_at: float | None = None,
+                 focus: Link | None = None) -> None:
         """Service every link until ``done()``; raise :class:`CommTimeoutError` after ``timeout`` seconds.
 
-        ``timeout`` None means the receive timeout; ``wake_at`` bounds the sleep without raising.
+        ``timeout`` None means the receive timeout; ``wake_at`` bounds the sleep without raising. A link is
+        read only when the selector reports its socket readable (or :attr:`Link.ready`), never on the
+        chance that bytes came: a read that finds nothing costs OpenSSL an exception, more than the
+        selector's system call; a link is written whenever it has frames and the socket took the last
+        write.
+
+        ``focus`` is the link whose message ``done`` waits for. While no link has frames to write or
+        bytes to parse, nothing but that message can move, so the engine first waits on that socket
+        alone, inside OpenSSL's read (a blocking read with a timeout: no selector, no exception, no loop
+        in Python; about a quarter of a small round's cost). That wait lasts at most ``FOCUS_S``; then
+        every link is served again, so a peer whose large frame fills this rank's socket buffer while it
+        waits for another peer (and which may need that frame written before it sends what the other peer
+        waits for) is drained within that time, and no pattern of sends can deadlock the ranks.
         """
         if done():
             return
         limit = self.recv_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + limit
+        if focus is not None and wake_at is None and self._quiet(focus):
+            try:
+                focus.read_some(min(limit, FOCUS_S))
+            except CommError as exc:
+                focus.fail(exc)
+            self.watch(focus)
+            if done():
+                return
         while True:
             progressed = False
             next_due = wake_at
             for link in self.links:
-                moved, due = self._step(link)
-                progressed |= moved
-                if due is not None:
-                    next_due = due if next_due is None else min(next_due, due)
+                if link.error is None and (link.ready or (link.busy and not link.write_blocked)):
+                    moved, due = self._step(link, link.ready)
+                    progressed |= moved
+                    if due is not None:
+                        next_due = due if next_due is None else min(next_due, due)
             if done():
                 return
             if progressed:
@@ -451,10 +538,22 @@ class Engine:
             if now >= deadline and wake_at is None:
                 raise CommTimeoutError(f"no {what} within {limit:.1f}s")
             until = deadline if next_due is None else min(deadline, next_due)
-            if self.links and any(link.error is None for link in self.links):
-                self._selector.select(max(0.0, until - now))
-            else:
+            if not any(link.error is None for link in self.links):
                 time.sleep(max(0.0, until - now))
+                continue
+            for key, events in self._selector.select(max(0.0, until - now)):
+                link = key.data
+                if events & selectors.EVENT_WRITE:
+                    link.write_blocked = False
+                self._step(link, bool(events & selectors.EVENT_READ))
+            if done():
+                return
+
+    def _quiet(self, focus: Link) -> bool:
+        """Whether only ``focus``'s next bytes can move anything: no frame to write, nothing to parse."""
+        if focus.error is not None or not focus.wants_read:
+            return False
+        return not any(link.error is None and (link.busy or link.ready) for link in self.links)
 
     def flush(self, timeout: float) -> None:
         """Write out everything queued (best effort within ``timeout``)."""

@@ -38,9 +38,12 @@ def test_data_plane_only_run_writes_round_costs_for_every_path_and_size(tmp_path
         for cost in by_size.values():
             assert len(cost["repeat_medians_ms"]) == 2 and all(ms > 0 for ms in cost["repeat_medians_ms"])
             assert min(cost["repeat_medians_ms"]) <= cost["median_ms"] <= max(cost["repeat_medians_ms"])
+            assert len(cost["repeat_cpu_ms"]) == 2 and all(ms > 0 for ms in cost["repeat_cpu_ms"])
+            assert min(cost["repeat_cpu_ms"]) <= cost["cpu_ms"] <= max(cost["repeat_cpu_ms"])
     headers, rows = plane.round_rows(rounds)
     assert headers[0] == "round path" and [row[0] for row in rows] == list(plane.PATHS)
-    assert rows[0][len(plane.DEFAULT_SIZES) + 1:] == [1.0] * len(plane.DEFAULT_SIZES)  # tcp is its own unit
+    assert len(headers) == len(rows[0]) == 1 + 3 * len(plane.DEFAULT_SIZES)
+    assert rows[0][2::3] == [1.0] * len(plane.DEFAULT_SIZES)  # tcp is its own unit
 
 
 def test_round_costs_refuse_sizes_that_are_not_int64_tensors() -> None:
