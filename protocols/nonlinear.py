@@ -347,8 +347,8 @@ def exp(x: MPCTensor) -> MPCTensor:
     the max first). A spline of e^-w (``EXP_SPLINE``) on -x: segments chosen by sign tests, so any
     magnitude is accepted and nothing can overflow.
 
-    Measured (2 parties, ``pinfer bench nonlinear``): max abs error 2.4e-5 on [-16, 0]; 5 rounds with
-    FSS comparisons, 12 with the carry tree.
+    Measured (2 parties, ``pinfer bench nonlinear``): max abs error 2.4e-5 on [-16, 0]; 4 rounds with
+    FSS comparisons, 11 with the carry tree.
     """
     _require_default_encoding(x)
     return spline.evaluate(-x, EXP_SPLINE, bound=2.0**45)
@@ -365,7 +365,7 @@ def softmax(x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTens
     The denominator lies in [1, n] for rows of n entries, which fixes the reciprocal's domain publicly.
 
     Measured (2 parties): max abs error 9.7e-5 on 9x128x128 causal scores in [-80, 40]. A decode row
-    of 2048 scores per head (``pinfer bench nonlinear``): 48 rounds with FSS comparisons, 121 with the
+    of 2048 scores per head (``pinfer bench nonlinear``): 22 rounds with FSS comparisons, 112 with the
     carry tree.
     """
     _require_default_encoding(x)
@@ -518,7 +518,7 @@ def silu(x: MPCTensor) -> MPCTensor:
     32 unit segments between (error of the fit 2.8e-5). Domain: |x| < ACTIVATION_BOUND.
 
     Measured (2 parties, ``pinfer bench nonlinear``): max abs error 4.2e-5 on [-20, 20], exact relu
-    beyond +-16 (the tail x sigmoid(-16) = 1.8e-6 dropped); 5 rounds with FSS comparisons, 12 with
+    beyond +-16 (the tail x sigmoid(-16) = 1.8e-6 dropped); 4 rounds with FSS comparisons, 10 with
     the carry tree.
     """
     _require_default_encoding(x)
@@ -531,8 +531,8 @@ def gelu(x: MPCTensor) -> MPCTensor:
     1e-13). CrypTen's erf-based GeLU diverges beyond |x| ~ 2 and is not used. Domain: |x| <
     ACTIVATION_BOUND.
 
-    Measured (2 parties, ``pinfer bench nonlinear``): see docs/approximations.md; 5 rounds with FSS
-    comparisons, 12 with the carry tree.
+    Measured (2 parties, ``pinfer bench nonlinear``): see docs/approximations.md; 4 rounds with FSS
+    comparisons, 10 with the carry tree.
     """
     _require_default_encoding(x)
     return spline.evaluate(x, GELU_SPLINE, bound=ACTIVATION_BOUND)

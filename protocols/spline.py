@@ -19,8 +19,8 @@ Evaluation (:func:`evaluate`), for ``y = x - lo``:
 3. One Beaver round gates the coefficients and squares f; the next rounds raise f's powers and
    multiply each gated coefficient with its power as soon as both exist.
 
-Cost for degree ``d`` (two parties): the tests (1 round with FSS keys) and ``ceil(log2 d) + 2``
-product rounds: 4 rounds for d = 4 (6 + 3 with the carry tree's tests). Online: 2 (d + 2) + 2 words
+Cost for degree ``d`` (two parties): the tests (1 round with FSS keys) and ``ceil(log2 d) + 1``
+product rounds: 4 rounds for d = 4 (10 with the carry tree's tests, measured). Online: 2 (d + 2) + 2 words
 of Beaver openings per element and the tests' masked openings (2, or 3 with a floor test). Dealer:
 two DCF keys per element (three with a floor test), whatever the number of segments.
 """

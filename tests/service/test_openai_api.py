@@ -340,7 +340,8 @@ class _FakeClient:
     def tokenizer(self, model: object) -> _FakeTokenizer:
         return _FakeTokenizer()
 
-    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, model: str | None = None) -> Iterator[Token]:
+    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, model: str | None = None,
+                     kv_policy: str | None = None, kv_budget: float | None = None) -> Iterator[Token]:
         sent = 0
         try:
             for step, token_id in enumerate(self.token_ids[:max_new_tokens]):
