@@ -18,9 +18,19 @@ largest term is ``(a0 + a1)(b0 + b1)``, at most ``(3 * 2^20)^2 = 9 * 2^40`` in m
 sum of up to :data:`EXACT_TERMS` = 910 terms, in any order, stays among the integers of magnitude at
 most 2^53 that float64 represents exactly. Longer inner dimensions are cut into chunks of at most
 that many terms, each product converted to int64 before the chunks are added in the ring.
+
+Which path is faster depends on the host, not on the shape alone: torch's int64 kernel ran at
+0.1-0.35 GMAC/s on one 2-core host type and at 5-10 GMAC/s on another (one with AVX-512's 64-bit
+multiply), where it beats the five float64 GEMMs by 3-5x (``pinfer bench ringmm``). So the first
+product large enough for the limb path times both on a small product, once per process and device,
+and keeps the faster one (:func:`limbs_faster`); the two give identical results, so the parties need
+not agree on the choice.
 """
 
 from __future__ import annotations
+
+import functools
+import time
 
 import torch
 
@@ -39,6 +49,9 @@ MIN_SPAN = 256
 # thirty small tensor operations) about as much as 2^18 int64 multiply-adds.
 LIMB_MIN_ROWS = 3
 LIMB_MIN_MACS = 1 << 18
+# The product :func:`limbs_faster` times both paths on: large enough for BLAS to reach its speed,
+# small enough to cost at most tens of milliseconds on a host with a slow int64 kernel.
+CALIBRATION_SHAPE = (64, 512, 256)
 
 
 def ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -57,7 +70,30 @@ def ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def limbs_win(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether :func:`ring_matmul` takes the limb path for these operands."""
     rows = a.shape[-2] if a.dim() > 1 else 1
-    return rows >= LIMB_MIN_ROWS and _macs(a, b) >= LIMB_MIN_MACS
+    return rows >= LIMB_MIN_ROWS and _macs(a, b) >= LIMB_MIN_MACS and limbs_faster(a.device)
+
+
+@functools.cache
+def limbs_faster(device: torch.device) -> bool:
+    """Whether the limb path beats torch's int64 kernel on this host and device, timed once (best of
+    three each, after a warm-up) on a :data:`CALIBRATION_SHAPE` product."""
+    rows, inner, cols = CALIBRATION_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-(1 << 62), 1 << 62, (rows, inner), dtype=torch.int64, generator=generator).to(device)
+    b = torch.randint(-(1 << 62), 1 << 62, (inner, cols), dtype=torch.int64, generator=generator).to(device)
+
+    def best(product) -> float:
+        product(a, b)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            product(a, b)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(limb_matmul) < best(torch.matmul)
 
 
 def limb_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

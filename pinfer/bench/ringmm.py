@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {label}: done", flush=True)
         load_after = os.getloadavg()
         measured_threads = torch.get_num_threads()
+        limbs_faster = rm.limbs_faster(torch.device("cpu"))
     finally:
         torch.set_num_threads(threads)
     info = machine()
@@ -130,7 +131,10 @@ def run(args: argparse.Namespace) -> int:
                      "limb_widths": rm.WIDTHS, "limb_offsets": rm.OFFSETS,
                      "exact_terms": rm.EXACT_TERMS, "block_elements": rm.BLOCK_ELEMENTS, "min_span": rm.MIN_SPAN,
                      "limb_min_rows": rm.LIMB_MIN_ROWS, "limb_min_macs": rm.LIMB_MIN_MACS},
+        "limbs_faster": limbs_faster,
         "results": results,
     })
+    print(f"ring_matmul's calibration ({'x'.join(map(str, rm.CALIBRATION_SHAPE))}) on this host: "
+          f"{'float64 limbs' if limbs_faster else 'torch int64'} faster")
     print(f"wrote {path}")
     return 0 if all(r["exact"] for r in results.values()) else 1

@@ -22,7 +22,9 @@ def test_bench_ringmm_reports_both_paths(tmp_path: Path, capsys: pytest.CaptureF
         assert row["exact"]
         assert row["int64"]["runs"] >= 1 and row["limb"]["runs"] == 2
         assert row["int64"]["gmac_per_s"] > 0 and row["limb"]["gmac_per_s"] > 0
-    assert large["ring_matmul_path"] == "limb" and small["ring_matmul_path"] == "int64"
+    # above the thresholds the path this host measured faster; below them always torch's kernel
+    assert large["ring_matmul_path"] == ("limb" if report["limbs_faster"] else "int64")
+    assert small["ring_matmul_path"] == "int64"
 
 
 def test_bench_ringmm_rejects_a_malformed_shape(tmp_path: Path) -> None:

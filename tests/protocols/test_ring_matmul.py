@@ -19,6 +19,7 @@ from pinfer.protocols.ring_matmul import (
     LIMB_MIN_ROWS,
     WIDTHS,
     limb_matmul,
+    limbs_faster,
     ring_matmul,
 )
 
@@ -116,6 +117,13 @@ def test_random_shapes(batch, rows, inner, cols, seed, right_batched):
     assert torch.equal(limb_matmul(a, b), torch.matmul(a, b))
 
 
+def test_the_calibration_picks_a_path_once_per_device():
+    limbs_faster.cache_clear()
+    choice = limbs_faster(torch.device("cpu"))
+    assert isinstance(choice, bool) and limbs_faster(torch.device("cpu")) is choice
+    assert limbs_faster.cache_info().hits == 1
+
+
 def test_dispatch_agrees_on_both_sides_of_the_thresholds():
     small = (ring(4, 16), ring(16, 8))
     few_rows = (ring(LIMB_MIN_ROWS - 1, 512), ring(512, 512))
@@ -140,15 +148,21 @@ def test_mismatched_inner_dimensions_are_a_value_error():
 def job_products_above_the_threshold(ctx, x, w):
     import crypten
 
+    from pinfer.protocols import ring_matmul as products
     from pinfer.protocols.fixed_operand import FixedOperand
 
-    operand = FixedOperand(ctx.provider, crypten.cryptensor(w, src=0))
-    shared_x = crypten.cryptensor(x, src=1)
-    return {
-        "fixed": operand.rmatmul(shared_x).get_plain_text(),
-        "transposed": operand.rmatmul(crypten.cryptensor(x @ w, src=1), transposed=True).get_plain_text(),
-        "beaver": (shared_x @ crypten.cryptensor(w, src=0)).get_plain_text(),
-    }
+    measured = products.limbs_faster
+    products.limbs_faster = lambda device: True  # the limb path, whichever path this host measures faster
+    try:
+        operand = FixedOperand(ctx.provider, crypten.cryptensor(w, src=0))
+        shared_x = crypten.cryptensor(x, src=1)
+        return {
+            "fixed": operand.rmatmul(shared_x).get_plain_text(),
+            "transposed": operand.rmatmul(crypten.cryptensor(x @ w, src=1), transposed=True).get_plain_text(),
+            "beaver": (shared_x @ crypten.cryptensor(w, src=0)).get_plain_text(),
+        }
+    finally:
+        products.limbs_faster = measured
 
 
 @pytest.mark.slow
