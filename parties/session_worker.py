@@ -109,22 +109,17 @@ def _open_prompt(spec: WorkerSpec, party: int, start: SessionStart, card: sessio
     """This party's prompt share and reply key, if the client sealed exactly this session to it."""
     import time
 
-    from pinfer.protocols.csprng import SEED_BYTES
-    from pinfer.protocols.sharing import ShareBundle
+    from pinfer.protocols import token_input
 
     vocab_size = card.config().vocab_size
-    shapes = {"tokens": (start.prompt_tokens, vocab_size)}
     expected = session.SessionParameters(spec.session_id, card.name, spec.parties, party, start.prompt_tokens,
                                          start.max_new_tokens, start.kv_policy, start.kv_budget)
-    share_bytes = envelope.TENSOR_OVERHEAD_2D + (8 * start.prompt_tokens * vocab_size if party == 0 else SEED_BYTES)
+    form = token_input.payload(party, spec.parties, start.prompt_tokens, vocab_size)
     opened = session.open_input(start.input_share, private_key, expected, now=time.time(), not_before=spec.not_before,
-                                max_share_bytes=share_bytes)
+                                max_share_bytes=envelope.TENSOR_OVERHEAD_2D + form.nbytes)
     reply_key = session.ReplyKey(opened.reply_secret, spec.session_id, party)
-    if party == 0:
-        dense = envelope.decode_tensor(opened.share, expected_shape=shapes["tokens"])
-        return ShareBundle(shapes, dense={"tokens": dense}), reply_key
-    seed = envelope.decode_tensor(opened.share, expected_dtype=torch.uint8, expected_shape=(SEED_BYTES,))
-    return ShareBundle(shapes, seed=seed.numpy().tobytes()), reply_key
+    received = envelope.decode_tensor(opened.share, expected_dtype=form.dtype, expected_shape=form.shape)
+    return token_input.open_prompt(party, spec.parties, received, start.prompt_tokens, vocab_size), reply_key
 
 
 def party_worker_main(spec: WorkerSpec, conn: Connection) -> None:

@@ -83,15 +83,15 @@ def run(args: argparse.Namespace) -> int:
     print("\nby operator class (party 0; decode rows are per token)")
     print(table(["model", "prompt", "phase", "operator", "s", "MiB", "rounds", "dealer MiB"], op_rows))
     path = write_json(args.out, "generate.json", {"machine": info, "runs": runs})
-    _plot(runs, args.out / "generate.png")
-    print(f"\nwrote {path} and {args.out / 'generate.png'}")
+    drawn = _plot(runs, args.out / "generate.png")
+    print(f"\nwrote {path}" + (f" and {args.out / 'generate.png'}" if drawn else ""))
     return 0
 
 
-def _plot(runs: list[dict[str, Any]], path: Path) -> None:
+def _plot(runs: list[dict[str, Any]], path: Path) -> bool:
     plt = pyplot(path)
     if plt is None:
-        return
+        return False
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = [f"{r['model']}\n{r['prompt_tokens']} tok {phase}" for r in runs for phase in ("prefill", "decode")]
@@ -109,3 +109,4 @@ def _plot(runs: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True

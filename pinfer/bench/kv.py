@@ -158,15 +158,15 @@ def run(args: argparse.Namespace) -> int:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
     path = write_json(args.out, "kv_bench.json", {"machine": info, "settings": settings, "results": results,
                                                    "note": "cache built by a plaintext prefill and secret-shared"})
-    _plot(rows, args.out / "kv_bench.png")
-    print(f"\nwrote {path} and {args.out / 'kv_bench.png'}")
+    drawn = _plot(rows, args.out / "kv_bench.png")
+    print(f"\nwrote {path}" + (f" and {args.out / 'kv_bench.png'}" if drawn else ""))
     return 0
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+def _plot(rows: list[dict[str, Any]], path: Path) -> bool:
     plt = pyplot(path)
     if plt is None:
-        return
+        return False
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(len(models), 2, figsize=(12, 4.2 * len(models)), squeeze=False)
@@ -185,3 +185,4 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True

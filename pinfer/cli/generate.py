@@ -182,6 +182,7 @@ def _generate_remote(client: Any, args: argparse.Namespace) -> tuple[dict[str, A
         "endpoint": args.endpoint,
         "source": info.tokenizer,
         "prompt_tokens": len(ids),
+        "prompt_input": _prompt_input(info.parties, len(ids), info.config.vocab_size),
         "kv_policy": kv_policy,
         "kv_budget": kv_budget,
         "text": "".join(pieces),
@@ -230,8 +231,20 @@ def _print_verdict(report: dict[str, Any], quote: bool) -> None:
 
 
 def _print_kv(report: dict[str, Any]) -> None:
+    sent = report["prompt_input"]
+    print(f"prompt in : {sent['form']}, {' / '.join(f'{b:,}' for b in sent['bytes_per_party'])} bytes "
+          f"to party {' / '.join(map(str, range(len(sent['bytes_per_party']))))}")
     if report["kv_policy"]:  # empty: a service from before the choice of policy
         print(f"kv cache  : {report['kv_policy']}, budget {report['kv_budget']:g} of the prompt")
+
+
+def _prompt_input(parties: int, prompt_tokens: int, vocab_size: int) -> dict[str, Any]:
+    """How the prompt went to the parties, and each party's payload in bytes."""
+    from pinfer.protocols import token_input
+
+    return {"form": token_input.prompt_form(parties),
+            "bytes_per_party": [token_input.payload(party, parties, prompt_tokens, vocab_size).nbytes
+                                for party in range(parties)]}
 
 
 def _print_phase_costs(report: dict[str, Any], with_seconds: bool) -> None:
@@ -271,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "model": args.model,
         "prompt_tokens": len(ids),
+        "prompt_input": _prompt_input(args.parties, len(ids), config.vocab_size),
         "kv_policy": kv.policy,
         "kv_budget": kv.budget,
         "text": text,

@@ -75,9 +75,11 @@ TENSOR_OVERHEAD_2D = _TENSOR_HEAD.size + 8 * 2
 """Bytes a 2-D tensor payload adds to its data (relays bound envelope sizes with it)."""
 
 MAX_MESSAGE_BYTES = 256 << 20
-"""Largest gRPC message any pinfer link accepts (client, orchestrator, nodes). A prompt travels as
-one-hot share rows, 8 bytes per vocabulary entry per token: 256 MiB holds about 680 SmolLM2 prompt
-tokens; a larger request is refused with RESOURCE_EXHAUSTED before any work starts."""
+"""Largest gRPC message any pinfer link accepts (client, orchestrator, nodes). With two parties a
+prompt travels as DPF keys, 288 bytes per SmolLM2 token and party, so the model's context bounds a
+prompt long before this does; with three, party 0's one-hot share rows take 8 bytes per vocabulary
+entry per token and 256 MiB holds about 680 SmolLM2 prompt tokens. A larger request is refused with
+RESOURCE_EXHAUSTED before any work starts."""
 
 
 class EnvelopeError(Exception):

@@ -179,7 +179,8 @@ class PreparedRequest:
 
 def prepare_request(model: VerifiedModel, prompt_ids: list[int], max_new_tokens: int, token: str, *,
                     request_id: str | None = None, kv_policy: str = "", kv_budget: float = 0.0) -> PreparedRequest:
-    """Share the one-hot prompt; seal share *i*, the session parameters and a reply secret to party *i*.
+    """Share the prompt (:mod:`pinfer.protocols.token_input`: DPF keys for two parties); seal party *i*'s
+    payload, the session parameters and a reply secret to party *i*.
 
     ``kv_policy`` and ``kv_budget`` go into the request and every sealed input as given (empty and 0
     leave them to the parties' defaults; :meth:`VerifiedModel.kv_choice` resolves them here instead).
@@ -189,8 +190,7 @@ def prepare_request(model: VerifiedModel, prompt_ids: list[int], max_new_tokens:
     from the token it authenticates; sent with another token, the parties refuse it. ``request_id``
     defaults to a fresh random one; a caller's id runs once (a second use is ``ALREADY_EXISTS``).
     """
-    from pinfer.model.generation import one_hot
-    from pinfer.protocols.sharing import share
+    from pinfer.protocols.token_input import share_prompt
 
     vocab_size = model.config.vocab_size
     if not prompt_ids or min(prompt_ids) < 0 or max(prompt_ids) >= vocab_size:
@@ -202,10 +202,9 @@ def prepare_request(model: VerifiedModel, prompt_ids: list[int], max_new_tokens:
         raise ValueError("a request id is 16 to 64 lowercase hex characters")
     session_id = session.session_id(session.token_digest(token), request_id)
     issued_at = int(time.time())
-    bundles = share({"tokens": one_hot(prompt_ids, vocab_size)}, model.parties)
+    payloads = share_prompt(prompt_ids, vocab_size, model.parties)
     sealed, reply_keys = [], []
-    for party, (bundle, recipient) in enumerate(zip(bundles, model.deployment.party_keys)):
-        payload = bundle.dense["tokens"] if bundle.seed is None else torch.frombuffer(bytearray(bundle.seed), dtype=torch.uint8)
+    for party, (payload, recipient) in enumerate(zip(payloads, model.deployment.party_keys)):
         parameters = session.SessionParameters(session_id, model.name, model.parties, party, len(prompt_ids),
                                                max_new_tokens, kv_policy, kv_budget)
         secret = os.urandom(session.REPLY_SECRET_BYTES)

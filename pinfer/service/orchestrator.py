@@ -40,6 +40,7 @@ from pinfer.kvcache import serving as kv_serving
 from pinfer.parties.share_store import SIGNED_CARD_FILE, ModelCard, load_card, signed_card
 from pinfer.keys.session import REQUEST_ID, SEALED_INPUT_OVERHEAD, session_id, token_digest
 from pinfer.proto import inference_pb2, inference_pb2_grpc, node_pb2, node_pb2_grpc
+from pinfer.protocols import token_input
 
 log = logging.getLogger("pinfer.service.orchestrator")
 
@@ -308,8 +309,9 @@ class Orchestrator(inference_pb2_grpc.InferenceServicer):
             invalid(str(exc))
         if len(request.input_shares) != card.parties:
             invalid(f"expected {card.parties} input shares, one per party")
-        # Party 0 holds a dense (prompt x vocab) int64 share; the others a 32-byte seed.
-        shares = [8 * request.prompt_tokens * config.vocab_size] + [32] * (card.parties - 1)
+        # What each party's envelope may hold for this prompt length (DPF keys for two parties).
+        shares = [token_input.payload(party, card.parties, request.prompt_tokens, config.vocab_size).nbytes
+                  for party in range(card.parties)]
         limits = [envelope.TENSOR_OVERHEAD_2D + size + SEALED_INPUT_OVERHEAD for size in shares]
         for party, (sealed, limit) in enumerate(zip(request.input_shares, limits)):
             try:

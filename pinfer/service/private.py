@@ -1,7 +1,8 @@
 """Private generation on local processes: this process is the client and the model owner.
 
-It shares the prepared weights once, launches the parties and the dealer, sends each prompt as
-one-hot shares and reconstructs only the new token ids from the parties' shares.
+It shares the prepared weights once, launches the parties and the dealer, sends each prompt as the
+service's client does (:mod:`pinfer.protocols.token_input`: DPF keys for two parties, one-hot shares
+for three) and reconstructs only the new token ids from the parties' shares.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import torch
 
 from pinfer.model.config import ModelConfig
 from pinfer.model.decoder import KVCachePolicy, prepare_weights
-from pinfer.model.generation import check_request, one_hot
+from pinfer.model.generation import check_request
 from pinfer.model.norm_plan import NormShifts
 from pinfer.parties.worker import generate_on_shares, load_model_shares
+from pinfer.protocols import token_input
 from pinfer.protocols.sharing import ShareBundle, share
 from pinfer.protocols.world import LocalWorld, PartyContext
 
@@ -75,8 +77,9 @@ class PrivateModel:
         """One generation; ``kv_policy`` (:mod:`pinfer.kvcache`, None: the full cache) runs at every party."""
         check_request(self.config, prompt_ids, max_new_tokens)
         started = time.perf_counter()
-        prompts = share({"tokens": one_hot(prompt_ids, self.config.vocab_size)}, self.n_parties)
-        results = self._world.run(_generate, max_new_tokens, kv_policy, party_kwargs=[{"prompt": p} for p in prompts])
+        payloads = token_input.share_prompt(prompt_ids, self.config.vocab_size, self.n_parties)
+        results = self._world.run(_generate, max_new_tokens, kv_policy, len(prompt_ids),
+                                  party_kwargs=[{"payload": p} for p in payloads])
         total = sum(r["token_id_shares"] for r in results)
         tokens = [int(v) for v in torch.round(total.double() / results[0]["token_id_scales"]).long()]
         steps = results[0]["step_seconds"]
@@ -95,10 +98,12 @@ def _load_model(ctx: PartyContext, config: ModelConfig, norm_shifts: NormShifts,
     return {"costs": ctx.costs.report()}
 
 
-def _generate(ctx: PartyContext, max_new_tokens: int, kv_policy: KVCachePolicy | None,
-              prompt: ShareBundle) -> dict[str, Any]:
+def _generate(ctx: PartyContext, max_new_tokens: int, kv_policy: KVCachePolicy | None, prompt_tokens: int,
+              payload: torch.Tensor) -> dict[str, Any]:
     """Party job: one generation on the model :func:`_load_model` left in this process."""
-    return generate_on_shares(ctx, ctx.kept[_KEPT_MODEL], max_new_tokens, prompt, kv_policy)
+    model = ctx.kept[_KEPT_MODEL]
+    prompt = token_input.open_prompt(ctx.rank, ctx.world_size, payload, prompt_tokens, model.config.vocab_size)
+    return generate_on_shares(ctx, model, max_new_tokens, prompt, kv_policy)
 
 
 def generate_private(

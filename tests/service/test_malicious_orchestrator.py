@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-import torch
 from cryptography import x509
 
 import pinfer
@@ -23,6 +22,7 @@ from pinfer.keys import envelope, session, trust
 from pinfer.model.generation import generate_plain
 from pinfer.model.registry import load_model
 from pinfer.proto import inference_pb2
+from pinfer.protocols import token_input
 from pinfer.service.client import prepare_request
 from pinfer.service.local_service import LocalService
 from pinfer.service.orchestrator import OrchestratorConfig, serve, token_digest
@@ -202,13 +202,15 @@ def test_malicious_swapped_reply_key_gets_nothing(attack, service: LocalService)
     interceptor, client = attack
     assert "client_public_key" not in inference_pb2.GenerateRequest.DESCRIPTOR.fields_by_name
     real = trust.verify_deployment(_ca(service), keys.load_deployment_statement(service.key_dir))
+    vocab_size = load_model("tiny-llama")[0].vocab_size
 
     def reseal(request: inference_pb2.GenerateRequest) -> inference_pb2.GenerateRequest:
         # The double knows every caller's token digest, so it can name the session id the parties expect.
         session_id = session.session_id(token_digest(service.token), request.request_id)
         parameters = session.SessionParameters(session_id, request.model, 2, 1, request.prompt_tokens,
                                                request.max_new_tokens, request.kv_policy, request.kv_budget)
-        own_share = envelope.encode_tensor(torch.zeros(32, dtype=torch.uint8))
+        # a prompt of the double's own, in the form party 1 expects
+        own_share = envelope.encode_tensor(token_input.share_prompt([0] * request.prompt_tokens, vocab_size, 2)[1])
         request.input_shares[1] = session.seal_input(parameters, int(time.time()), bytes(32), own_share,
                                                      real.party_keys[1])
         return request
