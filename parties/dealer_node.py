@@ -14,7 +14,8 @@ from multiprocessing.connection import Connection
 
 import torch
 
-from pinfer.parties.session_worker import WorkerSpec, mesh_config, read_start
+from pinfer.parties.session_worker import WorkerPipe, WorkerSpec, endpoints_of, mesh_config
+from pinfer.proto import node_pb2
 
 DEALER_RECV_TIMEOUT_S = 600.0
 
@@ -25,18 +26,19 @@ def dealer_worker_main(spec: WorkerSpec, conn: Connection) -> None:
 
     set_up_worker_process(spec.role, spec.session_id)
     torch.set_num_threads(1)
+    pipe = WorkerPipe(conn)
     try:
-        _serve_dealer_session(spec, conn)
+        _serve_dealer_session(spec, pipe)
     except BaseException as exc:  # reported by type only
         from pinfer.parties.failure_log import log_worker_failure
 
         log_worker_failure(spec.role, spec.session_id, exc)
-        conn.send(("error", type(exc).__name__))
+        pipe.send(failed=type(exc).__name__)
     finally:
-        conn.close()
+        pipe.close()
 
 
-def _serve_dealer_session(spec: WorkerSpec, conn: Connection) -> None:
+def _serve_dealer_session(spec: WorkerSpec, pipe: WorkerPipe) -> None:
     from dataclasses import replace
 
     from pinfer.protocols import tls
@@ -44,10 +46,10 @@ def _serve_dealer_session(spec: WorkerSpec, conn: Connection) -> None:
     from pinfer.protocols.dealer import DealerServer
 
     listener = tls.bind_listener(spec.listen_host, 0)
-    conn.send(("ready", listener.getsockname()[1]))
-    start = read_start(conn.recv())
+    pipe.send(ready_port=listener.getsockname()[1])
+    start = pipe.receive_start()
     # The dealer idles while party 0 computes between requests, so it waits longer than a party.
-    config = replace(mesh_config(spec, spec.parties, start.endpoints), recv_timeout_s=DEALER_RECV_TIMEOUT_S)
+    config = replace(mesh_config(spec, spec.parties, endpoints_of(start)), recv_timeout_s=DEALER_RECV_TIMEOUT_S)
     mesh = tls.TlsCommunicator.connect(config, listener=listener)
     try:
         server = DealerServer([Channel(mesh.transport(rank)) for rank in range(spec.parties)])
@@ -55,4 +57,4 @@ def _serve_dealer_session(spec: WorkerSpec, conn: Connection) -> None:
         server.serve()
     finally:
         mesh.close()
-    conn.send(("done",))
+    pipe.send(done=node_pb2.SessionDone())

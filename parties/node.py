@@ -89,7 +89,7 @@ class _Worker:
         self.process.start()
         theirs.close()
 
-    def next_message(self, context: grpc.ServicerContext, timeout_s: float | None = None) -> tuple:
+    def next_event(self, context: grpc.ServicerContext, timeout_s: float | None = None) -> node_pb2.WorkerEvent:
         """The worker's next message, or an abort if it died, the stream ended, or the timeout passed."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -97,7 +97,7 @@ class _Worker:
                 raise _StreamGone()
             try:
                 if self.conn.poll(_POLL_S):
-                    return self.conn.recv()
+                    return node_pb2.WorkerEvent.FromString(self.conn.recv_bytes())
             except (EOFError, OSError):
                 self._exited(context)
             if not self.process.is_alive() and not self.conn.poll(0):
@@ -226,10 +226,10 @@ class NodeService(node_pb2_grpc.NodeServicer):
 
     def _drive(self, worker: _Worker, requests: Iterator[node_pb2.SessionControl], context: grpc.ServicerContext,
                card: session.ModelCard | None) -> Iterator[node_pb2.SessionEvent]:
-        message = worker.next_message(context, WORKER_START_TIMEOUT_S)
-        if message[0] != "ready":
-            context.abort(grpc.StatusCode.INTERNAL, f"session worker failed to start ({message[-1]})")
-        yield node_pb2.SessionEvent(ready=node_pb2.WorkerReady(host=self.config.advertise_host, port=message[1]))
+        event = worker.next_event(context, WORKER_START_TIMEOUT_S)
+        if event.WhichOneof("event") != "ready_port":
+            context.abort(grpc.StatusCode.INTERNAL, f"session worker failed to start ({event.failed or 'no port'})")
+        yield node_pb2.SessionEvent(ready=node_pb2.WorkerReady(host=self.config.advertise_host, port=event.ready_port))
         control = _next_control(requests, context)
         if control is None or control.WhichOneof("control") != "start":
             raise _StreamGone()
@@ -237,23 +237,20 @@ class NodeService(node_pb2_grpc.NodeServicer):
         problem = self._check_start(start, card)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        endpoints = {e.rank: (e.host, e.port) for e in start.endpoints}
-        worker.conn.send(("start", endpoints, start.input_share, start.prompt_tokens, start.max_new_tokens,
-                          start.kv_policy, start.kv_budget))
+        worker.conn.send_bytes(start.SerializeToString())
         while True:
-            message = worker.next_message(context)
-            kind = message[0]
+            event = worker.next_event(context)
+            kind = event.WhichOneof("event")
             if kind == "token":
-                _, step, phase, sealed = message
-                yield node_pb2.SessionEvent(token=node_pb2.TokenShare(step=step, phase=phase, envelope=sealed))
+                yield node_pb2.SessionEvent(token=event.token)
             elif kind == "done":
                 yield node_pb2.SessionEvent(done=node_pb2.SessionDone())
                 return
             elif kind == "invalid":
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, message[1])
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, event.invalid)
             else:  # the worker logged its exception's type and frames on this node's stderr
-                log.warning("session %s: worker failed (%s)", worker.session_id[:8], message[1])
-                context.abort(grpc.StatusCode.UNAVAILABLE, f"session worker failed ({message[1]})")
+                log.warning("session %s: worker failed (%s)", worker.session_id[:8], event.failed or kind)
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"session worker failed ({event.failed or kind})")
 
     def _check_start(self, start: node_pb2.StartSession, card: session.ModelCard | None) -> str | None:
         """Why this node will not run ``start`` (None if it will): the orchestrator is not trusted to check."""

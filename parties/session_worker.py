@@ -4,8 +4,9 @@ Why a process per session: CrypTen keeps its communicator, generators and provid
 globals, so two sessions cannot share a process; and killing the process is the one clean way to
 stop a session whose peer vanished. The worker talks to its node over a local pipe (a child of the
 node, never a network link) and to the other party's worker and the dealer over the session's
-mutual-TLS mesh. The node's messages and the worker's replies are tuples of plain values
-(``str``/``int``/``bytes``/``dict``); shares only ever leave the worker sealed.
+mutual-TLS mesh. The pipe carries protobuf messages only (:class:`WorkerPipe`): the orchestrator's
+``StartSession`` as the node received it, and the worker's ``WorkerEvent`` replies; shares only ever
+leave the worker sealed.
 
 Sequence: bind a free data-plane port and report it; map this party's weight shares, which the node
 opened once for all its sessions (:mod:`pinfer.parties.weight_cache`); wait for the session's
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pinfer.keys import envelope, session
+from pinfer.proto import node_pb2
 
 if TYPE_CHECKING:
     from pinfer.parties.weight_cache import SharedShares
@@ -54,16 +56,27 @@ class WorkerSpec:
     """The node's start time: requests issued before it may be replays the node no longer remembers."""
 
 
-@dataclass(frozen=True)
-class SessionStart:
-    """The orchestrator's start message as plain values: every rank's endpoint and this party's input."""
+class WorkerPipe:
+    """The worker's end of its node's pipe: typed messages (``pinfer.v1`` protobuf), never pickles."""
 
-    endpoints: dict[int, tuple[str, int]]
-    input_share: bytes
-    prompt_tokens: int
-    max_new_tokens: int
-    kv_policy: str
-    kv_budget: float
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def receive_start(self) -> node_pb2.StartSession:
+        """The session's start, as the node forwarded it from the orchestrator."""
+        return node_pb2.StartSession.FromString(self._conn.recv_bytes())
+
+    def send(self, **event: Any) -> None:
+        """One ``WorkerEvent`` with the given field set (``ready_port=``, ``token=``, ``invalid=`` ...)."""
+        self._conn.send_bytes(node_pb2.WorkerEvent(**event).SerializeToString())
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def endpoints_of(start: node_pb2.StartSession) -> dict[int, tuple[str, int]]:
+    """Every rank's data-plane endpoint (the node checked that each rank appears once)."""
+    return {e.rank: (e.host, e.port) for e in start.endpoints}
 
 
 def mesh_config(spec: WorkerSpec, rank: int, endpoints: dict[int, tuple[str, int]]) -> TlsCommConfig:
@@ -95,16 +108,7 @@ def link_emulation(link: str) -> LinkEmulation | None:
     return presets[link]
 
 
-def read_start(message: tuple) -> SessionStart:
-    """Check the node's start message (plain values from its own pipe) and type it."""
-    kind, endpoints, input_share, prompt_tokens, max_new_tokens, kv_policy, kv_budget = message
-    if kind != "start":
-        raise ValueError(f"expected a start message, got {kind!r}")
-    return SessionStart({int(r): (str(h), int(p)) for r, (h, p) in endpoints.items()}, bytes(input_share),
-                        int(prompt_tokens), int(max_new_tokens), str(kv_policy), float(kv_budget))
-
-
-def _open_prompt(spec: WorkerSpec, party: int, start: SessionStart, card: session.ModelCard,
+def _open_prompt(spec: WorkerSpec, party: int, start: node_pb2.StartSession, card: session.ModelCard,
                  private_key: envelope.PrivateKey) -> tuple[ShareBundle, session.ReplyKey]:
     """This party's prompt share and reply key, if the client sealed exactly this session to it."""
     import time
@@ -128,40 +132,41 @@ def party_worker_main(spec: WorkerSpec, conn: Connection) -> None:
 
     set_up_worker_process(spec.role, spec.session_id)
     torch.set_num_threads(1)
+    pipe = WorkerPipe(conn)
     try:
-        _serve_party_session(spec, conn)
+        _serve_party_session(spec, pipe)
     except BaseException as exc:  # reported by type only: messages may name sizes, never secrets
         from pinfer.parties.failure_log import log_worker_failure
 
         log_worker_failure(spec.role, spec.session_id, exc)
-        conn.send(("error", type(exc).__name__))
+        pipe.send(failed=type(exc).__name__)
     finally:
-        conn.close()
+        pipe.close()
 
 
-def _serve_party_session(spec: WorkerSpec, conn: Connection) -> None:
+def _serve_party_session(spec: WorkerSpec, pipe: WorkerPipe) -> None:
     from pinfer import keys
     from pinfer.protocols import tls
 
     party = keys.party_index(spec.role)
     assert party is not None and spec.weights is not None
     listener = tls.bind_listener(spec.listen_host, 0)
-    conn.send(("ready", listener.getsockname()[1]))
+    pipe.send(ready_port=listener.getsockname()[1])
     private_key = keys.load_envelope_private_key(spec.key_root, spec.role)
     card, weights = spec.weights.card, spec.weights.bundle()
-    start = read_start(conn.recv())
+    start = pipe.receive_start()
     try:
         prompt, reply_key = _open_prompt(spec, party, start, card, private_key)
     except session.SessionContractError as exc:  # its message names fields and bounds, never values
-        conn.send(("invalid", f"input for party {party}: {exc}"))
+        pipe.send(invalid=f"input for party {party}: {exc}")
         return
     except (envelope.EnvelopeError, ValueError) as exc:
-        conn.send(("invalid", f"input for party {party}: {type(exc).__name__}"))
+        pipe.send(invalid=f"input for party {party}: {type(exc).__name__}")
         return
-    _run_generation(spec, conn, party, start, listener, card, weights, prompt, reply_key)
+    _run_generation(spec, pipe, party, start, listener, card, weights, prompt, reply_key)
 
 
-def _run_generation(spec: WorkerSpec, conn: Connection, party: int, start: SessionStart, listener: Any,
+def _run_generation(spec: WorkerSpec, pipe: WorkerPipe, party: int, start: node_pb2.StartSession, listener: Any,
                     card: session.ModelCard, weights: ShareBundle, prompt: ShareBundle,
                     reply_key: session.ReplyKey) -> None:
     from pinfer.kvcache.serving import resolve
@@ -173,7 +178,7 @@ def _run_generation(spec: WorkerSpec, conn: Connection, party: int, start: Sessi
 
     import crypten
 
-    communicator = tls.TlsCommunicator.connect(mesh_config(spec, party, start.endpoints), listener=listener)
+    communicator = tls.TlsCommunicator.connect(mesh_config(spec, party, endpoints_of(start)), listener=listener)
     activate_communicator(communicator)
     provider, reading = start_party_protocol(communicator, party, spec.parties)
     context = PartyContext(party, spec.parties, provider, CostMeter(reading))
@@ -185,12 +190,12 @@ def _run_generation(spec: WorkerSpec, conn: Connection, party: int, start: Sessi
         cost = step.cost
         sealed = reply_key.seal(step.step, session.TokenShare(step.id_share, cost.seconds, cost.bytes_sent, cost.rounds,
                                                               cost.dealer_bytes))
-        conn.send(("token", step.step, step.phase, sealed))
+        pipe.send(token=node_pb2.TokenShare(step=step.step, phase=step.phase, envelope=sealed))
 
     # The node checked the policy; the client sealed it to both parties, so both build the same one.
     kv_policy = resolve(start.kv_policy, start.kv_budget).build()
     stream_on_shares(context, model, start.max_new_tokens, prompt, send_token, kv_policy)
     provider.close()
     crypten.uninit()
-    conn.send(("done",))
+    pipe.send(done=node_pb2.SessionDone())
 

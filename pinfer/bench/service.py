@@ -138,7 +138,7 @@ def service_run(model: str, link: str, prompt_tokens: int, tokens: int, concurre
             LocalService(tmp, model=model, slots=concurrency, node_slots=concurrency, link=link) as service, \
             pinfer.Client(service.endpoint, service.token, service.ca_path) as client:
         info = client.model_info(None)
-        prompt = [(7 * i + 3) % info.vocab_size for i in range(prompt_tokens)]
+        prompt = [(7 * i + 3) % info.config.vocab_size for i in range(prompt_tokens)]
         arrivals: list[list[float]] = [[] for _ in range(concurrency)]
         party_decode: list[float] = []
         start = time.perf_counter()

@@ -97,3 +97,17 @@ class SessionEvent(_message.Message):
     token: TokenShare
     done: SessionDone
     def __init__(self, ready: _Optional[_Union[WorkerReady, _Mapping]] = ..., token: _Optional[_Union[TokenShare, _Mapping]] = ..., done: _Optional[_Union[SessionDone, _Mapping]] = ...) -> None: ...
+
+class WorkerEvent(_message.Message):
+    __slots__ = ("ready_port", "token", "done", "invalid", "failed")
+    READY_PORT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    INVALID_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    ready_port: int
+    token: TokenShare
+    done: SessionDone
+    invalid: str
+    failed: str
+    def __init__(self, ready_port: _Optional[int] = ..., token: _Optional[_Union[TokenShare, _Mapping]] = ..., done: _Optional[_Union[SessionDone, _Mapping]] = ..., invalid: _Optional[str] = ..., failed: _Optional[str] = ...) -> None: ...

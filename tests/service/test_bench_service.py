@@ -1,5 +1,5 @@
-"""``pinfer bench service``'s data-plane measurements and the nodes' link presets (the service part
-is what tests/service/test_service.py exercises; its benchmark run is too long for the suite)."""
+"""``pinfer bench service``'s data-plane measurements, the nodes' link presets, and one service run on
+tiny-llama (the model runs are too long for the suite on SmolLM2)."""
 
 from __future__ import annotations
 
@@ -56,3 +56,11 @@ def test_link_presets() -> None:
     assert link_emulation("lan") == tls.LAN and link_emulation("wan") == tls.WAN
     with pytest.raises(ValueError):
         link_emulation("satellite")
+
+
+@pytest.mark.slow
+def test_a_service_run_generates_through_the_local_service() -> None:
+    """One tiny-llama session on loopback, as ``pinfer bench service`` runs each link."""
+    run = bench_service.service_run("tiny-llama", "loopback", prompt_tokens=4, tokens=3, concurrency=1)
+    assert run["link"] == "loopback" and run["prompt_tokens"] == 4 and run["tokens_per_session"] == 3
+    assert 0 < run["first_token_s"] <= run["wall_s"] and run["decode_per_token_s"] > 0 and run["tokens_per_s"] > 0

@@ -11,6 +11,7 @@ import torch
 
 from pinfer.parties import dealer_node, session_worker
 from pinfer.parties.session_worker import WorkerSpec
+from pinfer.proto import node_pb2
 
 SESSION = "5ec0e7" * 4
 
@@ -33,17 +34,17 @@ def _join_mesh(spec: WorkerSpec, conn: object) -> None:
         raise RuntimeError("SECRET456 derived from a key") from exc
 
 
-def _run_worker(main: Callable[[WorkerSpec, object], None], role: str) -> tuple:
+def _run_worker(main: Callable[[WorkerSpec, object], None], role: str) -> node_pb2.WorkerEvent:
     ours, theirs = mp.Pipe()
     main(WorkerSpec(role, "/nonexistent", SESSION, 2, "127.0.0.1"), theirs)
-    return ours.recv()
+    return node_pb2.WorkerEvent.FromString(ours.recv_bytes())
 
 
 def test_party_worker_failure_logs_type_and_frames_but_no_message(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(session_worker, "_serve_party_session", _open_input_share)
     with caplog.at_level(logging.ERROR, logger="pinfer.worker"):
-        assert _run_worker(session_worker.party_worker_main, "party1") == ("error", "ValueError")
+        assert _run_worker(session_worker.party_worker_main, "party1").failed == "ValueError"
     [record] = [r for r in caplog.records if r.name == "pinfer.worker"]
     message = record.getMessage()
     assert "party1" in message and SESSION[:8] in message and "builtins.ValueError" in message
@@ -55,7 +56,7 @@ def test_dealer_worker_failure_logs_the_cause_chain_but_no_message(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(dealer_node, "_serve_dealer_session", _join_mesh)
     with caplog.at_level(logging.ERROR, logger="pinfer.worker"):
-        assert _run_worker(dealer_node.dealer_worker_main, "dealer") == ("error", "RuntimeError")
+        assert _run_worker(dealer_node.dealer_worker_main, "dealer").failed == "RuntimeError"
     [record] = [r for r in caplog.records if r.name == "pinfer.worker"]
     message = record.getMessage()
     assert "builtins.RuntimeError at" in message and "caused by builtins.ValueError at" in message
