@@ -51,7 +51,7 @@ from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import beaver
 
 from . import comparison, packed_bits, spline
-from .share_wrap import wrap_share
+from .share_wrap import truncated_product, wrap_share
 from .sharing import FRACTIONAL_BITS
 
 FRAC_BITS = FRACTIONAL_BITS
@@ -168,8 +168,8 @@ def _buckets(x: MPCTensor, lo: float, hi: float, log2_base: int) -> tuple[MPCTen
 
     Inputs below base^e_lo fall in the first bucket and inputs at or above base^e_hi (up to
     2^BUCKET_HEADROOM_LOG2 hi) in the last, so every element lands in exactly one bucket. Needs
-    x >= 0. The bucket edges are compared with x all at once (:func:`comparison.ltz`): one round
-    with FSS keys.
+    x >= 0. The bucket edges are thresholds of one test of x (:func:`comparison.ltz_many`): one
+    round, one opening and one DCF key per element with FSS keys, whatever the number of edges.
     """
     if not 0 < lo < hi:
         raise ValueError(f"need 0 < lo < hi, got [{lo}, {hi}]")
@@ -180,8 +180,9 @@ def _buckets(x: MPCTensor, lo: float, hi: float, log2_base: int) -> tuple[MPCTen
     lanes = math.ceil(math.log2(hi)) + FRAC_BITS + BUCKET_HEADROOM_LOG2 + 2
     if positions[0] < 0 or lanes > packed_bits.WORD:
         raise ValueError(f"range [{lo}, {hi}] does not fit the 64-bit encoding")
-    edges = torch.tensor([2.0 ** (log2_base * int(e)) for e in exps[1:]], dtype=torch.float64)
-    below = comparison.ltz(x.unsqueeze(-1) - edges, lanes)
+    scale = int(x.encoder.scale)
+    edges = [int(round(2.0 ** (log2_base * int(e)) * scale)) for e in exps[1:]]  # in x's encoding units
+    below = comparison.ltz_many([(x, lanes, edges)])[0]
     ge = 1 - below  # ge[..., j] = [x >= base^e_{j+1}]
     onehot = crypten.cat([1 - ge[..., :1], ge[..., :-1] - ge[..., 1:], ge[..., -1:]], dim=-1)
     return onehot, exps
@@ -378,14 +379,17 @@ def softmax(x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTens
         valid = None if valid is None else valid.transpose(dim, -1)
     top, _ = _tournament(x, valid, spread=2.0**SOFTMAX_SPREAD_LOG2)
     w = top - x  # 0 <= w < 2^11 on unmasked entries
+    # The exponentials at 2^-32, summed before their truncation: the denominator of a long row then
+    # carries one rounding error instead of one per entry (a random walk of sqrt(n) units at 2^-16).
     if valid is None:
-        e = _exp_of_gap(w)
+        precise = _exp_of_gap(w)
     else:
-        e = wrap_share(w, torch.zeros_like(w.share), FRAC_BITS)
+        precise = wrap_share(w, torch.zeros_like(w.share), 2 * FRAC_BITS)
         if bool(valid.any()):
-            e._tensor.share[valid] = _exp_of_gap(w[valid]).share
+            precise._tensor.share[valid] = _exp_of_gap(w[valid]).share
+    e = truncated_product(precise)
     n = x.size(-1)
-    denom = e.sum(dim=-1, keepdim=True)
+    denom = truncated_product(precise.sum(dim=-1, keepdim=True))
     hi = float(max(n, 1))
     octaves = math.floor(math.log2(hi)) - math.floor(math.log2(0.5)) + 1
     if e.share.numel() * octaves <= SOFTMAX_FUSED_MAX_PRODUCTS:
@@ -398,8 +402,9 @@ def softmax(x: MPCTensor, dim: int, mask: torch.Tensor | None = None) -> MPCTens
 
 
 def _exp_of_gap(w: MPCTensor) -> MPCTensor:
-    """e^-w for a row's gaps to its max, 0 <= w < 2^SOFTMAX_SPREAD_LOG2: no test for w below the spline."""
-    return spline.evaluate(w, EXP_SPLINE, bound=2.0**SOFTMAX_SPREAD_LOG2, at_least_floor=True)
+    """e^-w at 2^-32 (untruncated) for a row's gaps to its max, 0 <= w < 2^SOFTMAX_SPREAD_LOG2: no
+    test for w below the spline."""
+    return spline.evaluate(w, EXP_SPLINE, bound=2.0**SOFTMAX_SPREAD_LOG2, at_least_floor=True, truncated=False)
 
 
 def _knockout(a: MPCTensor, b: MPCTensor, compare: torch.Tensor | None, default: torch.Tensor | None,

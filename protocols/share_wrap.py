@@ -13,6 +13,8 @@ from . import crypten_compat  # noqa: F401  (must precede every crypten import)
 from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
 
+from .sharing import FRACTIONAL_BITS
+
 
 def wrap_share(like: MPCTensor, share: torch.Tensor, scale_bits: int) -> MPCTensor:
     """An arithmetic MPCTensor shaped by ``share``, in ``like``'s wrapper, with ``scale_bits``
@@ -21,4 +23,13 @@ def wrap_share(like: MPCTensor, share: torch.Tensor, scale_bits: int) -> MPCTens
     out._tensor = like._tensor.shallow_copy()
     out._tensor.share = share
     out._tensor.encoder = FixedPointEncoder(precision_bits=scale_bits)
+    return out
+
+
+def truncated_product(x: MPCTensor) -> MPCTensor:
+    """``x`` with ``2 * FRACTIONAL_BITS`` fractional bits (an untruncated product of two encodings)
+    brought back to ``FRACTIONAL_BITS`` by one local truncation of each share."""
+    out = wrap_share(x, x.share.clone(), 2 * FRACTIONAL_BITS)
+    out._tensor.div_(1 << FRACTIONAL_BITS)
+    out._tensor.encoder = FixedPointEncoder(precision_bits=FRACTIONAL_BITS)
     return out

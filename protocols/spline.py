@@ -41,7 +41,7 @@ from crypten.mpc import MPCTensor
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
 
 from . import comparison, packed_bits
-from .share_wrap import wrap_share
+from .share_wrap import truncated_product, wrap_share
 from .sharing import FRACTIONAL_BITS
 
 FRAC_BITS = FRACTIONAL_BITS
@@ -113,9 +113,14 @@ def fit(fn: Callable[[torch.Tensor], torch.Tensor], lo: float, width_log2: int, 
     return Spline(lo, width_log2, index_bits, torch.stack(rows), above_is_identity, floor)
 
 
-def evaluate(x: MPCTensor, spline: Spline, bound: float, at_least_floor: bool = False) -> MPCTensor:
+def evaluate(x: MPCTensor, spline: Spline, bound: float, at_least_floor: bool = False,
+             truncated: bool = True) -> MPCTensor:
     """The spline at x (default 16-bit encoding) for ``|x| < bound``; ``at_least_floor`` promises
-    ``x >= floor`` (and ``floor >= lo + 2^-SELECT_FRAC_BITS``), which saves the test ``[x < floor]``."""
+    ``x >= floor`` (and ``floor >= lo + 2^-SELECT_FRAC_BITS``), which saves the test ``[x < floor]``.
+
+    ``truncated=False`` returns the value with ``2 * FRAC_BITS`` fractional bits, before its last
+    truncation: a caller that sums many values then truncates the sum once, so its rounding errors
+    (one unit in the last place per value) do not add up."""
     if at_least_floor and spline.floor == spline.lo:
         raise ValueError("only a floor clear of lo can be promised")
     if FRAC_BITS + spline.width_log2 < SELECT_FRAC_BITS:
@@ -166,12 +171,10 @@ def evaluate(x: MPCTensor, spline: Spline, bound: float, at_least_floor: bool = 
         for term in _with_powers([(gated[i], powers[i]) for i in ready], powers, spline.degree):
             total = total + term.share
         pending -= set(ready)
+    if spline.above_is_identity:  # x itself above the last segment, raised to the sum's scale
+        total = total + (products[1].share << FRAC_BITS)
     out = wrap_share(x, total, 2 * FRAC_BITS)
-    out._tensor.div_(1 << FRAC_BITS)
-    out._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
-    if spline.above_is_identity:
-        out = out + wrap_share(x, products[1].share, FRAC_BITS)
-    return out
+    return truncated_product(out) if truncated else out
 
 
 def _with_powers(pairs: Sequence[tuple[MPCTensor, MPCTensor]], powers: dict[int, MPCTensor],
@@ -182,7 +185,7 @@ def _with_powers(pairs: Sequence[tuple[MPCTensor, MPCTensor]], powers: dict[int,
     steps = [(high, k) for k in range(1, high + 1) if high + k <= degree]
     out = _products(list(pairs) + [(powers[h], powers[k]) for h, k in steps])
     for (h, k), product in zip(steps, out[len(pairs):]):
-        powers[h + k] = _truncated(product)
+        powers[h + k] = truncated_product(product)
     return out[: len(pairs)]
 
 
@@ -205,14 +208,6 @@ def _products(pairs: Sequence[tuple[MPCTensor, MPCTensor]]) -> list[MPCTensor]:
         if rank == 0:
             z = z + e * d
         out.append(wrap_share(a, z, _scale_bits(a) + _scale_bits(b)))
-    return out
-
-
-def _truncated(x: MPCTensor) -> MPCTensor:
-    """A product of two 16-bit encodings brought back to 16 fractional bits."""
-    out = wrap_share(x, x.share.clone(), 2 * FRAC_BITS)
-    out._tensor.div_(1 << FRAC_BITS)
-    out._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
     return out
 
 
