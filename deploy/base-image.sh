@@ -19,11 +19,16 @@ set -euo pipefail
 BASE_IMAGE="${PINFER_BASE_IMAGE:-pinfer-base:bookworm}"
 # The mirror this machine's apt already uses (deb822 "URIs:" or one-line "deb URI suite"), so no
 # mirror is named here; empty lets debootstrap pick its default.
+# Missing files and empty matches are normal (this script runs under pipefail): they yield no mirror.
 apt_mirror() {
-    local files=(/etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list)
-    { grep -hE '^URIs:' "${files[@]}" 2>/dev/null | awk '{print $2}'
-      grep -hE '^deb ' "${files[@]}" 2>/dev/null | awk '{for (i = 2; i <= NF; i++) if ($i !~ /^\[/) {print $i; break}}'
-    } | grep -E '/debian/?$' | head -n 1
+    local files=() file
+    for file in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [[ -f "$file" ]] && files+=("$file")
+    done
+    ((${#files[@]})) || return 0
+    { grep -hE '^URIs:' "${files[@]}" | awk '{print $2}' || true
+      grep -hE '^deb ' "${files[@]}" | awk '{for (i = 2; i <= NF; i++) if ($i !~ /^\[/) {print $i; break}}' || true
+    } | { grep -E '/debian/?$' || true; } | head -n 1
 }
 MIRROR="${DEBIAN_MIRROR:-$(apt_mirror)}"
 DOCKERD_LOG="${DOCKERD_LOG:-/var/log/dockerd.log}"
@@ -82,7 +87,7 @@ fi
 command -v debootstrap >/dev/null 2>&1 || cannot "no debootstrap"
 rootfs="$(mktemp -d -t pinfer-rootfs-XXXXXX)"
 trap 'rm -rf "$rootfs"' EXIT
-log "debootstrap bookworm (${MIRROR:-debootstrap's default mirror}) into $rootfs (a few minutes, once)"
+log "debootstrap bookworm (${MIRROR:-the default mirror of debootstrap}) into $rootfs (a few minutes, once)"
 debootstrap --variant=minbase --include=python3,python3-pip,python3-venv,ca-certificates \
     bookworm "$rootfs" ${MIRROR:+"$MIRROR"} >"$rootfs.log" 2>&1 \
     || { log "debootstrap failed; tail of its log:"; tail -n 20 "$rootfs.log" >&2; rm -f "$rootfs.log"; exit 1; }
