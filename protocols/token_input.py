@@ -12,12 +12,15 @@ the others a seed each, :func:`sharing.share`): a DPF shares between two.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from pinfer.model.generation import one_hot
 
 from .csprng import SEED_BYTES
 from .fss import dpf
@@ -49,10 +52,7 @@ class Payload:
 
     @property
     def nbytes(self) -> int:
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count * torch.empty((), dtype=self.dtype).element_size()
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def payload(party: int, parties: int, prompt_tokens: int, vocab_size: int) -> Payload:
@@ -75,8 +75,7 @@ def share_prompt(prompt_ids: Sequence[int], vocab_size: int, parties: int) -> li
         beta = np.full(count, SCALE, dtype=np.uint64)
         keys = dpf.generate(ids.astype(np.uint64), beta, vocabulary_bits(vocab_size), *roots)
         return [torch.from_numpy(key.view(np.int64)) for key in keys]
-    rows = torch.nn.functional.one_hot(torch.from_numpy(ids), vocab_size).float()
-    bundles = share({_NAME: rows}, parties)
+    bundles = share({_NAME: one_hot(ids.tolist(), vocab_size)}, parties)
     return [bundles[0].dense[_NAME]] + [torch.frombuffer(bytearray(b.seed), dtype=torch.uint8) for b in bundles[1:]]
 
 

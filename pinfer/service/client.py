@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import torch
 from cryptography import x509
 
 from pinfer.keys import envelope, session, trust
