@@ -39,6 +39,11 @@ _TUPLE_PRODUCTS = {"mul": torch.mul, "matmul": ring_matmul}
 _SUPPORTED_OPS = tuple(_TUPLE_PRODUCTS)
 
 
+MAX_PLAN_OPERANDS = 64
+MAX_PLAN_MONOMIALS = 256
+"""Bounds on one multi-operand product plan, so a malformed request cannot make the dealer loop."""
+
+
 class DealerProtocolError(RuntimeError):
     """A request the dealer cannot serve (unknown kind, operand or shape)."""
 
@@ -159,6 +164,27 @@ class DealerServer:
         self._channels[1].send(Message("sign_keys", tensors=[words]))
         secrets = [mask, top] + ([top * mask] if product else [])
         return torch.cat([(v - s1)[:, None] for v, s1 in zip(secrets, shares1)] + [words], dim=1)
+
+    def _on_mask_monomials(self, size: list[int], operands: int, monomials: list[list[int]]) -> torch.Tensor:
+        """Party 0's shares of products of operand masks (see :mod:`pinfer.protocols.multi_beaver`),
+        stacked in the order asked: every party draws its ``operands`` masks from its stream first,
+        the other parties then their monomial shares."""
+        if not 1 <= operands <= MAX_PLAN_OPERANDS or not monomials or len(monomials) > MAX_PLAN_MONOMIALS:
+            raise DealerProtocolError(f"cannot plan {operands} operands with {len(monomials)} monomials")
+        if any(len(m) < 2 or any(not 0 <= j < operands for j in m) for m in monomials):
+            raise DealerProtocolError("a mask monomial needs two or more operands of the plan")
+        shape = _shape(size)
+        masks = [torch.zeros(shape, dtype=torch.int64) for _ in range(operands)]
+        for stream in self._streams:
+            for mask in masks:
+                mask += stream.ring_elements(shape)
+        products = []
+        for monomial in monomials:
+            value = masks[monomial[0]].clone()
+            for j in monomial[1:]:
+                value *= masks[j]
+            products.append(value)
+        return torch.stack([self._correction(value) for value in products])
 
     def _on_fixed_new(self, handle: int, shape: list[int]) -> None:
         if handle in self._fixed_masks:
@@ -400,6 +426,20 @@ class DealerProvider(TupleProvider):
         bit = self.stream.bits(size, 1)
         arithmetic = self._correlated("b2a", size, size=size)
         return _arithmetic(arithmetic), _binary(bit)
+
+    def mask_monomials(self, size: tuple[int, ...], operands: int, monomials: list[tuple[int, ...]]
+                       ) -> tuple[list[torch.Tensor], torch.Tensor | Correction]:
+        """This party's shares of ``operands`` fresh masks of shape ``size`` and of the products of
+        masks named by ``monomials`` (stacked; pending for party 0), for
+        :class:`pinfer.protocols.multi_beaver.ProductPlan`."""
+        size = _shape(size)
+        masks = [self._ring(size) for _ in range(operands)]
+        if self.is_requester:
+            reply = self.request("mask_monomials", size=list(size), operands=operands,
+                                 monomials=[list(m) for m in monomials])
+            assert isinstance(reply, Correction)
+            return masks, reply
+        return masks, torch.stack([self._ring(size) for _ in monomials])
 
     # Fixed operands: see pinfer.protocols.fixed_operand.
     def new_fixed_mask(self, shape: tuple[int, ...]) -> tuple[int, torch.Tensor]:

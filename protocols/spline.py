@@ -16,31 +16,32 @@ Evaluation (:func:`evaluate`), for ``y = x - lo``:
    only moves the choice across a boundary, where each polynomial is fitted with a margin of one
    such unit on either side. Outside the range the narrow lane wraps and the one-hot is meaningless:
    the range tests gate the coefficients.
-3. One Beaver round gates the coefficients and squares f; the next rounds raise f's powers and
-   multiply each gated coefficient with its power as soon as both exist.
+3. Every operand of a product is opened once (:mod:`multi_beaver`): f, the selected coefficients
+   and the range gate (with the gate above the range and x itself for a spline that tends to x) in
+   the round after the tests, then each power of f in the round after it is raised (doubling). A
+   term ``c_i * inside * f^i`` is a product of three opened operands and is local.
 
 Cost for degree ``d`` (two parties): the tests (1 round with FSS keys) and ``ceil(log2 d) + 1``
-product rounds: 4 rounds for d = 4 (10 with the carry tree's tests, measured). Online: 2 (d + 2) + 2 words
-of Beaver openings per element and the tests' masked openings (2, or 3 with a floor test). Dealer:
-two DCF keys per element (three with a floor test), whatever the number of segments.
+opening rounds: 4 rounds for d = 4 (10 with the carry tree's tests, measured). Online: ``2 d + 2``
+words opened per element (``2 d + 4`` for a spline that tends to x) and the tests' masked openings
+(2, or 3 with a floor test). Dealer: two DCF keys per element (three with a floor test), whatever the
+number of segments, and ``5 d`` (``5 d + 1``) words of mask monomials.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from . import crypten_compat  # noqa: F401  (must precede every crypten import)
 import crypten
-import crypten.communicator as comm
 from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
-from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
 
-from . import comparison, packed_bits
+from . import comparison, multi_beaver, packed_bits
 from .share_wrap import truncated_product, wrap_share
 from .sharing import FRACTIONAL_BITS
 
@@ -157,61 +158,81 @@ def evaluate(x: MPCTensor, spline: Spline, bound: float, at_least_floor: bool = 
     selected = one_hot.share @ table  # the segment's coefficients (f^0's at 2^-32, the rest 2^-16)
     f = wrap_share(y, y.share - one_hot.share @ starts, FRAC_BITS)
 
-    powers: dict[int, MPCTensor] = {1: f}
-    pairs = [(wrap_share(f, selected, 0), inside.unsqueeze(-1))]  # the bit opened once for all columns
+    slots = _Slots(spline.degree, spline.above_is_identity)
+    plan = multi_beaver.ProductPlan(x, slots.count, slots.terms())
+    first = {slots.power(1): f, slots.inside: inside}
+    first.update({slots.coefficient(i): wrap_share(f, selected[..., i], 0) for i in range(spline.degree + 1)})
     if spline.above_is_identity:
-        pairs.append((1 - below_top, x))
-    products = _with_powers(pairs, powers, spline.degree)
-    gated = [wrap_share(f, products[0].share[..., i], 2 * FRAC_BITS if i == 0 else FRAC_BITS)
-             for i in range(spline.degree + 1)]
-    total = gated[0].share  # at 2^-32, as every term below
-    pending = set(range(1, spline.degree + 1))
-    while pending:
-        ready = sorted(i for i in pending if i in powers)
-        for term in _with_powers([(gated[i], powers[i]) for i in ready], powers, spline.degree):
-            total = total + term.share
-        pending -= set(ready)
+        first.update({slots.above: 1 - below_top, slots.identity: x})
+    plan.open(first)
+    total = plan.product((slots.coefficient(0), slots.inside), 2 * FRAC_BITS).share  # at 2^-32, as every term
     if spline.above_is_identity:  # x itself above the last segment, raised to the sum's scale
-        total = total + (products[1].share << FRAC_BITS)
+        total = total + (plan.product((slots.above, slots.identity), FRAC_BITS).share << FRAC_BITS)
+    fresh = [1]
+    for steps in slots.power_rounds():
+        for i in fresh:
+            total = total + plan.product(slots.term(i), 2 * FRAC_BITS).share
+        powers = {h + k: truncated_product(plan.product((slots.power(h), slots.power(k)), 2 * FRAC_BITS))
+                  for h, k in steps}
+        plan.open({slots.power(i): value for i, value in powers.items()})
+        fresh = sorted(powers)
+    for i in fresh:
+        total = total + plan.product(slots.term(i), 2 * FRAC_BITS).share
     out = wrap_share(x, total, 2 * FRAC_BITS)
     return truncated_product(out) if truncated else out
 
 
-def _with_powers(pairs: Sequence[tuple[MPCTensor, MPCTensor]], powers: dict[int, MPCTensor],
-                 degree: int) -> list[MPCTensor]:
-    """The products of ``pairs`` in one round, which also raises the known powers of f towards
-    ``degree`` (f^(h + k) = f^h f^k for the highest known h); returns the pairs' products."""
-    high = max(powers)
-    steps = [(high, k) for k in range(1, high + 1) if high + k <= degree]
-    out = _products(list(pairs) + [(powers[h], powers[k]) for h, k in steps])
-    for (h, k), product in zip(steps, out[len(pairs):]):
-        powers[h + k] = truncated_product(product)
-    return out[: len(pairs)]
+@dataclass(frozen=True)
+class _Slots:
+    """The operands of one evaluation's :class:`multi_beaver.ProductPlan`: f, the selected
+    coefficients, the range gate, (the gate above the range and x,) and f's powers f^2 .. f^degree.
 
+    Powers are raised by doubling, each round multiplying the highest known power h by every known
+    power k (f^(h + k) = f^h f^k); a power's term ``c_i * inside * f^i`` is a product of three opened
+    operands, taken in the round after f^i is computed, with no round of its own."""
 
-def _products(pairs: Sequence[tuple[MPCTensor, MPCTensor]]) -> list[MPCTensor]:
-    """Every ``a * b`` in one Beaver round, untruncated (scale bits add up). Operands broadcast
-    without being expanded: each is opened once at its own shape (a coefficient column gated by one
-    bit opens the bit once), and all openings travel in one message."""
-    provider = crypten.mpc.get_default_provider()
-    triples = [provider.generate_additive_triple(a.share.shape, b.share.shape, "mul") for a, b in pairs]
-    masked = [t for (a, b), (ta, tb, _) in zip(pairs, triples) for t in (a.share - ta.share, b.share - tb.share)]
-    opened = ArithmeticSharedTensor.from_shares(torch.cat([m.reshape(-1) for m in masked]), precision=0).reveal()
-    rank = comm.get().get_rank()
-    out, offset = [], 0
-    for (a, b), (ta, tb, tc), i in zip(pairs, triples, range(0, len(masked), 2)):
-        sizes = (masked[i].numel(), masked[i + 1].numel())
-        e = opened[offset : offset + sizes[0]].reshape(masked[i].shape)
-        d = opened[offset + sizes[0] : offset + sizes[0] + sizes[1]].reshape(masked[i + 1].shape)
-        offset += sizes[0] + sizes[1]
-        z = tc.share + e * tb.share + ta.share * d
-        if rank == 0:
-            z = z + e * d
-        out.append(wrap_share(a, z, _scale_bits(a) + _scale_bits(b)))
-    return out
+    degree: int
+    above_is_identity: bool
 
+    @property
+    def inside(self) -> int:
+        return self.degree + 2
 
-def _scale_bits(x: MPCTensor) -> int:
-    return int(x.encoder.scale).bit_length() - 1
+    @property
+    def above(self) -> int:
+        return self.degree + 3
+
+    @property
+    def identity(self) -> int:
+        return self.degree + 4
+
+    def coefficient(self, i: int) -> int:
+        return 1 + i
+
+    def power(self, i: int) -> int:
+        return 0 if i == 1 else self.degree + 3 + 2 * self.above_is_identity + i - 2
+
+    @property
+    def count(self) -> int:
+        return self.power(self.degree) + 1 if self.degree >= 2 else self.degree + 3 + 2 * self.above_is_identity
+
+    def term(self, i: int) -> tuple[int, ...]:
+        return (self.coefficient(i), self.inside, self.power(i))
+
+    def power_rounds(self) -> list[list[tuple[int, int]]]:
+        """For each round after the first: the products (h, k) that raise the powers."""
+        rounds, high = [], 1
+        while high < self.degree:
+            steps = [(high, k) for k in range(1, high + 1) if high + k <= self.degree]
+            rounds.append(steps)
+            high += len(steps)
+        return rounds
+
+    def terms(self) -> list[tuple[int, ...]]:
+        out = [(self.coefficient(0), self.inside)] + [self.term(i) for i in range(1, self.degree + 1)]
+        out += [(self.power(h), self.power(k)) for steps in self.power_rounds() for h, k in steps]
+        if self.above_is_identity:
+            out.append((self.above, self.identity))
+        return out
 
 

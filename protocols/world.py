@@ -127,8 +127,11 @@ def start_party_protocol(communicator: Any, rank: int, world_size: int) -> tuple
     crypten.cfg["mpc.provider"] = DealerProvider.NAME
 
     def reading() -> Cost:
-        stats = comm.get()
-        return Cost(time.perf_counter(), stats.comm_bytes, stats.comm_rounds,
+        # bytes this party sent to the other parties (framed, from the mesh's counters), not CrypTen's
+        # comm_bytes, which adds what was received
+        links = communicator.stats().links
+        sent = sum(link.bytes_sent for peer, link in links.items() if peer < world_size)
+        return Cost(time.perf_counter(), sent, comm.get().comm_rounds,
                     dealer.stats.bytes_sent + dealer.stats.bytes_received)
 
     return provider, reading
