@@ -15,6 +15,7 @@ open ``W - B`` once, and each later product ``X @ W`` needs only a fresh ``A`` a
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -165,26 +166,32 @@ class DealerServer:
         secrets = [mask, top] + ([top * mask] if product else [])
         return torch.cat([(v - s1)[:, None] for v, s1 in zip(secrets, shares1)] + [words], dim=1)
 
-    def _on_mask_monomials(self, size: list[int], operands: int, monomials: list[list[int]]) -> torch.Tensor:
+    def _on_mask_monomials(self, sizes: list[list[int]], monomials: list[list[int]]) -> torch.Tensor:
         """Party 0's shares of products of operand masks (see :mod:`pinfer.protocols.multi_beaver`),
-        stacked in the order asked: every party draws its ``operands`` masks from its stream first,
-        the other parties then their monomial shares."""
-        if not 1 <= operands <= MAX_PLAN_OPERANDS or not monomials or len(monomials) > MAX_PLAN_MONOMIALS:
-            raise DealerProtocolError(f"cannot plan {operands} operands with {len(monomials)} monomials")
-        if any(len(m) < 2 or any(not 0 <= j < operands for j in m) for m in monomials):
+        flattened and joined in the order asked: every party draws its operands' masks from its
+        stream first, the other parties then their monomial shares (each of its factors' broadcast
+        shape)."""
+        if not 1 <= len(sizes) <= MAX_PLAN_OPERANDS or not monomials or len(monomials) > MAX_PLAN_MONOMIALS:
+            raise DealerProtocolError(f"cannot plan {len(sizes)} operands with {len(monomials)} monomials")
+        if any(len(m) < 2 or any(not 0 <= j < len(sizes) for j in m) for m in monomials):
             raise DealerProtocolError("a mask monomial needs two or more operands of the plan")
-        shape = _shape(size)
-        masks = [torch.zeros(shape, dtype=torch.int64) for _ in range(operands)]
+        shapes = [_shape(size) for size in sizes]
+        try:
+            for m in monomials:
+                torch.broadcast_shapes(*(shapes[j] for j in m))
+        except RuntimeError as exc:
+            raise DealerProtocolError("a mask monomial's operands do not broadcast") from exc
+        masks = [torch.zeros(shape, dtype=torch.int64) for shape in shapes]
         for stream in self._streams:
             for mask in masks:
-                mask += stream.ring_elements(shape)
-        products = []
+                mask += stream.ring_elements(tuple(mask.shape))
+        corrections = []
         for monomial in monomials:
-            value = masks[monomial[0]].clone()
+            value = masks[monomial[0]]
             for j in monomial[1:]:
-                value *= masks[j]
-            products.append(value)
-        return torch.stack([self._correction(value) for value in products])
+                value = value * masks[j]
+            corrections.append(self._correction(value).reshape(-1))
+        return torch.cat(corrections)
 
     def _on_fixed_new(self, handle: int, shape: list[int]) -> None:
         if handle in self._fixed_masks:
@@ -264,11 +271,16 @@ class Correction:
     instead of costing a round trip of its own. Replies come in request order.
     """
 
-    def __init__(self, queue: _ReplyQueue | None = None, value: torch.Tensor | None = None) -> None:
+    def __init__(self, queue: _ReplyQueue | None = None, value: torch.Tensor | None = None,
+                 source: tuple[Correction, int, tuple[int, ...]] | None = None) -> None:
         self._queue = queue
         self._value = value
+        self._source = source  # a part of another reply: (reply, offset, shape)
 
     def get(self) -> torch.Tensor:
+        if self._value is None and self._source is not None:
+            reply, offset, shape = self._source
+            self._value = reply.get()[offset : offset + math.prod(shape)].reshape(shape)
         if self._value is None:
             assert self._queue is not None
             self._queue.fill_until(self)
@@ -427,19 +439,24 @@ class DealerProvider(TupleProvider):
         arithmetic = self._correlated("b2a", size, size=size)
         return _arithmetic(arithmetic), _binary(bit)
 
-    def mask_monomials(self, size: tuple[int, ...], operands: int, monomials: list[tuple[int, ...]]
-                       ) -> tuple[list[torch.Tensor], torch.Tensor | Correction]:
-        """This party's shares of ``operands`` fresh masks of shape ``size`` and of the products of
-        masks named by ``monomials`` (stacked; pending for party 0), for
+    def mask_monomials(self, sizes: list[tuple[int, ...]], monomials: list[tuple[int, ...]]
+                       ) -> tuple[list[torch.Tensor], list[Correction]]:
+        """This party's shares of fresh masks of the operand shapes ``sizes`` and of the products of
+        masks named by ``monomials`` (party 0's pending), for
         :class:`pinfer.protocols.multi_beaver.ProductPlan`."""
-        size = _shape(size)
-        masks = [self._ring(size) for _ in range(operands)]
-        if self.is_requester:
-            reply = self.request("mask_monomials", size=list(size), operands=operands,
-                                 monomials=[list(m) for m in monomials])
-            assert isinstance(reply, Correction)
-            return masks, reply
-        return masks, torch.stack([self._ring(size) for _ in monomials])
+        shapes = [_shape(size) for size in sizes]
+        masks = [self._ring(shape) for shape in shapes]
+        monomial_shapes = [tuple(torch.broadcast_shapes(*(shapes[j] for j in m))) for m in monomials]
+        if not self.is_requester:
+            return masks, [Correction(value=self._ring(shape)) for shape in monomial_shapes]
+        reply = self.request("mask_monomials", sizes=[list(shape) for shape in shapes],
+                             monomials=[list(m) for m in monomials])
+        assert isinstance(reply, Correction)
+        parts, offset = [], 0
+        for shape in monomial_shapes:
+            parts.append(Correction(source=(reply, offset, shape)))
+            offset += math.prod(shape)
+        return masks, parts
 
     # Fixed operands: see pinfer.protocols.fixed_operand.
     def new_fixed_mask(self, shape: tuple[int, ...]) -> tuple[int, torch.Tensor]:

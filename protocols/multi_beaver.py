@@ -33,7 +33,6 @@ import crypten.communicator as comm
 from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import ArithmeticSharedTensor
 
-from .dealer import Correction
 from .share_wrap import wrap_share
 
 Term = tuple[int, ...]
@@ -52,38 +51,43 @@ def mask_monomials(terms: Sequence[Term]) -> list[Term]:
 
 
 class ProductPlan:
-    """Masks for ``operands`` values of one shape and the dealer's monomials for ``terms``.
+    """Masks for operands of the given shapes and the dealer's monomials for ``terms``.
 
-    Every party builds the same plan at the same point of the protocol (the plan draws from the
-    parties' streams), then calls :meth:`open` once per round with the operands that became known
-    and :meth:`product` for any term whose factors are all open.
+    Operands of a term broadcast against each other (a per-row gate times a row's entries): the
+    product and every monomial take the broadcast shape. Every party builds the same plan at the same
+    point of the protocol (the plan draws from the parties' streams), then calls :meth:`open` once per
+    round with the operands that became known and :meth:`product` for any term whose factors are all
+    open.
     """
 
-    def __init__(self, like: MPCTensor, operands: int, terms: Sequence[Term]) -> None:
-        if any(not 0 <= j < operands for term in terms for j in term):
-            raise ValueError(f"a term names an operand outside 0..{operands - 1}")
+    def __init__(self, like: MPCTensor, shapes: Sequence[Sequence[int]], terms: Sequence[Term]) -> None:
+        if any(not 0 <= j < len(shapes) for term in terms for j in term):
+            raise ValueError(f"a term names an operand outside 0..{len(shapes) - 1}")
         self._like = like
-        self._shape = tuple(like.share.shape)
+        self._shapes = [tuple(int(d) for d in shape) for shape in shapes]
         self._terms = list(terms)
-        self._monomials = mask_monomials(terms)
+        monomials = mask_monomials(terms)
         provider = crypten.mpc.get_default_provider()
-        self._masks, self._monomial_shares = provider.mask_monomials(self._shape, operands, self._monomials)
-        self._index = {monomial: i for i, monomial in enumerate(self._monomials)}
+        self._masks, shares = provider.mask_monomials(self._shapes, monomials)
+        self._monomials = dict(zip(monomials, shares))
         self._opened: dict[int, torch.Tensor] = {}
         self._rank = comm.get().get_rank()
 
     def open(self, values: Mapping[int, MPCTensor]) -> None:
-        """Open ``values`` (operand index -> its value, shaped like the plan) in one round."""
+        """Open ``values`` (operand index -> its value, of the operand's shape) in one round."""
         if any(j in self._opened for j in values):
             raise ValueError("an operand is opened once")
         order = sorted(values)
         for j in order:
-            if tuple(values[j].share.shape) != self._shape:
-                raise ValueError(f"operand {j} has shape {tuple(values[j].share.shape)}, not {self._shape}")
-        masked = torch.stack([values[j].share - self._masks[j] for j in order]).contiguous()
+            if tuple(values[j].share.shape) != self._shapes[j]:
+                raise ValueError(f"operand {j} has shape {tuple(values[j].share.shape)}, not {self._shapes[j]}")
+        masked = torch.cat([(values[j].share - self._masks[j]).reshape(-1) for j in order])
         opened = ArithmeticSharedTensor.from_shares(masked, precision=0).reveal()
-        for j, e in zip(order, opened):
-            self._opened[j] = e
+        offset = 0
+        for j in order:
+            size = math.prod(self._shapes[j])
+            self._opened[j] = opened[offset : offset + size].reshape(self._shapes[j])
+            offset += size
 
     def product(self, term: Term, scale_bits: int) -> MPCTensor:
         """The shares of the product of ``term``'s operands, read with ``scale_bits`` fractional bits."""
@@ -92,10 +96,7 @@ class ProductPlan:
         missing = [j for j in term if j not in self._opened]
         if missing:
             raise ValueError(f"operands {missing} are not open yet")
-        monomials = self._monomial_shares
-        if isinstance(monomials, Correction):
-            monomials = monomials.get()
-        total = torch.zeros(self._shape, dtype=torch.long)
+        total = torch.zeros(torch.broadcast_shapes(*(self._shapes[j] for j in term)), dtype=torch.long)
         positions = range(len(term))
         for size in range(0, len(term) + 1):
             for subset in itertools.combinations(positions, size):
@@ -105,6 +106,6 @@ class ProductPlan:
                         total += math.prod(public[1:], start=public[0])
                     continue
                 masked = self._masks[term[subset[0]]] if size == 1 else \
-                    monomials[self._index[tuple(sorted(term[m] for m in subset))]]
+                    self._monomials[tuple(sorted(term[m] for m in subset))].get()
                 total += masked if not public else math.prod(public[1:], start=public[0]) * masked
         return wrap_share(self._like, total, scale_bits)

@@ -50,7 +50,7 @@ from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
 from crypten.mpc.primitives import beaver
 
-from . import comparison, packed_bits, spline
+from . import comparison, multi_beaver, packed_bits, spline
 from .share_wrap import truncated_product, wrap_share
 from .sharing import FRACTIONAL_BITS
 
@@ -193,6 +193,34 @@ def _select(onehot: MPCTensor, values: MPCTensor) -> MPCTensor:
     return (onehot * values).sum(dim=-1)
 
 
+def _scaled_selections(onehot: MPCTensor, x: MPCTensor, times: MPCTensor, x_shifts: torch.Tensor,
+                       times_shifts: torch.Tensor) -> tuple[MPCTensor, MPCTensor]:
+    """``sum_j onehot_j x 2^x_shifts_j`` and ``sum_j onehot_j times 2^times_shifts_j`` in one round
+    (x's last dim is 1, ``onehot`` is x's buckets on a new last axis).
+
+    Each operand is opened once (:mod:`multi_beaver`): the bucket one-hot and ``times`` instead of one
+    scaled copy of ``times`` per bucket. The products are shifted up to a common scale (exactly), summed
+    and truncated once: a zero product of an unselected bucket adds nothing, where truncating each
+    would add up to one unit of error per bucket."""
+    plan = multi_beaver.ProductPlan(x, [tuple(onehot.share.shape), tuple(x.share.shape) + (1,),
+                                        tuple(times.share.shape) + (1,)], [(0, 1), (0, 2)])
+    plan.open({0: onehot, 1: x.unsqueeze(-1), 2: times.unsqueeze(-1)})
+    return (_aligned_sum(plan.product((0, 1), FRAC_BITS), x_shifts),
+            _aligned_sum(plan.product((0, 2), FRAC_BITS), times_shifts))
+
+
+def _aligned_sum(products: MPCTensor, shifts: torch.Tensor) -> MPCTensor:
+    """sum_j products[..., j] 2^shifts_j for 0/1-gated products of which at most one is nonzero: every
+    column raised exactly to the highest scale, one truncation after the sum."""
+    low = int(shifts.min())
+    total = wrap_share(products, (products.share << (shifts - low)).sum(dim=-1), FRAC_BITS)
+    if low < 0:
+        total._tensor.div_(2**-low)
+    elif low > 0:
+        total._tensor.share <<= low
+    return total
+
+
 def _linear_int(terms: Sequence[MPCTensor], coeffs: Sequence[float], const: float) -> MPCTensor:
     """const + sum(coeffs[i] * terms[i]) with a single truncation (coefficients kept at 16 bits)."""
     share = sum(t.share * int(round(c * _SCALE)) for t, c in zip(terms, coeffs))
@@ -210,8 +238,9 @@ def _octave_power(x: MPCTensor, power: float, coeffs: torch.Tensor, lo: float, h
 
     With x = 2^E m, m in [1, 2), a fixed polynomial gives m^power, and the octave's public factor
     2^(E power + out_scale_log2) (an odd E's sqrt(2) applied before its shift) is selected by the same
-    one-hot: applied to the result, or, with ``times``, to ``times`` in the mantissa's selection round,
-    which saves the round of a separate product at the cost of one product per octave and entry.
+    one-hot: applied to the result, or, with ``times``, to ``times`` in the mantissa's selection round
+    (:func:`_scaled_selections`, whole octave factors only), which saves the round of a separate
+    product for one more opened word per entry of ``times`` and one local product per octave.
 
     Rounds: the bucket edges (1 with FSS keys), the mantissa selection (1), the powers of m - 1 (3),
     the output selection or the product with ``times`` (1)."""
@@ -228,12 +257,12 @@ def _octave_power(x: MPCTensor, power: float, coeffs: torch.Tensor, lo: float, h
             candidates._tensor.share = torch.where(mask, lifted.share, candidates.share)
         return candidates
 
-    mantissas = _scale_pow2(x, -exps)
     if times is None:
-        m = _select(onehot, mantissas)
+        m = _select(onehot, _scale_pow2(x, -exps))
     else:
-        both = _select(onehot, crypten.cat([mantissas, scaled(times)], dim=-2))  # x's last dim is 1
-        m, times_scaled = both[..., :1], both[..., 1:]
+        if bool(odd.any()):
+            raise ValueError("only whole octave factors can be applied to times")
+        m, times_scaled = _scaled_selections(onehot, x, times, -exps, shifts)
     f = m - 1
     f2 = f * f
     f3, f4 = _mul_stacked([f2, f2], [f, f2])

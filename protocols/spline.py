@@ -159,7 +159,7 @@ def evaluate(x: MPCTensor, spline: Spline, bound: float, at_least_floor: bool = 
     f = wrap_share(y, y.share - one_hot.share @ starts, FRAC_BITS)
 
     slots = _Slots(spline.degree, spline.above_is_identity)
-    plan = multi_beaver.ProductPlan(x, slots.count, slots.terms())
+    plan = multi_beaver.ProductPlan(x, [tuple(x.share.shape)] * slots.count, slots.terms())
     first = {slots.power(1): f, slots.inside: inside}
     first.update({slots.coefficient(i): wrap_share(f, selected[..., i], 0) for i in range(spline.degree + 1)})
     if spline.above_is_identity:

@@ -27,7 +27,7 @@ def job_products(ctx, values: torch.Tensor):
     shared = [wrap_share(template, ArithmeticSharedTensor(v, src=0, precision=0).share, 0) for v in values]
     stats, dealer = comm.get(), ctx.provider.channel.stats
     before = (stats.comm_bytes, stats.comm_rounds, dealer.bytes_received)
-    plan = ProductPlan(shared[0], len(values), TERMS)
+    plan = ProductPlan(shared[0], [tuple(v.shape) for v in values], TERMS)
     plan.open({0: shared[0], 1: shared[1]})
     first = [plan.product(t, 0)._tensor.reveal() for t in TERMS[:2]]
     plan.open({2: shared[2], 3: shared[3]})
