@@ -29,7 +29,7 @@ import contextlib
 import contextvars
 import math
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -145,15 +145,31 @@ def _fss_ltz_many(tests: Sequence[Test], product: bool = False) -> list[MPCTenso
     from the keys' second payload and the dealer's shares of ``r_top r``, so nothing but the opening
     is sent."""
     provider = crypten.mpc.get_default_provider()
-    keys = [provider.sign_keys(test[0].share.numel(), test[1], product) for test in tests]
-    masked = torch.cat([test[0].share.reshape(-1) + k.mask() for test, k in zip(tests, keys)])
+    groups: dict[int, list[int]] = {}  # tests of one value share its mask and its opening
+    for i, test in enumerate(tests):
+        groups.setdefault(i if product else id(test[0]), []).append(i)
+    keys: list[Any] = [None] * len(tests)
+    for members in groups.values():
+        count = tests[members[0]][0].share.numel()
+        if len(members) == 1:
+            keys[members[0]] = provider.sign_keys(count, tests[members[0]][1], product)
+        else:
+            for i, key in zip(members, provider.shared_sign_keys(count, [tests[i][1] for i in members])):
+                keys[i] = key
+    masked = torch.cat([tests[m[0]][0].share.reshape(-1) + keys[m[0]].mask() for m in groups.values()])
     opened = ArithmeticSharedTensor.from_shares(masked, precision=0).reveal()
+    values: dict[int, torch.Tensor] = {}
+    offset = 0
+    for members in groups.values():
+        count = tests[members[0]][0].share.numel()
+        for i in members:
+            values[i] = opened[offset : offset + count]
+        offset += count
     rank = comm.get().get_rank()
-    signs, products, offset = [], [], 0
-    for test, k in zip(tests, keys):
+    signs, products = [], []
+    for i, (test, k) in enumerate(zip(tests, keys)):
         x, bits = test[0], test[1]
-        z = opened[offset : offset + x.share.numel()]
-        offset += x.share.numel()
+        z = values[i]
         if len(test) == 3:
             z = z.unsqueeze(-1) - torch.tensor(list(test[2]), dtype=torch.long)
         lane = z & ((1 << bits) - 1) if bits < packed_bits.WORD else z

@@ -166,6 +166,32 @@ class DealerServer:
         secrets = [mask, top] + ([top * mask] if product else [])
         return torch.cat([(v - s1)[:, None] for v, s1 in zip(secrets, shares1)] + [words], dim=1)
 
+    def _on_shared_sign_keys(self, count: int, lanes: list[int]) -> torch.Tensor:
+        """Sign keys for ``count`` values tested on several lane widths with one mask r, so each value
+        is opened once (:meth:`DealerProvider.shared_sign_keys`). Party 0's reply: per lane, rows of
+        [mask share, top share, correction words], flattened and joined; party 1's push: the words."""
+        if len(self._streams) != 2:
+            raise DealerProtocolError("FSS keys need exactly two parties")
+        if not lanes or len(lanes) > MAX_PLAN_OPERANDS or count < 0 or \
+                any(not 2 <= bits <= dcf.MAX_BITS for bits in lanes):
+            raise DealerProtocolError(f"cannot make {count} sign keys on lanes {lanes}")
+        root0 = [_seeds(self._streams[0], count) for _ in lanes]
+        mask1 = self._streams[1].ring_elements((count,))
+        tops1 = [self._streams[1].ring_elements((count,)) for _ in lanes]
+        root1 = [_seeds(self._streams[1], count) for _ in lanes]
+        mask = torch.from_numpy(np.frombuffer(os.urandom(8 * count), dtype=np.int64).copy())
+        pushed, replies = [], []
+        for bits, r0, r1, top1 in zip(lanes, root0, root1, tops1):
+            lane = mask & ((1 << bits) - 1) if bits < 64 else mask
+            top = (lane >> (bits - 1)) & 1
+            low = (lane & ((1 << (bits - 1)) - 1)).numpy().view(np.uint64)
+            beta = (1 - 2 * top)[:, None].numpy().view(np.uint64)
+            words = torch.from_numpy(dcf.generate(low, beta, bits - 1, r0, r1).to_words().view(np.int64))
+            pushed.append(words.reshape(-1))
+            replies.append(torch.cat([(mask - mask1)[:, None], (top - top1)[:, None], words], dim=1).reshape(-1))
+        self._channels[1].send(Message("sign_keys", tensors=[torch.cat(pushed)]))
+        return torch.cat(replies)
+
     def _on_mask_monomials(self, sizes: list[list[int]], monomials: list[list[int]]) -> torch.Tensor:
         """Party 0's shares of products of operand masks (see :mod:`pinfer.protocols.multi_beaver`),
         flattened and joined in the order asked: every party draws its operands' masks from its
@@ -432,6 +458,33 @@ class DealerProvider(TupleProvider):
         own = [self._ring((count,)) for _ in range(3 if product else 2)]
         root = _seeds(self.stream, count)
         return SignKeys(bits, product, root, self._pushes.expect(), own)
+
+    def shared_sign_keys(self, count: int, lanes: list[int]) -> list[SignKeys]:
+        """Sign-test material for ``count`` values on each lane width of ``lanes``, all with one mask
+        (``mask()`` is the same for every lane), so a value tested on several lanes is opened once.
+        Each lane has its own DCF keys: one key alone says nothing of the mask."""
+        if comm.get().get_world_size() != 2:
+            raise DealerProtocolError("FSS keys need exactly two parties")
+        widths = [dcf.correction_words(bits - 1) for bits in lanes]
+        if self.is_requester:
+            roots = [_seeds(self.stream, count) for _ in lanes]
+            reply = self.request("shared_sign_keys", count=count, lanes=list(lanes))
+            assert isinstance(reply, Correction)
+            keys, offset = [], 0
+            for bits, root, width in zip(lanes, roots, widths):
+                keys.append(SignKeys(bits, False, root, Correction(source=(reply, offset, (count, 2 + width)))))
+                offset += count * (2 + width)
+            return keys
+        mask = self._ring((count,))
+        tops = [self._ring((count,)) for _ in lanes]
+        roots = [_seeds(self.stream, count) for _ in lanes]
+        pushed = self._pushes.expect()
+        keys, offset = [], 0
+        for bits, root, top, width in zip(lanes, roots, tops, widths):
+            words = Correction(source=(pushed, offset, (count, width)))
+            keys.append(SignKeys(bits, False, root, words, [mask, top]))
+            offset += count * width
+        return keys
 
     def B2A_rng(self, size, device=None):
         size = _shape(size)
