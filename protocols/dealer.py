@@ -33,7 +33,7 @@ from crypten.mpc.provider.provider import TupleProvider
 from .channel import Channel, Message
 from .csprng import AesCtrStream, fresh_seed
 from .fss import dcf
-from .ring_matmul import ring_matmul
+from .ring_matmul import FixedRight, ring_matmul
 
 # A tuple's product in the ring; matmul through float64 limbs where that is faster (exact either way).
 _TUPLE_PRODUCTS = {"mul": torch.mul, "matmul": ring_matmul}
@@ -68,7 +68,7 @@ class DealerServer:
     def __init__(self, channels: list[Channel]) -> None:
         self._channels = channels
         self._streams: list[AesCtrStream] = []
-        self._fixed_masks: dict[int, torch.Tensor] = {}
+        self._fixed_masks: dict[int, FixedRight] = {}
 
     def distribute_seeds(self) -> None:
         for channel in self._channels:
@@ -222,22 +222,20 @@ class DealerServer:
     def _on_fixed_new(self, handle: int, shape: list[int]) -> None:
         if handle in self._fixed_masks:
             raise DealerProtocolError(f"fixed operand {handle} already exists")
-        self._fixed_masks[handle] = sum(self._draw_each(_shape(shape)))
+        self._fixed_masks[handle] = FixedRight(sum(self._draw_each(_shape(shape))))
 
     def _on_fixed_extend(self, handle: int, shape: list[int], dim: int) -> None:
-        mask = self._fixed_mask(handle)
-        self._fixed_masks[handle] = torch.cat([mask, sum(self._draw_each(_shape(shape)))], dim=dim)
+        self._fixed_mask(handle).extend(sum(self._draw_each(_shape(shape))), dim)
 
     def _on_fixed_matmul(self, handle: int, size: list[int], transposed: bool = False) -> torch.Tensor:
         a = sum(self._draw_each(_shape(size)))
-        mask = self._fixed_mask(handle)
-        return self._correction(ring_matmul(a, mask.transpose(-1, -2) if transposed else mask))
+        return self._correction(ring_matmul(a, self._fixed_mask(handle).right(bool(transposed))))
 
     def _on_fixed_drop(self, handle: int) -> None:
         self._fixed_mask(handle)
         del self._fixed_masks[handle]
 
-    def _fixed_mask(self, handle: int) -> torch.Tensor:
+    def _fixed_mask(self, handle: int) -> FixedRight:
         try:
             return self._fixed_masks[handle]
         except KeyError:

@@ -22,7 +22,7 @@ import crypten.communicator as comm
 from crypten.mpc import MPCTensor
 
 from .dealer import DealerProvider
-from .ring_matmul import ring_matmul
+from .ring_matmul import FixedRight, ring_matmul
 from .sharing import FRACTIONAL_BITS, SCALE
 
 
@@ -39,21 +39,22 @@ class FixedOperand:
         self._provider = provider
         self.scale = scale
         self.handle, mask = provider.new_fixed_mask(tuple(value.share.shape))
-        self._opened = _open(value.share - mask)
+        opened = _open(value.share - mask)
         # E @ F + E @ b_0 = E @ (F + b_0): party 0 keeps the sum so each product is two matmuls.
-        self._own = mask + self._opened if comm.get().get_rank() == 0 else mask
+        self._own = FixedRight(mask + opened if comm.get().get_rank() == 0 else mask)
+        self._opened = FixedRight(opened)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self._opened.shape)
+        return tuple(self._opened.value.shape)
 
     def extend(self, value: MPCTensor, dim: int) -> None:
         """Append ``value`` along ``dim`` (new cache rows), opening only the new part's mask."""
         mask = self._provider.extend_fixed_mask(self.handle, tuple(value.share.shape), dim)
         opened = _open(value.share - mask)
         own = mask + opened if comm.get().get_rank() == 0 else mask
-        self._opened = torch.cat([self._opened, opened], dim=dim)
-        self._own = torch.cat([self._own, own], dim=dim)
+        self._opened.extend(opened, dim)
+        self._own.extend(own, dim)
 
     def rmatmul(self, x: MPCTensor, transposed: bool = False) -> MPCTensor:
         """``x @ W`` (``x @ W^T`` when ``transposed``) as a fixed-point value at scale :data:`SCALE`.
@@ -62,8 +63,7 @@ class FixedOperand:
         case no truncation is needed). The transposed product uses the same opened mask, so an operand
         multiplied from both sides (a selection one-hot) is opened once.
         """
-        own, opened = (self._own.transpose(-1, -2), self._opened.transpose(-1, -2)) if transposed \
-            else (self._own, self._opened)
+        own, opened = self._own.right(transposed), self._opened.right(transposed)
         out_shape = tuple(torch.matmul(torch.empty(x.share.shape, device="meta"),
                                        torch.empty(opened.shape, device="meta")).shape)
         a, c = self._provider.fixed_product_tuple(self.handle, tuple(x.share.shape), out_shape, transposed)

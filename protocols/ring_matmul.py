@@ -67,6 +67,48 @@ def ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return limb_matmul(a, b) if limbs_win(a, b) else torch.matmul(a, b)
 
 
+class FixedRight:
+    """A fixed right operand of ring products (a weight, a cache block, a dealer's mask for one),
+    laid out for products with few rows.
+
+    torch's int64 kernel multiplies a few rows by a column-major right operand 3-17x faster than by a
+    row-major one on an AVX2 host (1 x 49152 x 576: 46 against 790 ms; 1 x 1536 x 576: 1.4 against
+    7.3 ms, one thread), so :meth:`right` hands out ``W`` (or ``W^T``) as a column-major view. An
+    operand used one way is stored once, in that way's layout; one used both ways (a tied embedding:
+    token rows in, logits out) keeps both layouts.
+    """
+
+    def __init__(self, value: torch.Tensor) -> None:
+        self._value = value
+        self._layouts: dict[bool, torch.Tensor] = {}
+
+    @property
+    def value(self) -> torch.Tensor:
+        return self._value
+
+    def extend(self, part: torch.Tensor, dim: int) -> None:
+        """Append ``part`` along ``dim``."""
+        self._value = torch.cat([self._value, part], dim=dim)
+        self._layouts.clear()
+
+    def right(self, transposed: bool = False) -> torch.Tensor:
+        """``W`` (``W^T`` when ``transposed``) over its last two dims, column-major."""
+        laid = self._layouts.get(transposed)
+        if laid is None:
+            # W^T column-major is W row-major
+            laid = self._value.contiguous() if transposed else _column_major(self._value)
+            self._layouts[transposed] = laid
+            if len(self._layouts) == 1:
+                self._value = laid  # the only layout asked for so far: drop the other copy
+        return laid.transpose(-1, -2) if transposed else laid
+
+
+def _column_major(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() >= 2 and x.transpose(-1, -2).is_contiguous():
+        return x
+    return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
 def limbs_win(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether :func:`ring_matmul` takes the limb path for these operands."""
     rows = a.shape[-2] if a.dim() > 1 else 1

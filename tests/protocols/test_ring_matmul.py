@@ -176,3 +176,20 @@ def test_fixed_operand_and_beaver_products_take_the_limb_path_exactly(world):
     assert torch.allclose(out["fixed"], x @ w, atol=0.05)
     assert torch.allclose(out["beaver"], x @ w, atol=0.05)
     assert torch.allclose(out["transposed"], (x @ w) @ w.T, atol=0.5)
+
+
+def test_fixed_right_hands_out_column_major_views_of_the_same_values():
+    from pinfer.protocols.ring_matmul import FixedRight
+
+    w = torch.randint(-(1 << 62), 1 << 62, (2, 5, 3), dtype=torch.int64)
+    fixed = FixedRight(w.clone())
+    for transposed in (False, True, False):
+        right = fixed.right(transposed)
+        assert torch.equal(right, w.transpose(-1, -2) if transposed else w)
+        assert right.transpose(-1, -2).is_contiguous()
+    more = torch.randint(-(1 << 62), 1 << 62, (2, 2, 3), dtype=torch.int64)
+    fixed.extend(more, dim=-2)
+    w = torch.cat([w, more], dim=-2)
+    assert torch.equal(fixed.right(True), w.transpose(-1, -2)) and torch.equal(fixed.value, w)
+    x = torch.randint(-(1 << 62), 1 << 62, (2, 1, 7), dtype=torch.int64)
+    assert torch.equal(torch.matmul(x, fixed.right(False)), torch.matmul(x, w))
