@@ -48,7 +48,6 @@ from . import crypten_compat  # noqa: F401  (must precede every crypten import)
 import crypten
 from crypten.encoder import FixedPointEncoder
 from crypten.mpc import MPCTensor
-from crypten.mpc.primitives import beaver
 
 from . import comparison, multi_beaver, packed_bits, spline
 from .share_wrap import truncated_product, wrap_share
@@ -362,14 +361,19 @@ def rms_normalize(
     xs = wrap_share(x, x.share * up, FRAC_BITS)
     if bool((down > 1).any()):
         xs._tensor.div_(down)
-    squares = beaver.square(xs._tensor).share  # shares of (xs 2^16)^2, not truncated
+    # xs is opened once, for its squares and for the product with the rsqrt (multi_beaver)
+    plan = multi_beaver.ProductPlan(xs, [tuple(xs.share.shape), tuple(xs.share.shape[:-1]) + (1,)],
+                                    [(0, 0), (0, 1)])
+    plan.open({0: xs})
+    squares = plan.product((0, 0), 2 * FRAC_BITS).share  # shares of (xs 2^16)^2, not truncated
     total = wrap_share(xs, squares.sum(dim=-1, keepdim=True), 2 * FRAC_BITS)
     # the single truncation: the mean at FRAC_BITS + NORM_EXTRA_BITS fractional bits, read at
     # FRAC_BITS, i.e. as 2^NORM_EXTRA_BITS * mean
     total._tensor.div_(x.size(-1) * (_SCALE >> NORM_EXTRA_BITS))
     total._tensor.encoder = FixedPointEncoder(precision_bits=FRAC_BITS)
     eps_scaled = eps * torch.pow(4.0, -shifts.to(torch.float64)).to(torch.float32) * 2**NORM_EXTRA_BITS
-    return xs * rsqrt(total + eps_scaled, out_scale_log2=NORM_EXTRA_BITS // 2)
+    plan.open({1: rsqrt(total + eps_scaled, out_scale_log2=NORM_EXTRA_BITS // 2)})
+    return truncated_product(plan.product((0, 1), 2 * FRAC_BITS))
 
 
 def exp(x: MPCTensor) -> MPCTensor:
