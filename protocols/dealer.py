@@ -140,6 +140,16 @@ class DealerServer:
             bit ^= stream.bits(_shape(size), 1)
         return self._correction(bit)
 
+    def _on_truncation_masks(self, size: list[int], bits: int) -> torch.Tensor:
+        """Party 0's shares of ``r >> bits`` (logical) and of ``r``'s top bit, joined, for a mask ``r``
+        every party draws first (see :mod:`pinfer.protocols.truncation`)."""
+        if not 0 < bits < 62:
+            raise DealerProtocolError(f"cannot truncate by {bits} bits")
+        r = sum(self._draw_each(_shape(size)))
+        high = (r >> bits) & ((1 << (64 - bits)) - 1)
+        top = (r < 0).long()
+        return torch.cat([self._correction(high).reshape(-1), self._correction(top).reshape(-1)])
+
     def _on_sign_keys(self, count: int, bits: int, product: bool = False) -> torch.Tensor:
         """DCF keys for ``count`` sign tests of ``bits``-bit values (see :class:`SignKeys`).
 
@@ -442,6 +452,17 @@ class DealerProvider(TupleProvider):
         r = self._ring(size)
         theta = self._correlated("wraps", size, size=size)
         return _arithmetic(r), _arithmetic(theta)
+
+    def truncation_masks(self, shape: tuple[int, ...], bits: int) -> tuple[torch.Tensor, Correction, Correction]:
+        """This party's shares of a fresh mask ``r``, of ``r >> bits`` and of ``r``'s top bit (the
+        last two pending for party 0), for :func:`pinfer.protocols.truncation.truncate`."""
+        mask = self._ring(shape)
+        if not self.is_requester:
+            return mask, Correction(value=self._ring(shape)), Correction(value=self._ring(shape))
+        reply = self.request("truncation_masks", size=list(shape), bits=bits)
+        assert isinstance(reply, Correction)
+        count = math.prod(shape)
+        return mask, Correction(source=(reply, 0, shape)), Correction(source=(reply, count, shape))
 
     def sign_keys(self, count: int, bits: int, product: bool = False) -> SignKeys:
         """Material for ``count`` sign tests of ``bits``-bit values (two parties only); ``product``

@@ -24,6 +24,7 @@ from crypten.mpc import MPCTensor
 from .dealer import DealerProvider
 from .ring_matmul import FixedRight, ring_matmul
 from .sharing import FRACTIONAL_BITS, SCALE
+from .truncation import truncate
 
 
 def _open(share: torch.Tensor) -> torch.Tensor:
@@ -56,12 +57,14 @@ class FixedOperand:
         self._opened.extend(opened, dim)
         self._own.extend(own, dim)
 
-    def rmatmul(self, x: MPCTensor, transposed: bool = False) -> MPCTensor:
+    def rmatmul(self, x: MPCTensor, transposed: bool = False, exact: bool = False) -> MPCTensor:
         """``x @ W`` (``x @ W^T`` when ``transposed``) as a fixed-point value at scale :data:`SCALE`.
 
         ``x`` may carry any encoding scale (comparison results and one-hot rows carry scale 1, in which
         case no truncation is needed). The transposed product uses the same opened mask, so an operand
-        multiplied from both sides (a selection one-hot) is opened once.
+        multiplied from both sides (a selection one-hot) is opened once. ``exact`` truncates the
+        product with :func:`pinfer.protocols.truncation.truncate` (one more round, no failure)
+        instead of locally.
         """
         own, opened = self._own.right(transposed), self._opened.right(transposed)
         out_shape = tuple(torch.matmul(torch.empty(x.share.shape, device="meta"),
@@ -69,8 +72,10 @@ class FixedOperand:
         a, c = self._provider.fixed_product_tuple(self.handle, tuple(x.share.shape), out_shape, transposed)
         e = _open(x.share - a)
         z = ring_matmul(e, own) + ring_matmul(a, opened) + c.get()
-        result = MPCTensor.from_shares(z, precision=FRACTIONAL_BITS)
         excess = x.encoder.scale * self.scale // SCALE
+        if exact and excess == SCALE:
+            return MPCTensor.from_shares(truncate(z, FRACTIONAL_BITS, self._provider), precision=FRACTIONAL_BITS)
+        result = MPCTensor.from_shares(z, precision=FRACTIONAL_BITS)
         if excess > 1:
             result = result.div(excess)
         return result

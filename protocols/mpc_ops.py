@@ -27,6 +27,12 @@ from .sharing import FRACTIONAL_BITS, ShareBundle
 _MATRIX_SUFFIXES = ("wqkv", "wo", "w_gate_up", "w_down", "w_fc", "w_proj")
 
 
+# Products truncated exactly (one more round each) rather than locally: a local truncation of a value
+# v fails with probability |v| 2^-32, and these outputs carry most of a token's sum of |v| (the MLP's
+# wide rows, and the residual stream's massive activations, up to 2.5e4 in SmolLM2's down projection).
+_EXACT_SUFFIXES = ("w_gate_up", "w_down", "w_fc", "w_proj")
+
+
 def _is_matrix(name: str) -> bool:
     return name in ("embed", "lm_head") or name.rsplit(".", 1)[-1] in _MATRIX_SUFFIXES
 
@@ -85,7 +91,7 @@ class MpcOps:
                     self.vectors[name] = shared
 
     def linear(self, x: MPCTensor, weight: str, bias: str | None = None) -> MPCTensor:
-        y = self.matrices[weight].rmatmul(x)
+        y = self.matrices[weight].rmatmul(x, exact=weight.rsplit(".", 1)[-1] in _EXACT_SUFFIXES)
         return y if bias is None else y + self.vectors[bias]
 
     def embed(self, tokens: MPCTensor) -> MPCTensor:

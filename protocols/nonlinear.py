@@ -510,43 +510,49 @@ def argmax_onehot(x: MPCTensor, dim: int = -1, spread: float | None = None) -> M
         ones = x * 0 + 1
         return ones.transpose(dim, -1) if moved else ones
     _, decisions = _tournament(x, spread=spread)
-    factors, parents = [], []
+    factors = []
     n = x.size(-1)
     for c in decisions:
-        half = n // 2
         pair = crypten.stack([c, 1 - c], dim=-1).flatten(-2)
         if n % 2:
             pair = crypten.cat([pair, c[..., :1] * 0 + 1], dim=-1)  # the passed-through entry
         factors.append(pair)
-        parents.append(torch.arange(n) // 2)  # the odd last entry's parent is position half
-        n = half + n % 2
-    onehot = _path_products(factors, parents)
+        n = n // 2 + n % 2
+    onehot = _path_products(factors)
     out = _to_fixed(onehot)
     return out.transpose(dim, -1) if moved else out
 
 
-def _path_products(factors: list[MPCTensor], parents: list[torch.Tensor]) -> MPCTensor:
-    """prod_l factors[l][path_l(i)] for every leaf i, path_0(i) = i, path_(l+1) = parents[l][path_l].
+def _path_products(factors: list[MPCTensor]) -> MPCTensor:
+    """prod_l factors[l][i >> l] for every leaf i: the factor its path takes at each level of the
+    bracket, whose parent map is i -> i // 2 at every level (an odd last entry included).
 
     Binary lifting over the levels: at span k, level l (a multiple of 2k) takes the product over its
-    next k levels times that of level l + k read at its k-th ancestor; every level's products of one
-    span go in one Beaver round."""
+    next k levels times that of level l + k at its k-th ancestor i >> k. That ancestor is a broadcast
+    over blocks of 2^k, so each product is one :class:`multi_beaver.ProductPlan` term whose second
+    operand is opened once at its own size (n_l + n_(l+k) words, not 2 n_l); every level's products of
+    one span go in one round."""
     levels = len(factors)
     products = dict(enumerate(factors))
-    ancestors = dict(enumerate(parents))
     span = 1
     while span < levels:
         starts = [level for level in range(0, levels, 2 * span) if level + span < levels]
-        left = [products[level] for level in starts]
-        right = [wrap_share(products[level + span], products[level + span].share[..., ancestors[level]], 0)
-                 for level in starts]
-        sizes = [t.size(-1) for t in left]
-        joined = crypten.cat(left, dim=-1) * crypten.cat(right, dim=-1)
-        offset = 0
-        for level, size in zip(starts, sizes):
-            products[level] = joined[..., offset : offset + size]
-            ancestors[level] = ancestors[level + span][ancestors[level]]
-            offset += size
+        operands: dict[int, MPCTensor] = {}
+        for j, level in enumerate(starts):
+            parent = products[level + span]
+            left = products[level]
+            blocks, width = parent.size(-1), 1 << span
+            padded = torch.zeros(left.share.shape[:-1] + (blocks * width,), dtype=torch.long)
+            padded[..., : left.size(-1)] = left.share
+            operands[2 * j] = wrap_share(left, padded.reshape(left.share.shape[:-1] + (blocks, width)), 0)
+            operands[2 * j + 1] = wrap_share(parent, parent.share.unsqueeze(-1), 0)
+        terms = [(2 * j, 2 * j + 1) for j in range(len(starts))]
+        plan = multi_beaver.ProductPlan(factors[0], [tuple(operands[i].share.shape) for i in sorted(operands)], terms)
+        plan.open(operands)
+        for j, level in enumerate(starts):
+            joined = plan.product(terms[j], 0)
+            n = products[level].size(-1)
+            products[level] = wrap_share(joined, joined.share.flatten(-2)[..., :n], 0)
         span *= 2
     return products[0]
 

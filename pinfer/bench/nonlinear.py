@@ -1,5 +1,6 @@
 """``pinfer bench nonlinear``: rounds, online bytes, dealer bytes and max error of each MPC
-non-linearity at model shapes, with FSS comparisons and with the carry tree, side by side in one run.
+non-linearity at model shapes, with FSS comparisons and with the carry tree, side by side in one run;
+then local against exact truncation (rounds, bytes, failures counted) at three magnitudes.
 
 Two parties and a dealer as local processes. Online bytes are party 0's as CrypTen counts them (sent
 plus received on the party link); dealer bytes are what the dealer sent both parties (tuple
@@ -33,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cached", type=int, default=2048, help="scores per softmax row (one decode step)")
     parser.add_argument("--rows", type=int, default=16, help="RMSNorm rows of 576")
     parser.add_argument("--vocabulary", type=int, default=VOCABULARY, help="arg-max row length")
+    parser.add_argument("--truncations", type=int, default=1 << 16, help="products per magnitude in the truncation rows")
     parser.set_defaults(func=run)
 
 
@@ -84,6 +86,41 @@ def job_costs(ctx: Any, method: str, rows: int, inputs: Any) -> dict[str, dict[s
                          "dealer_bytes": after[2] - before[2], "elements": share.numel(),
                          "value": result._tensor.reveal() if name.startswith("ltz") else result.get_plain_text()}
     return out
+
+
+TRUNCATION_MAGNITUDES_LOG2 = (0, 20, 26)
+"""Real magnitudes |v| < 2^m of the truncated products (scale 2^32): local truncation fails with
+probability about |v| 2^-32, i.e. visibly often only for large v; the exact protocol never."""
+
+
+def job_truncation(ctx: Any, elements: int) -> list[dict[str, Any]]:
+    """Local and exact truncation by 16 bits of products V = v 2^32 at each magnitude: rounds, bytes,
+    dealer bytes and how many results are off by more than one unit."""
+    import crypten.communicator as comm
+    import torch
+
+    from pinfer.protocols.truncation import truncate
+
+    stats, dealer = comm.get(), ctx.provider.channel.stats
+    rank = comm.get().get_rank()
+    rows = []
+    for m in TRUNCATION_MAGNITUDES_LOG2:
+        gen = torch.Generator().manual_seed(m)  # the same values and split on both parties
+        values = ((torch.rand(elements, generator=gen, dtype=torch.float64) * 2 - 1) * 2.0 ** (m + 32)).long()
+        other = torch.randint(-2**63, 2**63 - 1, (elements,), generator=gen, dtype=torch.long)
+        share = values - other if rank == 0 else other
+        floor = values >> 16
+        row: dict[str, Any] = {"magnitude_log2": m, "elements": elements}
+        for method in ("local", "exact"):
+            before = (stats.comm_bytes, stats.comm_rounds, dealer.bytes_received)
+            out = share >> 16 if method == "local" else truncate(share, 16, ctx.provider)
+            after = (stats.comm_bytes, stats.comm_rounds, dealer.bytes_received)
+            result = comm.get().all_reduce(out)
+            row[method] = {"bytes": after[0] - before[0], "rounds": after[1] - before[1],
+                           "dealer_bytes": after[2] - before[2],
+                           "failures": int(((result - floor).abs() > 1).sum())}
+        rows.append(row)
+    return rows
 
 
 def _inputs(args: argparse.Namespace) -> dict[str, Any]:
@@ -143,6 +180,10 @@ def run(args: argparse.Namespace) -> int:
                 cost["dealer_bytes"] += parties[1][name]["dealer_bytes"]
                 cost["max_abs_error"] = error
                 results.setdefault(name, {})[method] = cost
+        truncation = world.run(job_truncation, args.truncations)
+    for row, other in zip(truncation[0], truncation[1]):
+        for method in ("local", "exact"):
+            row[method]["dealer_bytes"] += other[method]["dealer_bytes"]
     rows = []
     for name, by_method in results.items():
         tree, fss = by_method["carry-tree"], by_method["fss"]
@@ -154,9 +195,18 @@ def run(args: argparse.Namespace) -> int:
           "online B = party 0 sent + received, dealer B = sent to both parties")
     print(table(["function", "elements", "rounds tree", "rounds fss", "online B/el tree", "online B/el fss",
                  "dealer B/el tree", "dealer B/el fss", "max err tree", "max err fss"], rows))
+    print("\ntruncation of products v 2^32 by 16 bits: local (each party shifts its share) against "
+          "exact (pinfer.protocols.truncation); failures = results off by more than one unit")
+    print(table(["|v| <", "elements", "rounds local", "rounds exact", "online B/el local", "online B/el exact",
+                 "dealer B/el exact", "failures local", "failures exact"],
+                [[f"2^{r['magnitude_log2']}", r["elements"], r["local"]["rounds"], r["exact"]["rounds"],
+                  r["local"]["bytes"] / r["elements"], r["exact"]["bytes"] / r["elements"],
+                  r["exact"]["dealer_bytes"] / r["elements"], r["local"]["failures"], r["exact"]["failures"]]
+                 for r in truncation[0]]))
     path = write_json(args.out, "nonlinear.json", {
         "machine": info, "settings": {"elements": args.elements, "cached": args.cached, "rows": args.rows,
-                                      "vocabulary": args.vocabulary},
+                                      "vocabulary": args.vocabulary, "truncations": args.truncations},
+        "truncation": truncation[0],
         "results": {name: {m: {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
                                for k, v in c.items()} for m, c in by.items()} for name, by in results.items()}})
     print(f"wrote {path}")
