@@ -20,17 +20,19 @@ from pinfer.model.norm_plan import NormShifts, row_shifts
 
 from .costs import CostMeter
 from .dealer import DealerProvider
-from .fixed_operand import FixedOperand
+from .fixed_operand import FixedOperand, OpeningQueue
 from .sharing import FRACTIONAL_BITS, ShareBundle
 
 # Shared tensors used as right operands of products; every other weight is added or indexed.
 _MATRIX_SUFFIXES = ("wqkv", "wo", "w_gate_up", "w_down", "w_fc", "w_proj")
 
 
-# Products truncated exactly (one more round each) rather than locally: a local truncation of a value
-# v fails with probability |v| 2^-32, and these outputs carry most of a token's sum of |v| (the MLP's
-# wide rows, and the residual stream's massive activations, up to 2.5e4 in SmolLM2's down projection).
-_EXACT_SUFFIXES = ("w_gate_up", "w_down", "w_fc", "w_proj")
+EXACT_TRUNCATION = frozenset({"wqkv", "w_gate_up", "w_down", "w_fc", "w_proj", "lm_head"})
+"""Weights whose products are truncated exactly (one more round each) rather than locally: a local
+truncation of a value v fails with probability |v| 2^-32, and these outputs carry most of a token's
+sum of |v| (the logits, the MLP's wide rows, the residual stream's massive activations, up to 2.5e4
+in SmolLM2's down projection; ``pinfer bench truncation`` measures it by site). The attention output
+projection's round would put a decode token over its round budget."""
 
 
 def _is_matrix(name: str) -> bool:
@@ -38,10 +40,12 @@ def _is_matrix(name: str) -> bool:
 
 
 class MpcKVLayer:
-    """Keys (stored transposed, ``(n_kv, head_dim, length)``) and values as fixed operands."""
+    """Keys (stored transposed, ``(n_kv, head_dim, length)``) and values as fixed operands whose new
+    rows are opened with the next score product's queries (``openings``, one queue per model)."""
 
-    def __init__(self, provider: DealerProvider) -> None:
+    def __init__(self, provider: DealerProvider, openings: OpeningQueue) -> None:
         self._provider = provider
+        self._openings = openings
         self._keys: FixedOperand | None = None
         self._values: FixedOperand | None = None
 
@@ -52,8 +56,8 @@ class MpcKVLayer:
     def append(self, keys: MPCTensor, values: MPCTensor) -> None:
         keys_t = keys.transpose(1, 2)
         if self._keys is None:
-            self._keys = FixedOperand(self._provider, keys_t)
-            self._values = FixedOperand(self._provider, values)
+            self._keys = FixedOperand(self._provider, keys_t, queue=self._openings)
+            self._values = FixedOperand(self._provider, values, queue=self._openings)
         else:
             self._keys.extend(keys_t, dim=2)
             self._values.extend(values, dim=1)
@@ -80,6 +84,7 @@ class MpcOps:
         self._provider = provider
         self._costs = costs
         self._norm_shifts = norm_shifts
+        self._openings = OpeningQueue()
         self.matrices: dict[str, FixedOperand] = {}
         self.vectors: dict[str, MPCTensor] = {}
         with costs.in_phase("setup"):
@@ -91,7 +96,7 @@ class MpcOps:
                     self.vectors[name] = shared
 
     def linear(self, x: MPCTensor, weight: str, bias: str | None = None) -> MPCTensor:
-        y = self.matrices[weight].rmatmul(x, exact=weight.rsplit(".", 1)[-1] in _EXACT_SUFFIXES)
+        y = self.matrices[weight].rmatmul(x, exact=weight.rsplit(".", 1)[-1] in EXACT_TRUNCATION)
         return y if bias is None else y + self.vectors[bias]
 
     def embed(self, tokens: MPCTensor) -> MPCTensor:
@@ -127,7 +132,7 @@ class MpcOps:
         return oblivious.topk_onehot(x, k, spread, resolution)
 
     def new_kv_layer(self) -> MpcKVLayer:
-        return MpcKVLayer(self._provider)
+        return MpcKVLayer(self._provider, self._openings)
 
     def operand(self, m: MPCTensor) -> FixedOperand:
         return FixedOperand(self._provider, m, scale=int(m.encoder.scale))

@@ -30,6 +30,7 @@ _BENCH_MODULES = (
     "pinfer.bench.nonlinear",
     "pinfer.bench.ringmm",
     "pinfer.bench.service",
+    "pinfer.bench.truncation",
 )
 
 
