@@ -64,6 +64,32 @@ def job_fixed_operand(ctx, x, w, extra, onehot):
             "transposed": transposed, "transposed_bytes": transposed_bytes, "forward_bytes": forward_bytes}
 
 
+def job_kv_layer(ctx, keys, values, queries, steps):
+    """A cache layer over ``steps`` appends: rounds of each append + scores + mix, and the outputs."""
+    import crypten
+    import crypten.communicator as comm
+
+    from pinfer.protocols.fixed_operand import OpeningQueue
+    from pinfer.protocols.mpc_ops import MpcKVLayer
+
+    layer = MpcKVLayer(ctx.provider, OpeningQueue())
+    stats, rounds, scores, mixed = comm.get(), [], [], []
+    for t in range(steps):
+        k, v = crypten.cryptensor(keys[:, t : t + 1], src=0), crypten.cryptensor(values[:, t : t + 1], src=0)
+        q = crypten.cryptensor(queries[:, t : t + 1], src=1)
+        weights = crypten.cryptensor(torch.ones(q.shape[0], 1, t + 1) / (t + 1), src=1)
+        before = stats.comm_rounds
+        layer.append(k, v)
+        score = layer.scores(q)
+        mix = layer.mix(weights)
+        rounds.append(stats.comm_rounds - before)
+        scores.append(score.get_plain_text())
+        mixed.append(mix.get_plain_text())
+    length = layer.length
+    layer.release()
+    return {"rounds": rounds, "scores": scores, "mixed": mixed, "length": length}
+
+
 def job_provider_state(ctx):
     import crypten
     import crypten.mpc
@@ -224,6 +250,19 @@ def test_fixed_operand_products_reuse_the_opened_mask(world, data):
     # z @ W^T opens z and truncates the output, as many elements as x @ W opens and truncates: W is
     # never reopened from either side
     assert out["transposed_bytes"] == out["forward_bytes"]
+
+
+def test_cache_rows_open_with_the_queries_in_one_round(world):
+    gen = torch.Generator().manual_seed(5)
+    heads, dim, steps = 2, 8, 3
+    keys, values, queries = (torch.randn(heads, steps, dim, generator=gen) for _ in range(3))
+    out = world.run(job_kv_layer, keys, values, queries, steps)[0]
+    # each step: new key and value rows opened with the query (one round), the mix's input (one)
+    assert out["rounds"] == [2] * steps and out["length"] == steps
+    for t in range(steps):
+        score = queries[:, t : t + 1] @ keys[:, : t + 1].transpose(1, 2)
+        assert torch.allclose(out["scores"][t], score, atol=1e-3)
+        assert torch.allclose(out["mixed"][t], values[:, : t + 1].mean(dim=1, keepdim=True), atol=1e-3)
 
 
 @pytest.mark.slow
