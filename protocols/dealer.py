@@ -30,6 +30,7 @@ from crypten.encoder import FixedPointEncoder
 from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
 from crypten.mpc.provider.provider import TupleProvider
 
+from . import truncation
 from .channel import Channel, Message
 from .csprng import AesCtrStream, fresh_seed
 from .fss import dcf
@@ -143,11 +144,12 @@ class DealerServer:
     def _on_truncation_masks(self, size: list[int], bits: int) -> torch.Tensor:
         """Party 0's shares of ``r >> bits`` (logical) and of ``r``'s top bit, joined, for a mask ``r``
         every party draws first (see :mod:`pinfer.protocols.truncation`)."""
-        if not 0 < bits < 62:
-            raise DealerProtocolError(f"cannot truncate by {bits} bits")
+        try:
+            truncation.check_bits(bits)
+        except ValueError as exc:
+            raise DealerProtocolError(str(exc)) from exc
         r = sum(self._draw_each(_shape(size)))
-        high = (r >> bits) & ((1 << (64 - bits)) - 1)
-        top = (r < 0).long()
+        high, top = truncation.logical_shift(r, bits), truncation.top_bit(r)
         return torch.cat([self._correction(high).reshape(-1), self._correction(top).reshape(-1)])
 
     def _on_sign_keys(self, count: int, bits: int, product: bool = False) -> torch.Tensor:

@@ -22,15 +22,24 @@ parties' streams).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from . import crypten_compat  # noqa: F401  (must precede every crypten import)
 import crypten.communicator as comm
 
-from .dealer import DealerProvider
+if TYPE_CHECKING:  # the dealer deals this protocol's masks with the helpers below
+    from .dealer import DealerProvider
 
 OFFSET_LOG2 = 62
 """z = V + 2^62 must stay in [0, 2^63): the shared value's bound is |V| < 2^62."""
+
+
+def check_bits(bits: int) -> None:
+    """Refuse a shift the protocol cannot make (0 < bits < OFFSET_LOG2)."""
+    if not 0 < bits < OFFSET_LOG2:
+        raise ValueError(f"cannot truncate by {bits} bits")
 
 
 def logical_shift(words: torch.Tensor, bits: int) -> torch.Tensor:
@@ -46,8 +55,7 @@ def top_bit(words: torch.Tensor) -> torch.Tensor:
 def truncate(share: torch.Tensor, bits: int, provider: DealerProvider) -> torch.Tensor:
     """This party's share of floor(V / 2^bits) or one more, for the shared V (|V| < 2^62) of which
     ``share`` is this party's share; 0 < bits < OFFSET_LOG2."""
-    if not 0 < bits < OFFSET_LOG2:
-        raise ValueError(f"cannot truncate by {bits} bits")
+    check_bits(bits)
     mask, high, top = provider.truncation_masks(tuple(share.shape), bits)
     first = comm.get().get_rank() == 0
     masked = share + mask + (1 << OFFSET_LOG2) if first else share + mask

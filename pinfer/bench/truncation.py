@@ -4,8 +4,9 @@ Local truncation of a product of real value v (scale 2^32) fails with probabilit
 (``pinfer bench nonlinear`` measures that rate); the products the MPC backend truncates exactly
 (``pinfer.protocols.mpc_ops``) never fail. This runs the plaintext forward of the same decoder over a
 prompt and sums |v| at each site whose product the parties truncate: the expected number of failures
-per token (the logits per generated token), by site, local or exact. The splines' and the softmax's inner products are bounded by
-their constructions (powers of an offset below one segment, exponentials below 1) and not listed.
+per token (the logits per generated token), by site, local or exact. The splines' and the softmax's
+inner products are bounded by their constructions (powers of an offset below one segment,
+exponentials below 1) and not listed.
 """
 
 from __future__ import annotations
