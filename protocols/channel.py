@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,9 +26,11 @@ class ChannelError(RuntimeError):
 
 
 class ByteTransport(Protocol):
-    def send_bytes(self, data: bytes | memoryview) -> None: ...
+    def send_parts(self, parts: Sequence[memoryview]) -> None:
+        """Send the parts' concatenation as one message (a dealer's reply is hundreds of MB: its
+        tensors go out from their own memory, not joined into a copy first)."""
 
-    def recv_bytes(self) -> bytes: ...
+    def recv_bytes(self) -> bytes | bytearray: ...
 
 
 @dataclass
@@ -57,9 +60,11 @@ class Channel:
         header = json.dumps(
             {"kind": message.kind, "params": message.params, "shapes": [list(a.shape) for a in arrays]}
         ).encode()
-        payload = b"".join([_HEADER_LEN.pack(len(header)), header, *(a.tobytes() for a in arrays)])
-        self._transport.send_bytes(payload)
-        self.stats.bytes_sent += len(payload)
+        header += b" " * (-(_HEADER_LEN.size + len(header)) % 8)  # tensors start 8-byte aligned
+        parts = [memoryview(_HEADER_LEN.pack(len(header)) + header)]
+        parts += [memoryview(a).cast("B") for a in arrays if a.size]
+        self._transport.send_parts(parts)
+        self.stats.bytes_sent += sum(part.nbytes for part in parts)
         self.stats.messages_sent += 1
 
     def recv(self) -> Message:
@@ -69,8 +74,9 @@ class Channel:
         return decode(payload)
 
 
-def decode(payload: bytes) -> Message:
-    """Parse one message, rejecting anything malformed with :class:`ChannelError`."""
+def decode(payload: bytes | bytearray) -> Message:
+    """Parse one message, rejecting anything malformed with :class:`ChannelError`. The tensors of a
+    received ``bytearray`` (the TLS link's) are views of it, not copies."""
     if len(payload) < _HEADER_LEN.size:
         raise ChannelError("truncated message")
     (header_len,) = _HEADER_LEN.unpack_from(payload)
@@ -93,7 +99,8 @@ def decode(payload: bytes) -> Message:
         if end > len(payload):
             raise ChannelError("truncated tensor data")
         array = np.frombuffer(payload, dtype=np.int64, count=count, offset=offset).reshape(shape)
-        tensors.append(torch.from_numpy(array.copy()))
+        in_place = isinstance(payload, bytearray) and array.ctypes.data % 8 == 0
+        tensors.append(torch.from_numpy(array if in_place else array.copy()))
         offset = end
     if offset != len(payload):
         raise ChannelError("trailing bytes after message")

@@ -12,9 +12,9 @@ method         how                                       rounds  online B / comp
 (k: lane width; w(n) = ``dcf.correction_words(n)`` 64-bit words, each sent to both parties.)
 ``fss`` needs two parties and a provider that makes DCF keys (the dealer); ``carry-tree`` works with
 any provider that makes Beaver triples, which is what a dealer-free mode has. ``auto`` (the default)
-takes ``fss`` where it can, for calls up to ``FSS_AUTO_MAX_TESTS`` tests (a decode step's; a
-prefill's larger calls take the carry tree, where keys would cost more than the rounds they save). :func:`using` pins the method for a block, which the benchmark uses to
-run both side by side.
+takes ``fss`` where it can, for calls up to ``FSS_AUTO_MAX_TESTS`` tests (a decode step's and a
+128-token prefill's; larger calls take the carry tree, whose correlations take less memory).
+:func:`using` pins the method for a block, which the benchmark uses to run both side by side.
 
 The sign test reads ``x`` mod 2^k: the result is ``[x < 0]`` whenever ``|x| < 2^(k-1)`` in encoding
 units. Correctness of the FSS path: with ``y = x mod 2^k`` and the opened ``c = y + r mod 2^k``,
@@ -72,13 +72,15 @@ def fss_available() -> bool:
     return comm.get().get_world_size() == 2 and callable(getattr(provider, "sign_keys", None))
 
 
-FSS_AUTO_MAX_TESTS = 1 << 16
-"""``auto`` takes ``fss`` for calls of at most this many sign tests. A key costs the dealer and the
-parties about a microsecond per input bit in AES and bookkeeping and 16 + 16 w(k-1) dealer bytes,
-where the carry tree costs about 6 more rounds per call: at a prefill's millions of tests per call
-(SmolLM2, 128 tokens: 1.4M for one SiLU) the keys cost minutes, at a decode step's thousands
-milliseconds against the rounds they save. The choice depends only on public shapes, so every party
-makes the same one."""
+FSS_AUTO_MAX_TESTS = 1 << 21
+"""``auto`` takes ``fss`` for calls of at most this many sign tests (values tested; a value's
+thresholds share its key). FSS is the faster path at every size measured: one GPT-2 layer's
+prefill GeLU (128 x 3072 values, 2 tests each) took 3.7 s, 104 B/value sent per party and 4 rounds
+with DCF keys against 4.9 s, 595 B/value and 10 rounds with the carry tree, for 928 + 728 B/value
+of dealer traffic instead of 680. The bound is memory: a call's keys are held at once, about
+460 B per test at each party, so a call at the bound holds about 1 GB of keys; larger calls (long
+prompts in one piece) take the carry tree, whose triples come in a third of that. The choice
+depends only on public shapes, so every party makes the same one."""
 
 
 def active_method(tests: int = 0) -> Method:
@@ -175,7 +177,12 @@ def _fss_ltz_many(tests: Sequence[Test], product: bool = False) -> list[MPCTenso
         lane = z & ((1 << bits) - 1) if bits < packed_bits.WORD else z
         top = (lane >> (bits - 1)) & 1
         low = lane & ((1 << (bits - 1)) - 1)
-        borrow = dcf.evaluate(rank, k.root, k.corrections(), low.numpy().view(np.uint64))
+        ladder = _ladder_step(test, bits)
+        if ladder is None:
+            borrow = dcf.evaluate(rank, k.root, k.corrections(), low.numpy().view(np.uint64))
+        else:
+            rungs = dcf.evaluate_ladder(rank, k.root, k.corrections(), values[i].numpy().view(np.uint64), ladder)
+            borrow = rungs[:, [p >> ladder for p in test[2]]]
         weighted = torch.from_numpy(borrow.view(np.int64))  # shares of borrow (1 - 2 r_top) [and times r]
         flip = 1 - 2 * top
         r_top = k.top() if len(test) == 2 else k.top().unsqueeze(-1)
@@ -188,6 +195,23 @@ def _fss_ltz_many(tests: Sequence[Test], product: bool = False) -> list[MPCTenso
             products.append(wrap_share(x, (sign * z - sign_times_mask).reshape(x.share.shape),
                                        x.encoder.scale.bit_length() - 1))
     return signs + products
+
+
+def _ladder_step(test: Test, bits: int) -> int | None:
+    """``s`` when a test's thresholds are multiples of ``2^s`` dense enough that evaluating its key
+    at every multiple (:func:`dcf.evaluate_ladder`) hashes fewer AES blocks than one path per
+    threshold (a spline's segment boundaries); None otherwise."""
+    if len(test) != 3 or not test[2]:
+        return None
+    thresholds, domain = list(test[2]), bits - 1
+    if min(thresholds) < 0 or max(thresholds) >= 1 << domain:
+        return None
+    step = min((p & -p).bit_length() - 1 if p else domain for p in thresholds)
+    if step >= domain:
+        return None
+    rungs = 1 << (domain - step)
+    ladder_blocks = 3 * (rungs - 1) + 2 * rungs * step
+    return step if ladder_blocks < 2 * domain * len(thresholds) else None
 
 
 def ltz_with_min(x: MPCTensor, bits: int = packed_bits.WORD) -> tuple[MPCTensor, MPCTensor]:

@@ -261,3 +261,85 @@ def _evaluate_level(blocks, x, shift, words, per_key, level, bits, sign, t, low,
         bit_index = index + side
         control = (words[key, control_base + bit_index // 64] >> np.uint64(bit_index % 64)) & _ONE
         t[k] = (child & _ONE) ^ (t[k] & control)
+
+
+def evaluate_ladder(party: int, root: np.ndarray, corrections: Corrections, x: np.ndarray,
+                    step_bits: int) -> np.ndarray:
+    """Party ``party``'s shares of ``beta[k] * [(x[k] - j 2^step_bits) mod 2^bits < alpha[k]]`` for
+    every ``j`` in ``0 .. 2^(bits - step_bits) - 1``: ``(count, 2^(bits - step_bits))`` uint64
+    (one-word payloads only), the same as :func:`evaluate` at those points.
+
+    The points share their low ``step_bits`` bits and take every value of the high ones, so the top
+    ``bits - step_bits`` levels are expanded as a full tree (one hash of three blocks per node gives
+    both children and their values) and only the low levels are walked point by point: for a
+    spline's 31 segment boundaries on 8-bit inputs, 285 AES blocks per key instead of 496."""
+    if party not in (0, 1):
+        raise ValueError(f"a DCF has parties 0 and 1, got {party}")
+    bits = corrections.bits
+    if corrections.payload_words != 1 or not 0 <= step_bits < bits:
+        raise ValueError("a ladder needs one-word payloads and 0 <= step_bits < bits")
+    x = np.ascontiguousarray(x, dtype=np.uint64)
+    count = corrections.count
+    if x.shape != (count,) or root.shape != (count, 2):
+        raise ValueError("x, the root seeds and the corrections must describe the same number of keys")
+    rungs = 1 << (bits - step_bits)
+    sign = _ONE if party == 0 else _ALL
+    out = np.empty((count, rungs), dtype=np.uint64)
+    chunk = max(1, _CHUNK_KEYS * 4 // rungs)
+    for start in range(0, count, chunk):
+        rows = slice(start, start + chunk)
+        out[rows] = _ladder_chunk(party, sign, root[rows], corrections.words[rows], bits, step_bits, x[rows])
+    return out
+
+
+def _ladder_chunk(party: int, sign: np.uint64, root: np.ndarray, words: np.ndarray, bits: int,
+                  step_bits: int, x: np.ndarray) -> np.ndarray:
+    count, top_levels = x.shape[0], bits - step_bits
+    low = root[:, 0].astype(np.uint64).reshape(count, 1)
+    high = root[:, 1].astype(np.uint64).reshape(count, 1)
+    t = np.full((count, 1), party, dtype=np.uint64)
+    total = np.zeros((count, 1), dtype=np.uint64)
+    tweaks = np.arange(prg.blocks_per_expansion(1), dtype=np.uint64)
+    for level in range(top_levels):
+        blocks = prg.hash_blocks(low.reshape(-1), high.reshape(-1), tweaks).reshape(count, low.shape[1], 3, 2)
+        low, high, t, total = _expand_level(blocks, words, level, bits, sign, t, total)
+    leaves = low.shape[1]
+    low, high, t, total = low.reshape(-1), high.reshape(-1), t.reshape(-1), total.reshape(-1, 1)
+    suffix = np.repeat(x, leaves)
+    inputs = np.empty((count * leaves, 2, 2), dtype=np.uint64)
+    for level in range(top_levels, bits):
+        shift = np.uint64(bits - 1 - level)
+        _path_inputs(low, high, suffix, shift, inputs)
+        blocks = prg.mmo(inputs)
+        _evaluate_level(blocks, suffix, shift, words, leaves, level, bits, sign, t, low, high, total)
+    final = np.repeat(words[:, -1], leaves)
+    by_leaf = (total[:, 0] + sign * (high + (final & (_ZERO - t)))).reshape(count, leaves)
+    # leaf v holds the point v 2^step_bits + (x mod 2^step_bits): rung j is leaf (x_high - j) mod leaves
+    x_high = (x >> np.uint64(step_bits)).astype(np.int64)
+    leaf = (x_high[:, None] - np.arange(leaves, dtype=np.int64)[None, :]) % leaves
+    return np.take_along_axis(by_leaf, leaf, axis=1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _expand_level(blocks, words, level, bits, sign, t, total):  # pragma: no cover
+    """Both children of every node of one full tree level (node n's children are 2n and 2n + 1)."""
+    count, nodes = t.shape
+    value_base, control_base = 2 * bits, 3 * bits
+    low = np.empty((count, 2 * nodes), dtype=np.uint64)
+    high = np.empty((count, 2 * nodes), dtype=np.uint64)
+    child_t = np.empty((count, 2 * nodes), dtype=np.uint64)
+    child_total = np.empty((count, 2 * nodes), dtype=np.uint64)
+    for k in range(count):
+        seed_low, seed_high, value_cw = words[k, 2 * level], words[k, 2 * level + 1], words[k, value_base + level]
+        for n in range(nodes):
+            on = _ZERO - t[k, n]
+            for side in range(2):
+                c = 2 * n + side
+                child = blocks[k, n, side, 0]
+                child_total[k, c] = total[k, n] + sign * (blocks[k, n, 2, side] + (value_cw & on))
+                low[k, c] = (child & _CLEAR_LOW) ^ (seed_low & on)
+                high[k, c] = blocks[k, n, side, 1] ^ (seed_high & on)
+                bit_index = 2 * level + side
+                control = (words[k, control_base + bit_index // 64] >> np.uint64(bit_index % 64)) & _ONE
+                child_t[k, c] = (child & _ONE) ^ (t[k, n] & control)
+    return low, high, child_t, child_total

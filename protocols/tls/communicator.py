@@ -348,15 +348,19 @@ class TlsCommunicator(Communicator):
 
     def send_bytes(self, data: bytes | bytearray | memoryview, dst: int) -> None:
         """Send one opaque byte message to ``dst`` (counted in the link's stats, not in CrypTen's)."""
-        self._begin()
-        view = memoryview(data).cast("B")
-        frame = FRAME.pack(KIND_BYTES, 0, 0, 0, view.nbytes)
-        self._link(dst).send((memoryview(frame), view), data).wait()
+        self.send_parts([memoryview(data)], dst)
 
-    def recv_bytes(self, src: int) -> bytes:
-        """Receive one opaque byte message from ``src``."""
+    def send_parts(self, parts: Sequence[memoryview], dst: int) -> None:
+        """Send the concatenation of ``parts`` as one byte message, each part from its own memory."""
         self._begin()
-        return bytes(self._post_payload(KIND_BYTES, src).wait())
+        views = tuple(memoryview(part).cast("B") for part in parts)
+        frame = FRAME.pack(KIND_BYTES, 0, 0, 0, sum(view.nbytes for view in views))
+        self._link(dst).send((memoryview(frame), *views), parts).wait()
+
+    def recv_bytes(self, src: int) -> bytearray:
+        """Receive one opaque byte message from ``src`` (the buffer it was read into, not a copy)."""
+        self._begin()
+        return self._post_payload(KIND_BYTES, src).wait()
 
     def transport(self, peer: int) -> PeerTransport:
         """A ``send_bytes``/``recv_bytes`` endpoint bound to ``peer`` (the byte transport of
@@ -430,7 +434,10 @@ class PeerTransport:
     def send_bytes(self, data: bytes | memoryview) -> None:
         self._communicator.send_bytes(data, self.peer)
 
-    def recv_bytes(self) -> bytes:
+    def send_parts(self, parts: Sequence[memoryview]) -> None:
+        self._communicator.send_parts(parts, self.peer)
+
+    def recv_bytes(self) -> bytearray:
         return self._communicator.recv_bytes(self.peer)
 
 

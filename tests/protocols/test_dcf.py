@@ -69,6 +69,41 @@ def test_one_key_evaluates_at_many_points(bits: int, payload: int, points: int, 
     np.testing.assert_array_equal(total.reshape(expected.shape), expected)
 
 
+@settings(max_examples=30, deadline=None)
+@given(bits=st.integers(1, 14), data=st.data())
+def test_a_ladder_equals_the_points_it_stands_for(bits: int, data: st.DataObject) -> None:
+    """``evaluate_ladder`` gives each party exactly ``evaluate``'s shares at ``x - j 2^s`` for every
+    rung j (not only their sum), with alpha and x at the boundaries among the draws."""
+    step = data.draw(st.integers(0, bits - 1))
+    count = data.draw(st.integers(1, 9))
+    values = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**bits - 1, 2**bits]))
+    alpha = _below(bits, data.draw(st.lists(values, min_size=count, max_size=count)))
+    beta = _below(64, data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=count, max_size=count)))
+    x = _below(bits, data.draw(st.lists(values, min_size=count, max_size=count)))
+    root0, root1 = _roots(count), _roots(count)
+    corrections = dcf.generate(alpha, beta, bits, root0, root1)
+    rungs = np.arange(1 << (bits - step), dtype=np.uint64) << np.uint64(step)
+    points = (x[:, None] - rungs[None, :]) & np.uint64((1 << bits) - 1)
+    for party, root in ((0, root0), (1, root1)):
+        np.testing.assert_array_equal(dcf.evaluate_ladder(party, root, corrections, x, step),
+                                      dcf.evaluate(party, root, corrections, points))
+    total = dcf.evaluate_ladder(0, root0, corrections, x, step) + dcf.evaluate_ladder(1, root1, corrections, x, step)
+    expected = np.stack([_reference(points[:, i], alpha, beta) for i in range(rungs.size)], axis=1)
+    np.testing.assert_array_equal(total, expected)
+
+
+def test_a_ladder_refuses_what_it_cannot_evaluate() -> None:
+    alpha, beta = np.array([3], dtype=np.uint64), np.array([[1, 2]], dtype=np.uint64)
+    corrections = dcf.generate(alpha, beta, 4, _roots(1), _roots(1))
+    with pytest.raises(ValueError, match="one-word payloads"):
+        dcf.evaluate_ladder(0, _roots(1), corrections, np.array([1], dtype=np.uint64), 1)
+    single = dcf.generate(alpha, np.array([1], dtype=np.uint64), 4, _roots(1), _roots(1))
+    with pytest.raises(ValueError, match="step_bits"):
+        dcf.evaluate_ladder(0, _roots(1), single, np.array([1], dtype=np.uint64), 4)
+    with pytest.raises(ValueError, match="same number of keys"):
+        dcf.evaluate_ladder(0, _roots(1), single, np.array([1, 2], dtype=np.uint64), 1)
+
+
 def test_wire_form_has_the_documented_size_and_is_read_in_place() -> None:
     for bits, m in ((1, 1), (31, 1), (32, 2), (33, 1), (64, 3)):
         words = dcf.generate(np.zeros(3, dtype=np.uint64), np.ones((3, m), dtype=np.uint64), bits, _roots(3),

@@ -6,6 +6,7 @@ can try many random shapes and values without paying process start-up for each.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -163,8 +164,8 @@ def test_channel_round_trip(data):
         def __init__(self):
             self.items = []
 
-        def send_bytes(self, b):
-            self.items.append(bytes(b))
+        def send_parts(self, parts):
+            self.items.append(b"".join(parts))
 
         def recv_bytes(self):
             return self.items.pop(0)
@@ -175,6 +176,13 @@ def test_channel_round_trip(data):
     assert received.kind == "triple" and received.params == {"op": "matmul", "size0": [1, 2]}
     assert all(torch.equal(a, b) for a, b in zip(tensors, received.tensors))
     assert channel.stats.bytes_sent == channel.stats.bytes_received > 0
+    channel.send(Message("triple", {}, tensors))
+    payload = bytearray(channel._transport.recv_bytes())  # what the TLS link hands over
+    in_place = decode(payload)
+    assert all(torch.equal(a, b) for a, b in zip(tensors, in_place.tensors))
+    base = np.frombuffer(payload, dtype=np.uint8).ctypes.data
+    assert all(base <= t.data_ptr() < base + len(payload) and t.data_ptr() % 8 == 0
+               for t in in_place.tensors if t.numel())  # views of the buffer, aligned
 
 
 @pytest.mark.parametrize("payload", [
