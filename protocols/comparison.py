@@ -31,6 +31,7 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
+import numba
 import numpy as np
 import torch
 
@@ -171,25 +172,19 @@ def _fss_ltz_many(tests: Sequence[Test], product: bool = False) -> list[MPCTenso
     signs, products = [], []
     for i, (test, k) in enumerate(zip(tests, keys)):
         x, bits = test[0], test[1]
-        z = values[i]
         if len(test) == 3:
-            z = z.unsqueeze(-1) - torch.tensor(list(test[2]), dtype=torch.long)
+            signs.append(wrap_share(x, _threshold_signs(rank, k, values[i], test[2], bits).reshape(
+                x.share.shape + (len(test[2]),)), 0))
+            continue
+        z = values[i]
         lane = z & ((1 << bits) - 1) if bits < packed_bits.WORD else z
         top = (lane >> (bits - 1)) & 1
         low = lane & ((1 << (bits - 1)) - 1)
-        ladder = _ladder_step(test, bits)
-        if ladder is None:
-            borrow = dcf.evaluate(rank, k.root, k.corrections(), low.numpy().view(np.uint64))
-        else:
-            rungs = dcf.evaluate_ladder(rank, k.root, k.corrections(), values[i].numpy().view(np.uint64), ladder)
-            borrow = rungs[:, [p >> ladder for p in test[2]]]
-        weighted = torch.from_numpy(borrow.view(np.int64))  # shares of borrow (1 - 2 r_top) [and times r]
-        flip = 1 - 2 * top
-        r_top = k.top() if len(test) == 2 else k.top().unsqueeze(-1)
-        flipped = r_top + (weighted if not product else weighted[:, 0])  # shares of r_top XOR borrow
+        weighted = torch.from_numpy(dcf.evaluate(rank, k.root, k.corrections(), low.numpy().view(np.uint64)).view(np.int64))
+        flip = 1 - 2 * top  # weighted: shares of borrow (1 - 2 r_top) [and of it times r]
+        flipped = k.top() + (weighted if not product else weighted[:, 0])  # shares of r_top XOR borrow
         sign = flipped * flip + (top if rank == 0 else 0)
-        shape = x.share.shape if len(test) == 2 else x.share.shape + (len(test[2]),)
-        signs.append(wrap_share(x, sign.reshape(shape), 0))
+        signs.append(wrap_share(x, sign.reshape(x.share.shape), 0))
         if product:
             sign_times_mask = top * k.mask() + flip * (k.top_times_mask() + weighted[:, 1])
             products.append(wrap_share(x, (sign * z - sign_times_mask).reshape(x.share.shape),
@@ -197,13 +192,44 @@ def _fss_ltz_many(tests: Sequence[Test], product: bool = False) -> list[MPCTenso
     return signs + products
 
 
-def _ladder_step(test: Test, bits: int) -> int | None:
+def _threshold_signs(rank: int, key: Any, opened: torch.Tensor, thresholds: Sequence[int], bits: int) -> torch.Tensor:
+    """Shares of ``[x < p]`` for every threshold p of one value's key, from the opened ``x + r``:
+    ``(count, len(thresholds))``. The borrows come from one ladder walk where the thresholds are
+    dense multiples of a power of two, else from one path per threshold."""
+    z = opened.numpy().view(np.uint64)
+    points = np.asarray(thresholds, dtype=np.int64).view(np.uint64)
+    step = _ladder_step(thresholds, bits)
+    if step is None:
+        low = (z[:, None] - points[None, :]) & np.uint64((1 << (bits - 1)) - 1)
+        borrow = dcf.evaluate(rank, key.root, key.corrections(), low)
+    else:
+        rungs = dcf.evaluate_ladder(rank, key.root, key.corrections(), z, step)
+        borrow = np.ascontiguousarray(rungs[:, points >> np.uint64(step)])
+    r_top = key.top().numpy().view(np.uint64)
+    return torch.from_numpy(_combine_signs(z, points, np.uint64(bits - 1), r_top, borrow, rank == 0).view(np.int64))
+
+
+@numba.njit(cache=True, nogil=True)
+def _combine_signs(z, points, top_bit, r_top, borrow, first):  # pragma: no cover
+    """One pass of ``(r_top + borrow share) (1 - 2 c) + [party 0] c``, c the top bit of ``z - p``
+    in its lane (mod 2^64, as the shares): what torch would do in eight passes over the array."""
+    out = np.empty(borrow.shape, dtype=np.uint64)
+    one = np.uint64(1)
+    for k in range(z.shape[0]):
+        for i in range(points.shape[0]):
+            c = ((z[k] - points[i]) >> top_bit) & one
+            value = (r_top[k] + borrow[k, i]) * (one - (c << one))
+            out[k, i] = value + c if first else value
+    return out
+
+
+def _ladder_step(thresholds: Sequence[int], bits: int) -> int | None:
     """``s`` when a test's thresholds are multiples of ``2^s`` dense enough that evaluating its key
     at every multiple (:func:`dcf.evaluate_ladder`) hashes fewer AES blocks than one path per
     threshold (a spline's segment boundaries); None otherwise."""
-    if len(test) != 3 or not test[2]:
+    if not thresholds:
         return None
-    thresholds, domain = list(test[2]), bits - 1
+    thresholds, domain = list(thresholds), bits - 1
     if min(thresholds) < 0 or max(thresholds) >= 1 << domain:
         return None
     step = min((p & -p).bit_length() - 1 if p else domain for p in thresholds)
