@@ -219,8 +219,16 @@ def _evaluate_chunk(party: int, sign: np.uint64, root: np.ndarray, words: np.nda
     high = np.repeat(root[:, 1].astype(np.uint64), per_key)
     t = np.full(count, party, dtype=np.uint64)
     total = np.zeros((count, m), dtype=np.uint64)
-    inputs = np.empty((count, 1 + m, 2), dtype=np.uint64)
-    for level in range(bits):
+    return _walk_paths(sign, words, bits, x, per_key, 0, low, high, t, total)
+
+
+def _walk_paths(sign: np.uint64, words: np.ndarray, bits: int, x: np.ndarray, per_key: int, first_level: int,
+                low: np.ndarray, high: np.ndarray, t: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """Paths standing at ``first_level`` (their seeds, control bits and value sums), each followed
+    down x's bits to its leaf; path i belongs to key ``i // per_key``. Returns the paths' shares."""
+    m = total.shape[1]
+    inputs = np.empty((x.shape[0], 1 + m, 2), dtype=np.uint64)
+    for level in range(first_level, bits):
         shift = np.uint64(bits - 1 - level)
         _path_inputs(low, high, x, shift, inputs)
         blocks = prg.mmo(inputs)
@@ -304,16 +312,8 @@ def _ladder_chunk(party: int, sign: np.uint64, root: np.ndarray, words: np.ndarr
         blocks = prg.hash_blocks(low.reshape(-1), high.reshape(-1), tweaks).reshape(count, low.shape[1], 3, 2)
         low, high, t, total = _expand_level(blocks, words, level, bits, sign, t, total)
     leaves = low.shape[1]
-    low, high, t, total = low.reshape(-1), high.reshape(-1), t.reshape(-1), total.reshape(-1, 1)
-    suffix = np.repeat(x, leaves)
-    inputs = np.empty((count * leaves, 2, 2), dtype=np.uint64)
-    for level in range(top_levels, bits):
-        shift = np.uint64(bits - 1 - level)
-        _path_inputs(low, high, suffix, shift, inputs)
-        blocks = prg.mmo(inputs)
-        _evaluate_level(blocks, suffix, shift, words, leaves, level, bits, sign, t, low, high, total)
-    final = np.repeat(words[:, -1], leaves)
-    by_leaf = (total[:, 0] + sign * (high + (final & (_ZERO - t)))).reshape(count, leaves)
+    by_leaf = _walk_paths(sign, words, bits, np.repeat(x, leaves), leaves, top_levels, low.reshape(-1),
+                          high.reshape(-1), t.reshape(-1), total.reshape(-1, 1)).reshape(count, leaves)
     # leaf v holds the point v 2^step_bits + (x mod 2^step_bits): rung j is leaf (x_high - j) mod leaves
     x_high = (x >> np.uint64(step_bits)).astype(np.int64)
     leaf = (x_high[:, None] - np.arange(leaves, dtype=np.int64)[None, :]) % leaves
