@@ -75,13 +75,14 @@ def fss_available() -> bool:
 
 FSS_AUTO_MAX_TESTS = 1 << 21
 """``auto`` takes ``fss`` for calls of at most this many sign tests (values tested; a value's
-thresholds share its key). FSS is the faster path at every size measured: one GPT-2 layer's
-prefill GeLU (128 x 3072 values, 2 tests each) took 3.7 s, 104 B/value sent per party and 4 rounds
-with DCF keys against 4.9 s, 595 B/value and 10 rounds with the carry tree, for 928 + 728 B/value
-of dealer traffic instead of 680. The bound is memory: a call's keys are held at once, about
-460 B per test at each party, so a call at the bound holds about 1 GB of keys; larger calls (long
-prompts in one piece) take the carry tree, whose triples come in a third of that. The choice
-depends only on public shapes, so every party makes the same one."""
+thresholds share its key). FSS is also the faster path at a prefill's sizes: a GPT-2-base 128-token
+prefill (``pinfer bench generate --models gpt2-base --lengths 128``) spent 55 s and 2.7 GB per party
+in its GeLUs with carry-tree comparisons there, 32 s and 468 MiB with FSS; a GeLU costs 4 rounds
+instead of 10 and 1,656 dealer B/value instead of 680 (``pinfer bench nonlinear``). The bound is
+memory: a call's keys are held at once, about 460 B per test at each party, so a call at the bound
+holds about 1 GB of keys; larger calls (long prompts in one piece) take the carry tree, whose
+triples take less than half that. The choice depends only on public shapes, so every party makes
+the same one."""
 
 
 def active_method(tests: int = 0) -> Method:
