@@ -199,13 +199,14 @@ def _threshold_signs(rank: int, key: Any, opened: torch.Tensor, thresholds: Sequ
     dense multiples of a power of two, else from one path per threshold."""
     z = opened.numpy().view(np.uint64)
     points = np.asarray(thresholds, dtype=np.int64).view(np.uint64)
-    step = _ladder_step(thresholds, bits)
-    if step is None:
+    ladder = _ladder_step(thresholds, bits)
+    if ladder is None:
         low = (z[:, None] - points[None, :]) & np.uint64((1 << (bits - 1)) - 1)
         borrow = dcf.evaluate(rank, key.root, key.corrections(), low)
     else:
-        rungs = dcf.evaluate_ladder(rank, key.root, key.corrections(), z, step)
-        borrow = np.ascontiguousarray(rungs[:, points >> np.uint64(step)])
+        step, rungs = ladder
+        by_rung = dcf.evaluate_ladder(rank, key.root, key.corrections(), z, step, rungs)
+        borrow = np.ascontiguousarray(by_rung[:, points >> np.uint64(step)])
     r_top = key.top().numpy().view(np.uint64)
     return torch.from_numpy(_combine_signs(z, points, np.uint64(bits - 1), r_top, borrow, rank == 0).view(np.int64))
 
@@ -224,10 +225,10 @@ def _combine_signs(z, points, top_bit, r_top, borrow, first):  # pragma: no cove
     return out
 
 
-def _ladder_step(thresholds: Sequence[int], bits: int) -> int | None:
-    """``s`` when a test's thresholds are multiples of ``2^s`` dense enough that evaluating its key
-    at every multiple (:func:`dcf.evaluate_ladder`) hashes fewer AES blocks than one path per
-    threshold (a spline's segment boundaries); None otherwise."""
+def _ladder_step(thresholds: Sequence[int], bits: int) -> tuple[int, int] | None:
+    """``(s, rungs)`` when a test's thresholds are multiples of ``2^s`` in ``[0, rungs 2^s)`` dense
+    enough that evaluating its key at every such multiple (:func:`dcf.evaluate_ladder`) hashes fewer
+    AES blocks than one path per threshold (a spline's segment boundaries); None otherwise."""
     if not thresholds:
         return None
     thresholds, domain = list(thresholds), bits - 1
@@ -236,9 +237,8 @@ def _ladder_step(thresholds: Sequence[int], bits: int) -> int | None:
     step = min((p & -p).bit_length() - 1 if p else domain for p in thresholds)
     if step >= domain:
         return None
-    rungs = 1 << (domain - step)
-    ladder_blocks = 3 * (rungs - 1) + 2 * rungs * step
-    return step if ladder_blocks < 2 * domain * len(thresholds) else None
+    rungs = (max(thresholds) >> step) + 1
+    return (step, rungs) if dcf.ladder_blocks(domain, step, rungs) < 2 * domain * len(thresholds) else None
 
 
 def ltz_with_min(x: MPCTensor, bits: int = packed_bits.WORD) -> tuple[MPCTensor, MPCTensor]:

@@ -7,25 +7,29 @@ below ``lo`` it is 0, above the last segment 0 or ``x`` itself (SiLU and GeLU te
 Evaluation (:func:`evaluate`), for ``y = x - lo``:
 
 1. ``y`` is truncated locally to ``SELECT_FRAC_BITS`` fractional bits (``yt``). One
-   :func:`comparison.ltz_many` call tests ``yt`` against every interior segment boundary on a lane
-   just wide enough for the spline's range (one opening and one DCF key for all of them with FSS
-   keys), and ``[y < 0]``, ``[y < top]`` on a lane wide enough for any input below ``bound``.
-2. The boundary tests give the segment's one-hot by differences, and with it, locally (public
-   tables): the segment's coefficients and its start, so ``f = y - start`` is exact. The local
+   :func:`comparison.ltz_many` call tests ``yt`` against every segment's start and the range's end
+   on a lane wide enough for any input below ``bound`` (one opening and one DCF key for all of them
+   with FSS keys, evaluated as one ladder window), and, for a spline whose floor lies above ``lo``,
+   ``[x < floor]`` exactly.
+2. The tests give, by differences, the one-hot of the piece ``x`` lies in: below ``lo``, one of
+   the segments, or above the range. With it, locally (public tables), the piece's coefficients
+   (zero below, ``(top, 1, 0, ..)`` above for a spline that tends to x) and its start, so
+   ``f = y - start`` is exact. Outside the range ``f`` is large, but every power of it meets a
+   coefficient that is exactly 0, so the ring's products vanish whatever they wrap to. The local
    truncation's error of one unit of ``yt`` (and its failure probability of about ``|yt| / 2^63``)
    only moves the choice across a boundary, where each polynomial is fitted with a margin of one
-   such unit on either side. Outside the range the narrow lane wraps and the one-hot is meaningless:
-   the range tests gate the coefficients.
-3. Every operand of a product is opened once (:mod:`multi_beaver`): f, the selected coefficients
-   and the range gate (with the gate above the range and x itself for a spline that tends to x) in
-   the round after the tests, then each power of f in the round after it is raised (doubling). A
-   term ``c_i * inside * f^i`` is a product of three opened operands and is local.
+   such unit on either side.
+3. Every operand of a product is opened once (:mod:`multi_beaver`): f and the selected
+   coefficients c_1 .. c_d (with a floor test also c_0 and the gate ``[x >= floor]``) in the round
+   after the tests, then each power of f in the round after it is raised (doubling). A term
+   ``c_i f^i`` (``c_i gate f^i``) is a product of opened operands and is local; ``c_0`` is added as
+   it is.
 
 Cost for degree ``d`` (two parties): the tests (1 round with FSS keys) and ``ceil(log2 d) + 1``
-opening rounds: 4 rounds for d = 4 (10 with the carry tree's tests, measured). Online: ``2 d + 2``
-words opened per element (``2 d + 4`` for a spline that tends to x) and the tests' masked openings
-(2, or 3 with a floor test). Dealer: two DCF keys per element (three with a floor test), whatever the
-number of segments, and ``5 d`` (``5 d + 1``) words of mask monomials.
+opening rounds: 4 rounds for d = 4. Online: ``2 d`` words opened per element (``2 d + 2`` with a
+floor test) and the tests' masked openings (1, or 2 with a floor test). Dealer: one DCF key per
+element (two with a floor test), whatever the number of segments, and ``2 d - 1`` (``5 d``) words
+of mask monomials.
 """
 
 from __future__ import annotations
@@ -136,38 +140,34 @@ def evaluate(x: MPCTensor, spline: Spline, bound: float, at_least_floor: bool = 
         raise ValueError(f"inputs up to {bound} do not fit the 64-bit encoding")
     first = SELECT_FRAC_BITS + spline.width_log2  # log2 of a segment's width in units of yt
     segments = 2**spline.index_bits
-    top = segments << first
-    tests: list[comparison.Test] = [(yt, first + spline.index_bits + 1, [j << first for j in range(1, segments)])]
-    range_thresholds = [0, top] if not at_least_floor and spline.floor == spline.lo else [top]
-    tests.append((yt, lanes, range_thresholds))
-    if not at_least_floor and spline.floor != spline.lo:
+    tests: list[comparison.Test] = [(yt, lanes, [j << first for j in range(segments + 1)])]
+    gated = not at_least_floor and spline.floor != spline.lo
+    if gated:
         tests.append((x - spline.floor, lanes - SELECT_FRAC_BITS + FRAC_BITS))
     signs = comparison.ltz_many(tests)
-    below = signs[0]  # [yt < start of segment j] for j = 1 .. segments - 1
+    below = signs[0]  # [yt < start of segment j] for j = 0 .. segments (the last: the range's end)
     one_hot = crypten.cat([below[..., :1], below[..., 1:] - below[..., :-1], 1 - below[..., -1:]], dim=-1)
-    below_top = signs[1][..., -1]
-    if at_least_floor:
-        inside = below_top
-    else:
-        inside = below_top - (signs[1][..., 0] if spline.floor == spline.lo else signs[2])
 
     column_scales = torch.full((spline.degree + 1,), 2.0**FRAC_BITS, dtype=torch.float64)
     column_scales[0] = 2.0 ** (2 * FRAC_BITS)
-    table = torch.round(spline.coeffs * column_scales).to(torch.long)
-    starts = torch.arange(segments, dtype=torch.long) << (FRAC_BITS + spline.width_log2)
-    selected = one_hot.share @ table  # the segment's coefficients (f^0's at 2^-32, the rest 2^-16)
+    above = torch.zeros(spline.degree + 1, dtype=torch.float64)
+    if spline.above_is_identity:  # x = (y - the range's end) + top
+        above[0], above[1] = spline.top, 1.0
+    pieces = torch.cat([torch.zeros(1, spline.degree + 1, dtype=torch.float64), spline.coeffs, above[None]])
+    table = torch.round(pieces * column_scales).to(torch.long)
+    starts = torch.arange(-1, segments + 1, dtype=torch.long).clamp(min=0) << (FRAC_BITS + spline.width_log2)
+    selected = one_hot.share @ table  # the piece's coefficients (f^0's at 2^-32, the rest 2^-16)
     f = wrap_share(y, y.share - one_hot.share @ starts, FRAC_BITS)
 
-    slots = _Slots(spline.degree, spline.above_is_identity)
+    slots = _Slots(spline.degree, gated)
     plan = multi_beaver.ProductPlan(x, [tuple(x.share.shape)] * slots.count, slots.terms())
-    first = {slots.power(1): f, slots.inside: inside}
-    first.update({slots.coefficient(i): wrap_share(f, selected[..., i], 0) for i in range(spline.degree + 1)})
-    if spline.above_is_identity:
-        first.update({slots.above: 1 - below_top, slots.identity: x})
-    plan.open(first)
-    total = plan.product((slots.coefficient(0), slots.inside), 2 * FRAC_BITS).share  # at 2^-32, as every term
-    if spline.above_is_identity:  # x itself above the last segment, raised to the sum's scale
-        total = total + (plan.product((slots.above, slots.identity), FRAC_BITS).share << FRAC_BITS)
+    first_round = {slots.power(1): f}
+    first_round.update({slots.coefficient(i): wrap_share(f, selected[..., i], 0) for i in slots.opened_coefficients})
+    if gated:
+        first_round[slots.gate] = 1 - signs[1]
+    plan.open(first_round)
+    # every term at 2^-32, as c_0
+    total = plan.product(slots.constant_term, 2 * FRAC_BITS).share if gated else selected[..., 0]
     fresh = [1]
     for steps in slots.power_rounds():
         for i in fresh:
@@ -185,39 +185,39 @@ def evaluate(x: MPCTensor, spline: Spline, bound: float, at_least_floor: bool = 
 @dataclass(frozen=True)
 class _Slots:
     """The operands of one evaluation's :class:`multi_beaver.ProductPlan`: f, the selected
-    coefficients, the range gate, (the gate above the range and x,) and f's powers f^2 .. f^degree.
+    coefficients c_1 .. c_d (``gated``: c_0 .. c_d and the gate), and f's powers f^2 .. f^degree.
 
     Powers are raised by doubling, each round multiplying the highest known power h by every known
-    power k (f^(h + k) = f^h f^k); a power's term ``c_i * inside * f^i`` is a product of three opened
-    operands, taken in the round after f^i is computed, with no round of its own."""
+    power k (f^(h + k) = f^h f^k); a power's term ``c_i f^i`` (``c_i gate f^i``) is a product of
+    opened operands, taken in the round after f^i is computed, with no round of its own."""
 
     degree: int
-    above_is_identity: bool
+    gated: bool
 
     @property
-    def inside(self) -> int:
-        return self.degree + 2
-
-    @property
-    def above(self) -> int:
-        return self.degree + 3
-
-    @property
-    def identity(self) -> int:
-        return self.degree + 4
+    def opened_coefficients(self) -> range:
+        return range(0 if self.gated else 1, self.degree + 1)
 
     def coefficient(self, i: int) -> int:
-        return 1 + i
+        return 1 + i - self.opened_coefficients.start
+
+    @property
+    def gate(self) -> int:
+        return self.coefficient(self.degree) + 1
 
     def power(self, i: int) -> int:
-        return 0 if i == 1 else self.degree + 3 + 2 * self.above_is_identity + i - 2
+        return 0 if i == 1 else self.coefficient(self.degree) + self.gated + i - 1
 
     @property
     def count(self) -> int:
-        return self.power(self.degree) + 1 if self.degree >= 2 else self.degree + 3 + 2 * self.above_is_identity
+        return self.coefficient(self.degree) + self.gated + self.degree
+
+    @property
+    def constant_term(self) -> tuple[int, ...]:
+        return (self.coefficient(0), self.gate)
 
     def term(self, i: int) -> tuple[int, ...]:
-        return (self.coefficient(i), self.inside, self.power(i))
+        return (self.coefficient(i), self.gate, self.power(i)) if self.gated else (self.coefficient(i), self.power(i))
 
     def power_rounds(self) -> list[list[tuple[int, int]]]:
         """For each round after the first: the products (h, k) that raise the powers."""
@@ -229,10 +229,6 @@ class _Slots:
         return rounds
 
     def terms(self) -> list[tuple[int, ...]]:
-        out = [(self.coefficient(0), self.inside)] + [self.term(i) for i in range(1, self.degree + 1)]
-        out += [(self.power(h), self.power(k)) for steps in self.power_rounds() for h, k in steps]
-        if self.above_is_identity:
-            out.append((self.above, self.identity))
-        return out
-
-
+        out = [self.constant_term] if self.gated else []
+        out += [self.term(i) for i in range(1, self.degree + 1)]
+        return out + [(self.power(h), self.power(k)) for steps in self.power_rounds() for h, k in steps]

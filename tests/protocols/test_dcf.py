@@ -69,12 +69,15 @@ def test_one_key_evaluates_at_many_points(bits: int, payload: int, points: int, 
     np.testing.assert_array_equal(total.reshape(expected.shape), expected)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(bits=st.integers(1, 14), data=st.data())
 def test_a_ladder_equals_the_points_it_stands_for(bits: int, data: st.DataObject) -> None:
     """``evaluate_ladder`` gives each party exactly ``evaluate``'s shares at ``x - j 2^s`` for every
-    rung j (not only their sum), with alpha and x at the boundaries among the draws."""
+    rung j (not only their sum), on a whole ladder and on a window of fewer rungs, with alpha and x
+    at the boundaries (and the window wrapping past 0) among the draws."""
     step = data.draw(st.integers(0, bits - 1))
+    every = 1 << (bits - step)
+    rungs = data.draw(st.one_of(st.just(every), st.integers(1, every)))
     count = data.draw(st.integers(1, 9))
     values = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**bits - 1, 2**bits]))
     alpha = _below(bits, data.draw(st.lists(values, min_size=count, max_size=count)))
@@ -82,14 +85,20 @@ def test_a_ladder_equals_the_points_it_stands_for(bits: int, data: st.DataObject
     x = _below(bits, data.draw(st.lists(values, min_size=count, max_size=count)))
     root0, root1 = _roots(count), _roots(count)
     corrections = dcf.generate(alpha, beta, bits, root0, root1)
-    rungs = np.arange(1 << (bits - step), dtype=np.uint64) << np.uint64(step)
-    points = (x[:, None] - rungs[None, :]) & np.uint64((1 << bits) - 1)
+    offsets = np.arange(rungs, dtype=np.uint64) << np.uint64(step)
+    points = (x[:, None] - offsets[None, :]) & np.uint64((1 << bits) - 1)
+    shares = [dcf.evaluate_ladder(party, root, corrections, x, step, rungs) for party, root in ((0, root0), (1, root1))]
     for party, root in ((0, root0), (1, root1)):
-        np.testing.assert_array_equal(dcf.evaluate_ladder(party, root, corrections, x, step),
-                                      dcf.evaluate(party, root, corrections, points))
-    total = dcf.evaluate_ladder(0, root0, corrections, x, step) + dcf.evaluate_ladder(1, root1, corrections, x, step)
-    expected = np.stack([_reference(points[:, i], alpha, beta) for i in range(rungs.size)], axis=1)
-    np.testing.assert_array_equal(total, expected)
+        np.testing.assert_array_equal(shares[party], dcf.evaluate(party, root, corrections, points))
+    expected = np.stack([_reference(points[:, i], alpha, beta) for i in range(rungs)], axis=1)
+    np.testing.assert_array_equal(shares[0] + shares[1], expected)
+
+
+def test_a_window_hashes_the_blocks_it_is_said_to() -> None:
+    """The cost figures quoted for the spline's tests: the whole ladder of 8-bit boundaries and the
+    window of 33 rungs on a 20-bit lane."""
+    assert dcf.ladder_blocks(8, 3, 32) == 285
+    assert dcf.ladder_blocks(20, 3, 33) == 375
 
 
 def test_a_ladder_refuses_what_it_cannot_evaluate() -> None:
@@ -102,6 +111,8 @@ def test_a_ladder_refuses_what_it_cannot_evaluate() -> None:
         dcf.evaluate_ladder(0, _roots(1), single, np.array([1], dtype=np.uint64), 4)
     with pytest.raises(ValueError, match="same number of keys"):
         dcf.evaluate_ladder(0, _roots(1), single, np.array([1, 2], dtype=np.uint64), 1)
+    with pytest.raises(ValueError, match="rungs"):
+        dcf.evaluate_ladder(0, _roots(1), single, np.array([1], dtype=np.uint64), 1, rungs=9)
 
 
 def test_wire_form_has_the_documented_size_and_is_read_in_place() -> None:
